@@ -1,0 +1,112 @@
+//! The command line. Every flag can also come from the environment as `REGISTRY_DNS_<FLAG>`
+//! (repeatable flags take a space-separated list there), which is how the DaemonSet sets them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use super::{Config, StaticRecord, parse_upstream};
+
+/// registry-dns: answers a cluster registry's TLD-less name authoritatively and forwards every
+/// other query, unchanged, to the upstream servers.
+#[derive(Debug, Parser)]
+#[command(name = "registry-dns", version, about, long_about = None)]
+pub struct Cli {
+    /// Address to serve DNS on, over UDP and TCP (repeatable).
+    #[arg(long, env = "REGISTRY_DNS_LISTEN", value_name = "ADDR:PORT", default_value = "127.0.0.1:5353",
+          value_delimiter = ' ')]
+    pub listen: Vec<SocketAddr>,
+
+    /// A local name and its addresses, IPv4 and/or IPv6 (repeatable).
+    #[arg(long, env = "REGISTRY_DNS_RECORD", value_name = "NAME=IP[,IP...]", value_delimiter = ' ')]
+    pub record: Vec<StaticRecord>,
+
+    /// Upstream server to forward to, port 53 unless given (repeatable). Default: the nameservers
+    /// of --resolv-conf.
+    #[arg(long, env = "REGISTRY_DNS_UPSTREAM", value_name = "ADDR[:PORT]", value_parser = parse_upstream,
+          value_delimiter = ' ')]
+    pub upstream: Vec<SocketAddr>,
+
+    /// resolv.conf to take the upstreams from when no --upstream is given.
+    #[arg(long, env = "REGISTRY_DNS_RESOLV_CONF", value_name = "PATH", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+
+    /// TTL of local answers, in seconds.
+    #[arg(long, env = "REGISTRY_DNS_TTL", value_name = "SECONDS", default_value_t = 5)]
+    pub ttl: u32,
+
+    /// How long each upstream gets to answer before the next one is tried.
+    #[arg(long, env = "REGISTRY_DNS_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "2s",
+          value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// Forwarded queries in flight at most; beyond it clients get REFUSED.
+    #[arg(long, env = "REGISTRY_DNS_MAX_CONCURRENT", value_name = "N", default_value_t = 1000)]
+    pub max_concurrent: usize,
+
+    /// UDP worker threads, each with its own SO_REUSEPORT socket; 0 means one per usable CPU.
+    #[arg(long, env = "REGISTRY_DNS_WORKERS", value_name = "N", default_value_t = 0)]
+    pub workers: usize,
+
+    /// Close a TCP connection that sends no complete query for this long.
+    #[arg(long, env = "REGISTRY_DNS_TCP_IDLE_TIMEOUT", value_name = "DURATION", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub tcp_idle_timeout: Duration,
+
+    /// Open TCP connections at most; more are closed at once.
+    #[arg(long, env = "REGISTRY_DNS_MAX_TCP_CONNECTIONS", value_name = "N", default_value_t = 512)]
+    pub max_tcp_connections: usize,
+
+    /// Log format; the level comes from RUST_LOG (default info).
+    #[arg(long, env = "REGISTRY_DNS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Cli {
+    pub fn into_config(self) -> Config {
+        Config {
+            listen: self.listen,
+            records: self.record,
+            upstreams: self.upstream,
+            resolv_conf: self.resolv_conf,
+            ttl: self.ttl,
+            upstream_timeout: self.upstream_timeout,
+            max_concurrent: self.max_concurrent,
+            workers: self.workers,
+            tcp_idle_timeout: self.tcp_idle_timeout,
+            max_tcp_connections: self.max_tcp_connections,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn repeatable_flags_collect_every_value() {
+        let cli = Cli::try_parse_from([
+            "registry-dns", "--record", "a=10.0.0.1", "--record", "b=10.0.0.2,fd00::2", "--upstream", "10.0.0.53",
+            "--upstream-timeout", "500ms",
+        ])
+        .unwrap();
+        let config = cli.into_config();
+        assert_eq!(config.records.len(), 2);
+        assert_eq!(config.upstreams, vec!["10.0.0.53:53".parse().unwrap()]);
+        assert_eq!(config.upstream_timeout, Duration::from_millis(500));
+    }
+}

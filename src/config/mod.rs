@@ -1,0 +1,144 @@
+//! Configuration: what the server serves, where it listens and where it forwards.
+//!
+//! [`Config`] is the one description of a server; the command line (`cli`) is only one way to
+//! fill it, and a program embedding registry-dns fills it directly.
+
+pub mod cli;
+mod record;
+mod upstream;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, ensure};
+use tracing::warn;
+
+pub use record::{StaticRecord, parse_local_name};
+pub use upstream::{from_resolv_conf, parse_upstream};
+
+use crate::forward::MAX_UPSTREAMS;
+
+/// Everything a server needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses to serve on, UDP and TCP each.
+    pub listen: Vec<SocketAddr>,
+    /// Local names with fixed addresses.
+    pub records: Vec<StaticRecord>,
+    /// Upstream servers; when empty, the nameservers of `resolv_conf`.
+    pub upstreams: Vec<SocketAddr>,
+    pub resolv_conf: PathBuf,
+    /// TTL of local answers.
+    pub ttl: u32,
+    /// How long one upstream gets to answer before the next is tried.
+    pub upstream_timeout: Duration,
+    /// Forwarded queries in flight at most; more get REFUSED.
+    pub max_concurrent: usize,
+    /// UDP worker threads; 0 means one per CPU this process may run on.
+    pub workers: usize,
+    /// A TCP connection with no complete query for this long is closed (RFC 7766 section 6.2.3).
+    pub tcp_idle_timeout: Duration,
+    /// Open TCP connections at most; more are closed at once.
+    pub max_tcp_connections: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5353))],
+            records: Vec::new(),
+            upstreams: Vec::new(),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            ttl: 5,
+            upstream_timeout: Duration::from_secs(2),
+            max_concurrent: 1000,
+            workers: 0,
+            tcp_idle_timeout: Duration::from_secs(10),
+            max_tcp_connections: 512,
+        }
+    }
+}
+
+impl Config {
+    /// Checks everything that does not need the network; each error is one line.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        ensure!(!self.listen.is_empty(), "no --listen address");
+        ensure!(!self.records.is_empty(), "no local names: give at least one --record NAME=IP");
+        let mut seen = HashSet::new();
+        for record in &self.records {
+            ensure!(seen.insert(record.name.to_lowercase()), "{} is configured twice", record.name);
+        }
+        ensure!(self.upstreams.len() <= MAX_UPSTREAMS, "at most {MAX_UPSTREAMS} upstreams");
+        ensure!(self.ttl > 0, "--ttl must be at least 1");
+        ensure!(!self.upstream_timeout.is_zero(), "--upstream-timeout must be positive");
+        ensure!(self.max_concurrent > 0, "--max-concurrent must be at least 1");
+        ensure!(self.max_tcp_connections > 0, "--max-tcp-connections must be at least 1");
+        for upstream in &self.upstreams {
+            if let Some(listen) = self.own_address(*upstream) {
+                bail!("upstream {upstream} is this server's own listen address {listen}: that is a forwarding loop");
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstreams to use: the configured ones, or the resolv.conf's minus any address of our
+    /// own (a node whose resolv.conf already points at registry-dns must not loop).
+    pub fn resolve_upstreams(&self) -> anyhow::Result<Vec<SocketAddr>> {
+        if !self.upstreams.is_empty() {
+            return Ok(self.upstreams.clone());
+        }
+        let mut upstreams = from_resolv_conf(&self.resolv_conf)?;
+        upstreams.retain(|upstream| match self.own_address(*upstream) {
+            Some(listen) => {
+                warn!(%upstream, %listen, "ignoring a resolv.conf nameserver that is our own listen address");
+                false
+            }
+            None => true,
+        });
+        upstreams.truncate(MAX_UPSTREAMS);
+        ensure!(
+            !upstreams.is_empty(),
+            "no upstream: {} lists no usable nameserver and no --upstream is given",
+            self.resolv_conf.display()
+        );
+        Ok(upstreams)
+    }
+
+    /// The listen address that `upstream` would reach, if it is one of ours.
+    fn own_address(&self, upstream: SocketAddr) -> Option<SocketAddr> {
+        self.listen.iter().copied().find(|listen| {
+            listen.port() == upstream.port()
+                && (listen.ip() == upstream.ip()
+                    || (listen.ip().is_unspecified() && (upstream.ip().is_loopback() || upstream.ip().is_unspecified())))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config { records: vec!["knative-local-registry=10.0.0.10".parse().unwrap()], ..Config::default() }
+    }
+
+    #[test]
+    fn rejects_an_upstream_that_is_our_own_address() {
+        let mut c = config();
+        c.upstreams = vec!["127.0.0.1:5353".parse().unwrap()];
+        assert!(c.validate().unwrap_err().to_string().contains("forwarding loop"));
+        c.listen = vec!["0.0.0.0:5353".parse().unwrap()];
+        assert!(c.validate().is_err());
+        c.upstreams = vec!["127.0.0.1:53".parse().unwrap()];
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_a_name_configured_twice_in_any_case() {
+        let mut c = config();
+        c.records.push("Knative-Local-Registry=10.0.0.11".parse().unwrap());
+        assert!(c.validate().unwrap_err().to_string().contains("twice"));
+    }
+}

@@ -1,0 +1,3 @@
+//! The DNS wire format, as far as the hot path reads and patches it.
+
+pub mod wire;

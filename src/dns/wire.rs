@@ -1,0 +1,436 @@
+//! Just enough of the DNS wire format (RFC 1035, RFC 6891) for the hot path.
+//!
+//! Every packet passes through here, local or forwarded, so this module reads only what a decision
+//! needs (header, the one question, the OPT record) straight from the bytes, without allocating.
+//! Whole messages are built and parsed with hickory-proto elsewhere, off the hot path.
+
+use std::fmt;
+
+/// Length of the fixed DNS header.
+pub const HEADER_LEN: usize = 12;
+/// Longest name in wire form, root label included (RFC 1035 section 2.3.4).
+pub const MAX_NAME_LEN: usize = 255;
+/// Longest label (RFC 1035 section 2.3.4); larger length bytes are pointers or reserved.
+const MAX_LABEL_LEN: usize = 63;
+/// Largest UDP answer we build ourselves: the DNS flag day 2020 figure, safe from fragmentation.
+pub const OUR_UDP_PAYLOAD: u16 = 1232;
+/// UDP answer size limit for clients that send no OPT record (RFC 1035).
+pub const CLASSIC_UDP_PAYLOAD: u16 = 512;
+/// Size of the OPT record we append: root name, type, class, TTL, empty RDATA.
+pub const OPT_RR_LEN: usize = 11;
+
+/// Record types and classes the decision looks at.
+pub mod types {
+    pub const A: u16 = 1;
+    pub const NS: u16 = 2;
+    pub const SOA: u16 = 6;
+    pub const TXT: u16 = 16;
+    pub const AAAA: u16 = 28;
+    pub const OPT: u16 = 41;
+    pub const ANY: u16 = 255;
+    pub const CLASS_IN: u16 = 1;
+    pub const CLASS_ANY: u16 = 255;
+}
+
+/// Response codes; values above 15 travel partly in the OPT record (RFC 6891 section 6.1.3).
+pub mod rcode {
+    pub const NOERROR: u16 = 0;
+    pub const FORMERR: u16 = 1;
+    pub const SERVFAIL: u16 = 2;
+    pub const NXDOMAIN: u16 = 3;
+    pub const NOTIMP: u16 = 4;
+    pub const REFUSED: u16 = 5;
+    pub const BADVERS: u16 = 16;
+}
+
+// Header flag bits, byte 2 and byte 3.
+const QR: u8 = 0x80;
+const OPCODE_MASK: u8 = 0x78;
+const AA: u8 = 0x04;
+const TC: u8 = 0x02;
+const RD: u8 = 0x01;
+const RA: u8 = 0x80;
+const CD: u8 = 0x10;
+const DO_BIT: u32 = 0x8000;
+
+/// The EDNS0 parameters of a query's OPT record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edns {
+    /// Requestor's UDP payload size.
+    pub payload: u16,
+    /// EDNS version; we implement 0.
+    pub version: u8,
+    /// The DO bit (RFC 3225), echoed in our answers.
+    pub dnssec_ok: bool,
+}
+
+/// What the hot path knows about a query after [`parse_query`].
+#[derive(Debug, Clone, Copy)]
+pub struct Query {
+    /// Offset just past the question (name, type, class).
+    pub question_end: usize,
+    /// Length of the question name in wire form.
+    pub name_len: usize,
+    pub qtype: u16,
+    pub qclass: u16,
+    pub edns: Option<Edns>,
+}
+
+impl Query {
+    /// Largest answer this client accepts over UDP.
+    pub fn udp_limit(&self) -> usize {
+        match self.edns {
+            Some(e) => e.payload.clamp(CLASSIC_UDP_PAYLOAD, OUR_UDP_PAYLOAD) as usize,
+            None => CLASSIC_UDP_PAYLOAD as usize,
+        }
+    }
+}
+
+/// Why a packet is not a query we can act on, and so what answer (if any) it gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// Too short for a header, or a response (QR=1): never answered, so that two servers
+    /// cannot be made to bounce packets at each other.
+    Drop,
+    /// An opcode other than QUERY: NOTIMP.
+    NotImp,
+    /// The header parses but the rest does not: FORMERR. The question is echoed when it parsed.
+    FormErr { question_end: Option<usize> },
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Malformed::Drop => f.write_str("not a query"),
+            Malformed::NotImp => f.write_str("opcode not implemented"),
+            Malformed::FormErr { .. } => f.write_str("malformed query"),
+        }
+    }
+}
+
+pub fn id(packet: &[u8]) -> u16 {
+    u16::from_be_bytes([packet[0], packet[1]])
+}
+
+pub fn set_id(packet: &mut [u8], id: u16) {
+    packet[..2].copy_from_slice(&id.to_be_bytes());
+}
+
+pub fn rcode_of(packet: &[u8]) -> u16 {
+    u16::from(packet[3] & 0x0f)
+}
+
+pub fn is_response(packet: &[u8]) -> bool {
+    packet.len() >= HEADER_LEN && packet[2] & QR != 0
+}
+
+fn count(packet: &[u8], index: usize) -> usize {
+    usize::from(u16::from_be_bytes([packet[4 + 2 * index], packet[5 + 2 * index]]))
+}
+
+fn set_count(packet: &mut [u8], index: usize, value: usize) {
+    let v = u16::try_from(value).unwrap_or(u16::MAX);
+    packet[4 + 2 * index..6 + 2 * index].copy_from_slice(&v.to_be_bytes());
+}
+
+fn get_u16(packet: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*packet.get(at)?, *packet.get(at + 1)?]))
+}
+
+/// Reads the question name at `start` into `lower` (lower-cased, wire form); returns the offset
+/// after it. Compression is refused: a question's name can only point back into the header.
+fn read_question_name(
+    packet: &[u8],
+    start: usize,
+    lower: &mut [u8; MAX_NAME_LEN],
+) -> Option<(usize, usize)> {
+    let mut at = start;
+    let mut len = 0;
+    loop {
+        let label = usize::from(*packet.get(at)?);
+        if label == 0 {
+            if len + 1 > MAX_NAME_LEN {
+                return None;
+            }
+            lower[len] = 0;
+            return Some((at + 1, len + 1));
+        }
+        if label > MAX_LABEL_LEN || len + 1 + label + 1 > MAX_NAME_LEN {
+            return None;
+        }
+        let bytes = packet.get(at + 1..at + 1 + label)?;
+        lower[len] = label as u8;
+        for (dst, src) in lower[len + 1..len + 1 + label].iter_mut().zip(bytes) {
+            *dst = src.to_ascii_lowercase();
+        }
+        len += 1 + label;
+        at += 1 + label;
+    }
+}
+
+/// Skips a possibly compressed owner name; returns the offset after it and whether it is the root.
+fn skip_name(packet: &[u8], start: usize) -> Option<(usize, bool)> {
+    let mut at = start;
+    let mut total = 0;
+    loop {
+        let label = *packet.get(at)?;
+        match label {
+            0 => return Some((at + 1, at == start)),
+            l if l & 0xc0 == 0xc0 => {
+                packet.get(at + 1)?;
+                return Some((at + 2, false));
+            }
+            l if usize::from(l) > MAX_LABEL_LEN => return None,
+            l => {
+                total += 1 + usize::from(l);
+                if total >= MAX_NAME_LEN {
+                    return None;
+                }
+                at += 1 + usize::from(l);
+            }
+        }
+    }
+}
+
+/// Parses a query far enough to decide what to do with it, writing the lower-cased question
+/// name into `lower`. Every later record is walked so that a misplaced or repeated OPT record
+/// (RFC 6891 section 6.1.1) is caught here; the records' contents are not interpreted.
+pub fn parse_query(packet: &[u8], lower: &mut [u8; MAX_NAME_LEN]) -> Result<Query, Malformed> {
+    if packet.len() < HEADER_LEN || packet[2] & QR != 0 {
+        return Err(Malformed::Drop);
+    }
+    if packet[2] & OPCODE_MASK != 0 {
+        return Err(Malformed::NotImp);
+    }
+    if count(packet, 0) != 1 {
+        return Err(Malformed::FormErr { question_end: None });
+    }
+    let formerr = Malformed::FormErr { question_end: None };
+    let (name_end, name_len) = read_question_name(packet, HEADER_LEN, lower).ok_or(formerr)?;
+    let qtype = get_u16(packet, name_end).ok_or(formerr)?;
+    let qclass = get_u16(packet, name_end + 2).ok_or(formerr)?;
+    let question_end = name_end + 4;
+    let formerr = Malformed::FormErr {
+        question_end: Some(question_end),
+    };
+
+    let non_additional = count(packet, 1) + count(packet, 2);
+    let total = non_additional + count(packet, 3);
+    let mut at = question_end;
+    let mut edns = None;
+    for index in 0..total {
+        let (after_name, root) = skip_name(packet, at).ok_or(formerr)?;
+        let rtype = get_u16(packet, after_name).ok_or(formerr)?;
+        let rdlen = usize::from(get_u16(packet, after_name + 8).ok_or(formerr)?);
+        let end = after_name + 10 + rdlen;
+        if end > packet.len() {
+            return Err(formerr);
+        }
+        if rtype == types::OPT {
+            if index < non_additional || !root || edns.is_some() {
+                return Err(formerr);
+            }
+            let class = get_u16(packet, after_name + 2).ok_or(formerr)?;
+            let ttl = u32::from_be_bytes(packet[after_name + 4..after_name + 8].try_into().unwrap());
+            edns = Some(Edns {
+                payload: class,
+                version: (ttl >> 16) as u8,
+                dnssec_ok: ttl & DO_BIT != 0,
+            });
+        }
+        at = end;
+    }
+    Ok(Query {
+        question_end,
+        name_len,
+        qtype,
+        qclass,
+        edns,
+    })
+}
+
+/// Appends our OPT record (RFC 6891): our payload size, version 0, the client's DO bit.
+pub fn push_opt(out: &mut Vec<u8>, edns: &Edns, extended_rcode: u16) {
+    let ttl: u32 = (u32::from(extended_rcode >> 4) << 24) | if edns.dnssec_ok { DO_BIT } else { 0 };
+    out.push(0);
+    out.extend_from_slice(&types::OPT.to_be_bytes());
+    out.extend_from_slice(&OUR_UDP_PAYLOAD.to_be_bytes());
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&0u16.to_be_bytes());
+    let ar = count(out, 3) + 1;
+    set_count(out, 3, ar);
+}
+
+/// Writes an answer with no records: the query's header and (when given) question, an rcode,
+/// and an OPT record when the query had one. Used for errors, SERVFAIL and truncation alike.
+pub fn write_empty_answer(
+    packet: &[u8],
+    question_end: Option<usize>,
+    rcode: u16,
+    edns: Option<&Edns>,
+    truncated: bool,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.extend_from_slice(&packet[..HEADER_LEN]);
+    out[2] = QR | (packet[2] & (OPCODE_MASK | RD)) | if truncated { TC } else { 0 };
+    out[3] = RA | (packet[3] & CD) | (rcode & 0x0f) as u8;
+    set_count(out, 0, usize::from(question_end.is_some()));
+    for section in 1..4 {
+        set_count(out, section, 0);
+    }
+    if let Some(end) = question_end {
+        out.extend_from_slice(&packet[HEADER_LEN..end]);
+    }
+    if let Some(e) = edns {
+        push_opt(out, e, rcode);
+    }
+}
+
+/// Writes a local answer from a pre-encoded template: the template's records under the client's
+/// own ID, flags, question bytes (so the case of the name is echoed, as 0x20 clients expect) and
+/// OPT record. Falls back to a truncated answer when it would exceed `limit`.
+pub fn write_from_template(
+    packet: &[u8],
+    query: &Query,
+    template: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.extend_from_slice(template);
+    out[..2].copy_from_slice(&packet[..2]);
+    out[2] = QR | AA | (packet[2] & RD);
+    out[3] = RA | (packet[3] & CD) | (template[3] & 0x0f);
+    out[HEADER_LEN..query.question_end].copy_from_slice(&packet[HEADER_LEN..query.question_end]);
+    if let Some(e) = &query.edns {
+        push_opt(out, e, rcode::NOERROR);
+    }
+    if out.len() > limit {
+        let rcode = rcode_of(template);
+        write_empty_answer(packet, Some(query.question_end), rcode, query.edns.as_ref(), true, out);
+        out[2] |= AA;
+    }
+}
+
+/// Writes an answer whose question differs from every template (a name below a local name):
+/// header with `rcode` and AA, the client's question, then `authority`, one position-independent
+/// record (no compression pointers).
+pub fn write_with_authority(
+    packet: &[u8],
+    query: &Query,
+    rcode: u16,
+    authority: &[u8],
+    out: &mut Vec<u8>,
+) {
+    write_empty_answer(packet, Some(query.question_end), rcode, None, false, out);
+    out[2] |= AA;
+    out.extend_from_slice(authority);
+    set_count(out, 2, 1);
+    if let Some(e) = &query.edns {
+        push_opt(out, e, rcode);
+    }
+}
+
+/// Compares the question of `reply` with that of `query` (case-insensitively, as resolvers may
+/// change case): RFC 5452 section 9.1 accepts a reply only for the question that was asked.
+pub fn same_question(query: &[u8], question_end: usize, reply: &[u8]) -> bool {
+    reply.len() >= question_end
+        && count(reply, 0) == 1
+        && query[HEADER_LEN..question_end].eq_ignore_ascii_case(&reply[HEADER_LEN..question_end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Edns as HEdns, Message, Query as HQuery};
+    use hickory_proto::rr::{Name, RecordType};
+
+    fn query(name: &str, rtype: RecordType, edns: Option<HEdns>) -> Vec<u8> {
+        let mut m = Message::query();
+        m.metadata.id = 0x1234;
+        m.metadata.recursion_desired = true;
+        m.add_query(HQuery::query(Name::from_ascii(name).unwrap(), rtype));
+        if let Some(e) = edns {
+            m.set_edns(e);
+        }
+        m.to_vec().unwrap()
+    }
+
+    #[test]
+    fn parses_question_and_lowercases_name() {
+        let mut lower = [0u8; MAX_NAME_LEN];
+        let q = query("Knative-Local-Registry.", RecordType::AAAA, None);
+        let parsed = parse_query(&q, &mut lower).unwrap();
+        assert_eq!(parsed.qtype, types::AAAA);
+        assert_eq!(&lower[..parsed.name_len], b"\x16knative-local-registry\x00");
+        assert_eq!(parsed.question_end, q.len());
+        assert_eq!(parsed.udp_limit(), 512);
+    }
+
+    #[test]
+    fn reads_edns_payload_version_and_do_bit() {
+        let mut e = HEdns::new();
+        e.set_max_payload(4096);
+        e.set_dnssec_ok(true);
+        let q = query("example.org.", RecordType::A, Some(e));
+        let parsed = parse_query(&q, &mut [0; MAX_NAME_LEN]).unwrap();
+        let edns = parsed.edns.unwrap();
+        assert_eq!((edns.payload, edns.version, edns.dnssec_ok), (4096, 0, true));
+        assert_eq!(parsed.udp_limit(), usize::from(OUR_UDP_PAYLOAD));
+    }
+
+    #[test]
+    fn classifies_malformed_packets() {
+        let mut lower = [0u8; MAX_NAME_LEN];
+        let good = query("a.example.", RecordType::A, None);
+        assert_eq!(parse_query(&good[..5], &mut lower).unwrap_err(), Malformed::Drop);
+        let mut response = good.clone();
+        response[2] |= QR;
+        assert_eq!(parse_query(&response, &mut lower).unwrap_err(), Malformed::Drop);
+        let mut notify = good.clone();
+        notify[2] |= 4 << 3;
+        assert_eq!(parse_query(&notify, &mut lower).unwrap_err(), Malformed::NotImp);
+        let cut = &good[..good.len() - 2];
+        assert!(matches!(parse_query(cut, &mut lower), Err(Malformed::FormErr { .. })));
+        let mut pointer = good[..HEADER_LEN].to_vec();
+        pointer.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1]);
+        assert!(matches!(parse_query(&pointer, &mut lower), Err(Malformed::FormErr { .. })));
+        let mut long_label = good[..HEADER_LEN].to_vec();
+        long_label.push(64);
+        long_label.extend_from_slice(&[b'a'; 64]);
+        long_label.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert!(matches!(parse_query(&long_label, &mut lower), Err(Malformed::FormErr { .. })));
+        let mut long_name = good[..HEADER_LEN].to_vec();
+        for _ in 0..5 {
+            long_name.push(60);
+            long_name.extend_from_slice(&[b'a'; 60]);
+        }
+        long_name.extend_from_slice(&[0, 0, 1, 0, 1]);
+        assert!(matches!(parse_query(&long_name, &mut lower), Err(Malformed::FormErr { .. })));
+    }
+
+    #[test]
+    fn rejects_two_opt_records() {
+        let q = query("a.example.", RecordType::A, Some(HEdns::new()));
+        let opt = q[q.len() - OPT_RR_LEN..].to_vec();
+        let mut twice = q.clone();
+        twice.extend_from_slice(&opt);
+        set_count(&mut twice, 3, 2);
+        let err = parse_query(&twice, &mut [0; MAX_NAME_LEN]).unwrap_err();
+        assert!(matches!(err, Malformed::FormErr { question_end: Some(_) }));
+    }
+
+    #[test]
+    fn empty_answer_carries_extended_rcode_in_opt() {
+        let q = query("a.example.", RecordType::A, Some(HEdns::new()));
+        let parsed = parse_query(&q, &mut [0; MAX_NAME_LEN]).unwrap();
+        let mut out = Vec::new();
+        let edns = parsed.edns;
+        write_empty_answer(&q, Some(parsed.question_end), rcode::BADVERS, edns.as_ref(), false, &mut out);
+        let m = Message::from_vec(&out).unwrap();
+        // BADVERS and BADSIG share code 16; hickory names it BADSIG.
+        assert_eq!(u16::from(m.metadata.response_code), rcode::BADVERS);
+        assert_eq!(m.metadata.id, 0x1234);
+    }
+}

@@ -1,0 +1,275 @@
+//! UDP forwarding for one worker: upstream sockets, the in-flight table, timeouts and failover.
+//!
+//! Each worker thread owns one of these, so nothing here is shared or locked. Spoofing resistance
+//! follows RFC 5452: every upstream has a pool of connected sockets on kernel-chosen random ports
+//! (a connected socket only receives from the address it was connected to), each query leaves on
+//! a random socket of the pool with a random ID, and a reply is accepted only when its socket,
+//! ID and question all match a query in flight. The client's bytes go upstream unchanged but for
+//! the ID, and the upstream's answer comes back unchanged but for the ID.
+
+use std::collections::VecDeque;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rand::rngs::ThreadRng;
+use rustc_hash::FxHashMap;
+use tokio::net::UdpSocket;
+use tracing::debug;
+
+use super::{InFlight, Upstreams};
+use crate::dns::wire::{self, Edns, rcode};
+
+/// Sockets per upstream and worker: the source-port spread of RFC 5452 section 9.2, multiplied by
+/// the 16-bit ID.
+pub const SOCKETS_PER_UPSTREAM: usize = 8;
+
+/// One forwarded query waiting for an answer.
+struct Pending {
+    client: SocketAddr,
+    listener: Rc<UdpSocket>,
+    client_id: u16,
+    edns: Option<Edns>,
+    /// The client's query as it goes upstream (our ID in it).
+    query: Vec<u8>,
+    question_end: usize,
+    /// Upstreams already tried, as bits.
+    tried: u32,
+    /// The upstream and socket of the current try, and the ID it was sent with.
+    upstream: usize,
+    key: (u32, u16),
+    /// Which try the current timeout entry belongs to.
+    attempt: u64,
+}
+
+/// What [`UdpForwarder::start`] did with a query.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Started {
+    Sent,
+    /// The in-flight cap is reached: the client gets REFUSED, as CoreDNS's `max_concurrent`.
+    OverCapacity,
+    /// No upstream could be sent to: the client got SERVFAIL.
+    Failed,
+}
+
+pub struct UdpForwarder {
+    upstreams: Arc<Upstreams>,
+    /// `sockets[upstream][i]`, all connected to that upstream.
+    sockets: Vec<Vec<Rc<UdpSocket>>>,
+    slots: Vec<Option<Pending>>,
+    free: Vec<usize>,
+    by_key: FxHashMap<(u32, u16), usize>,
+    /// Deadlines in send order; the timeout is the same for all, so this is sorted.
+    deadlines: VecDeque<(Instant, usize, u64)>,
+    in_flight: Arc<InFlight>,
+    timeout: Duration,
+    spare_buffers: Vec<Vec<u8>>,
+    answer: Vec<u8>,
+    attempts: u64,
+    rng: ThreadRng,
+}
+
+impl UdpForwarder {
+    /// Opens the upstream socket pools. Returns the forwarder and every socket with its key, for
+    /// the caller to run a receive loop on each.
+    pub fn new(
+        upstreams: Arc<Upstreams>,
+        in_flight: Arc<InFlight>,
+        timeout: Duration,
+    ) -> std::io::Result<(Self, Vec<(u32, Rc<UdpSocket>)>)> {
+        let mut sockets = Vec::with_capacity(upstreams.len());
+        let mut all = Vec::new();
+        for index in 0..upstreams.len() {
+            let addr = upstreams.addr(index);
+            let mut pool = Vec::with_capacity(SOCKETS_PER_UPSTREAM);
+            for i in 0..SOCKETS_PER_UPSTREAM {
+                let socket = Rc::new(connected_socket(addr)?);
+                all.push(((index * SOCKETS_PER_UPSTREAM + i) as u32, socket.clone()));
+                pool.push(socket);
+            }
+            sockets.push(pool);
+        }
+        let this = Self {
+            upstreams,
+            sockets,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_key: FxHashMap::default(),
+            deadlines: VecDeque::new(),
+            in_flight,
+            timeout,
+            spare_buffers: Vec::new(),
+            answer: Vec::with_capacity(512),
+            attempts: 0,
+            rng: rand::rng(),
+        };
+        Ok((this, all))
+    }
+
+    /// Number of queries waiting for an upstream.
+    pub fn pending(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Forwards a client's query.
+    pub fn start(
+        &mut self,
+        packet: &[u8],
+        question_end: usize,
+        edns: Option<Edns>,
+        client: SocketAddr,
+        listener: &Rc<UdpSocket>,
+    ) -> Started {
+        if !self.in_flight.try_acquire() {
+            return Started::OverCapacity;
+        }
+        let mut query = self.spare_buffers.pop().unwrap_or_default();
+        query.clear();
+        query.extend_from_slice(packet);
+        let pending = Pending {
+            client,
+            listener: listener.clone(),
+            client_id: wire::id(packet),
+            edns,
+            query,
+            question_end,
+            tried: 0,
+            upstream: 0,
+            key: (0, 0),
+            attempt: 0,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(pending);
+                slot
+            }
+            None => {
+                self.slots.push(Some(pending));
+                self.slots.len() - 1
+            }
+        };
+        if self.send_next(slot) { Started::Sent } else { Started::Failed }
+    }
+
+    /// Sends the query in `slot` to the next upstream it has not tried. When none is left the
+    /// client gets SERVFAIL and the slot is freed; returns whether a try is under way.
+    fn send_next(&mut self, slot: usize) -> bool {
+        let pending = self.slots[slot].as_mut().expect("live slot");
+        while let Some(upstream) = self.upstreams.next(pending.tried) {
+            pending.tried |= 1 << upstream;
+            let socket_index = self.rng.random_range(0..SOCKETS_PER_UPSTREAM);
+            let key_socket = (upstream * SOCKETS_PER_UPSTREAM + socket_index) as u32;
+            let id = loop {
+                let id: u16 = self.rng.random();
+                if !self.by_key.contains_key(&(key_socket, id)) {
+                    break id;
+                }
+            };
+            wire::set_id(&mut pending.query, id);
+            match self.sockets[upstream][socket_index].try_send(&pending.query) {
+                Ok(_) => {
+                    self.attempts += 1;
+                    pending.upstream = upstream;
+                    pending.key = (key_socket, id);
+                    pending.attempt = self.attempts;
+                    self.by_key.insert(pending.key, slot);
+                    self.deadlines.push_back((Instant::now() + self.timeout, slot, self.attempts));
+                    return true;
+                }
+                Err(e) => {
+                    debug!(upstream = %self.upstreams.addr(upstream), error = %e, "upstream send failed");
+                    self.upstreams.record_failure(upstream);
+                }
+            }
+        }
+        self.fail(slot);
+        false
+    }
+
+    /// Answers SERVFAIL to the client of `slot` and frees it.
+    fn fail(&mut self, slot: usize) {
+        let pending = self.slots[slot].take().expect("live slot");
+        wire::write_empty_answer(
+            &pending.query,
+            Some(pending.question_end),
+            rcode::SERVFAIL,
+            pending.edns.as_ref(),
+            false,
+            &mut self.answer,
+        );
+        wire::set_id(&mut self.answer, pending.client_id);
+        let _ = pending.listener.try_send_to(&self.answer, pending.client);
+        self.release(slot, pending);
+    }
+
+    fn release(&mut self, slot: usize, pending: Pending) {
+        self.spare_buffers.push(pending.query);
+        self.free.push(slot);
+        self.in_flight.release();
+    }
+
+    /// Handles a datagram from upstream socket `key`. Anything that is not the answer to a
+    /// query in flight on that socket, with its ID and question, is ignored (RFC 5452).
+    pub fn on_reply(&mut self, key: u32, reply: &mut [u8]) {
+        if reply.len() < wire::HEADER_LEN || !wire::is_response(reply) {
+            return;
+        }
+        let Some(&slot) = self.by_key.get(&(key, wire::id(reply))) else {
+            debug!("ignoring an upstream reply with an unknown ID");
+            return;
+        };
+        let pending = self.slots[slot].as_ref().expect("live slot");
+        if !wire::same_question(&pending.query, pending.question_end, reply) {
+            debug!("ignoring an upstream reply for another question");
+            return;
+        }
+        self.by_key.remove(&(key, wire::id(reply)));
+        let upstream = pending.upstream;
+        let rcode = wire::rcode_of(reply);
+        if rcode == rcode::SERVFAIL || rcode == rcode::REFUSED {
+            self.upstreams.record_failure(upstream);
+            if self.upstreams.next(pending.tried).is_some() {
+                self.send_next(slot);
+                return;
+            }
+        } else {
+            self.upstreams.record_success(upstream);
+        }
+        let pending = self.slots[slot].take().expect("live slot");
+        wire::set_id(reply, pending.client_id);
+        let _ = pending.listener.try_send_to(reply, pending.client);
+        self.release(slot, pending);
+    }
+
+    /// Moves every query whose try timed out to its next upstream (or SERVFAIL).
+    pub fn expire(&mut self, now: Instant) {
+        while let Some(&(deadline, slot, attempt)) = self.deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let Some(pending) = self.slots[slot].as_ref() else { continue };
+            if pending.attempt != attempt || !self.by_key.contains_key(&pending.key) {
+                continue;
+            }
+            self.by_key.remove(&pending.key);
+            self.upstreams.record_failure(pending.upstream);
+            self.send_next(slot);
+        }
+    }
+}
+
+/// A UDP socket on a random port, connected to `upstream`.
+fn connected_socket(upstream: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: SocketAddr = if upstream.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(local)?;
+    socket.connect(upstream)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}

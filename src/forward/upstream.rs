@@ -1,0 +1,137 @@
+//! The upstream servers and their health: which one a query tries next.
+//!
+//! Order is the configured one (resolv.conf order is meaningful), except that an upstream that
+//! just failed is tried after the healthy ones until its penalty runs out, and one found to send
+//! our queries back to us is never tried again.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use tracing::{error, warn};
+
+/// Consecutive failures after which an upstream is tried last (CoreDNS's `max_fails`).
+const MAX_FAILS: u32 = 2;
+/// How long an upstream that reached `MAX_FAILS` stays at the back of the line.
+const PENALTY: Duration = Duration::from_secs(5);
+/// At most this many upstreams, so a query's tries fit a bit set (CoreDNS allows 15).
+pub const MAX_UPSTREAMS: usize = 16;
+
+/// One upstream server.
+#[derive(Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    failures: AtomicU32,
+    /// Milliseconds since [`Upstreams::epoch`] until which this upstream is penalized.
+    penalized_until: AtomicU64,
+    looped: AtomicBool,
+}
+
+/// The upstream list shared by every worker.
+#[derive(Debug)]
+pub struct Upstreams {
+    list: Vec<Upstream>,
+    epoch: Instant,
+}
+
+impl Upstreams {
+    pub fn new(addrs: &[SocketAddr]) -> Arc<Self> {
+        assert!(addrs.len() <= MAX_UPSTREAMS, "config validation caps the upstream count");
+        let list = addrs
+            .iter()
+            .map(|&addr| Upstream {
+                addr,
+                failures: AtomicU32::new(0),
+                penalized_until: AtomicU64::new(0),
+                looped: AtomicBool::new(false),
+            })
+            .collect();
+        Arc::new(Self { list, epoch: Instant::now() })
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn addr(&self, index: usize) -> SocketAddr {
+        self.list[index].addr
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// The next upstream to try for a query that already tried the set bits of `tried`:
+    /// healthy upstreams in order, then penalized ones; never looped ones.
+    pub fn next(&self, tried: u32) -> Option<usize> {
+        let now = self.now_ms();
+        let untried = |&(i, u): &(usize, &Upstream)| tried & (1 << i) == 0 && !u.looped.load(Relaxed);
+        let mut candidates = self.list.iter().enumerate().filter(untried);
+        let mut fallback = None;
+        for (i, u) in &mut candidates {
+            if u.penalized_until.load(Relaxed) <= now {
+                return Some(i);
+            }
+            fallback.get_or_insert(i);
+        }
+        fallback
+    }
+
+    pub fn record_success(&self, index: usize) {
+        let u = &self.list[index];
+        if u.failures.swap(0, Relaxed) >= MAX_FAILS {
+            warn!(upstream = %u.addr, "upstream answers again");
+        }
+        u.penalized_until.store(0, Relaxed);
+    }
+
+    pub fn record_failure(&self, index: usize) {
+        let u = &self.list[index];
+        let failures = u.failures.fetch_add(1, Relaxed) + 1;
+        if failures >= MAX_FAILS {
+            if failures == MAX_FAILS {
+                warn!(upstream = %u.addr, "upstream failing; trying the others first");
+            }
+            u.penalized_until.store(self.now_ms() + PENALTY.as_millis() as u64, Relaxed);
+        }
+    }
+
+    /// Takes an upstream out for good: it sent our own query back to us.
+    pub fn disable_looped(&self, index: usize) {
+        let u = &self.list[index];
+        if !u.looped.swap(true, Relaxed) {
+            error!(
+                upstream = %u.addr,
+                "forwarding loop: this upstream sends queries back to registry-dns; dropped it \
+                 (point --upstream or the resolv.conf at the real upstream servers)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefers_healthy_upstreams_and_skips_looped_ones() {
+        let ups = Upstreams::new(&["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()]);
+        assert_eq!(ups.next(0), Some(0));
+        assert_eq!(ups.next(0b01), Some(1));
+        assert_eq!(ups.next(0b11), None);
+        ups.record_failure(0);
+        assert_eq!(ups.next(0), Some(0), "one failure is not enough to demote");
+        ups.record_failure(0);
+        assert_eq!(ups.next(0), Some(1));
+        assert_eq!(ups.next(0b10), Some(0), "a penalized upstream is still tried last");
+        ups.record_success(0);
+        assert_eq!(ups.next(0), Some(0));
+        ups.disable_looped(1);
+        assert_eq!(ups.next(0b01), None);
+    }
+}

@@ -1,0 +1,228 @@
+//! One local name as a zone of its own, and its answers pre-encoded.
+//!
+//! The authoritative behaviour (AA, NODATA with the SOA in authority per RFC 2308, the SOA and NS
+//! of the apex) is hickory-server's: each name becomes an `InMemoryZoneHandler` in a `Catalog`,
+//! and the catalog's answer to each kind of question is encoded once, when the name's data
+//! changes. The hot path then copies those bytes and patches only the ID, flags, the question
+//! (for the client's case) and the OPT record: one definition of an answer, and no per-query
+//! encoding.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, anyhow, bail};
+use hickory_proto::op::{Message, Query as HQuery};
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType, RrKey};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::{TokioRuntimeProvider, TokioTime};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, MessageResponse, ZoneType};
+
+use crate::dns::wire;
+
+/// Negative-caching TTL of a name that exists but has no address right now (a Service scaled to
+/// zero): short, so that clients see the endpoints as soon as they come back.
+pub const EMPTY_NAME_NEGATIVE_TTL: u32 = 1;
+
+/// SOA timers of the synthesized zones. Nothing transfers these zones; the values are the
+/// conventional ones (RFC 1912 section 2.2) so that zone checkers find nothing odd.
+const SOA_REFRESH: i32 = 7200;
+const SOA_RETRY: i32 = 1800;
+const SOA_EXPIRE: i32 = 86400;
+
+/// Settings shared by every local zone.
+#[derive(Debug, Clone)]
+pub struct ZoneSettings {
+    /// TTL of answers and SOA minimum.
+    pub ttl: u32,
+    /// The server's own name: the NS of every zone and the SOA MNAME.
+    pub ns_name: Name,
+    /// SOA serial; bumped whenever the table is rebuilt.
+    pub serial: u32,
+}
+
+/// The pre-encoded answers of one name that has data.
+#[derive(Debug)]
+pub struct Answers {
+    pub a: Box<[u8]>,
+    pub aaaa: Box<[u8]>,
+    pub soa: Box<[u8]>,
+    pub ns: Box<[u8]>,
+    /// NODATA for any other type (the question's type is patched in per query).
+    pub nodata: Box<[u8]>,
+    /// What an ANY query gets (RFC 8482: a minimal subset, here the addresses).
+    pub any: Box<[u8]>,
+    /// The zone's SOA record with uncompressed names, for NXDOMAIN below the name, whose
+    /// question differs from every template.
+    pub soa_record: Box<[u8]>,
+}
+
+impl Answers {
+    /// Picks the template for a query type.
+    pub fn for_type(&self, qtype: u16) -> &[u8] {
+        match qtype {
+            wire::types::A => &self.a,
+            wire::types::AAAA => &self.aaaa,
+            wire::types::SOA => &self.soa,
+            wire::types::NS => &self.ns,
+            wire::types::ANY => &self.any,
+            _ => &self.nodata,
+        }
+    }
+
+    /// Builds the answers of `apex` with `addresses` (possibly none: NODATA with a short TTL).
+    pub async fn build(apex: &Name, addresses: &[IpAddr], settings: &ZoneSettings) -> anyhow::Result<Self> {
+        let negative_ttl = if addresses.is_empty() { EMPTY_NAME_NEGATIVE_TTL } else { settings.ttl };
+        let soa = Record::from_rdata(
+            apex.clone(),
+            negative_ttl,
+            RData::SOA(SOA::new(
+                settings.ns_name.clone(),
+                Name::from_ascii("hostmaster")?.append_domain(apex)?,
+                settings.serial,
+                SOA_REFRESH,
+                SOA_RETRY,
+                SOA_EXPIRE,
+                negative_ttl,
+            )),
+        );
+        let mut records = vec![
+            soa.clone(),
+            Record::from_rdata(apex.clone(), settings.ttl, RData::NS(NS(settings.ns_name.clone()))),
+        ];
+        for ip in addresses {
+            let rdata = match ip {
+                IpAddr::V4(v4) => RData::A(A(*v4)),
+                IpAddr::V6(v6) => RData::AAAA(AAAA(*v6)),
+            };
+            records.push(Record::from_rdata(apex.clone(), settings.ttl, rdata));
+        }
+        let catalog = catalog_for(apex, records, settings.serial)?;
+
+        let a = encode_answer(&catalog, apex, RecordType::A).await?;
+        let aaaa = encode_answer(&catalog, apex, RecordType::AAAA).await?;
+        let any = if addresses.iter().any(IpAddr::is_ipv4) || addresses.is_empty() {
+            a.clone()
+        } else {
+            aaaa.clone()
+        };
+        Ok(Self {
+            a,
+            aaaa,
+            any,
+            soa: encode_answer(&catalog, apex, RecordType::SOA).await?,
+            ns: encode_answer(&catalog, apex, RecordType::NS).await?,
+            nodata: encode_answer(&catalog, apex, RecordType::TXT).await?,
+            soa_record: encode_uncompressed(&soa)?,
+        })
+    }
+}
+
+fn catalog_for(apex: &Name, records: Vec<Record>, serial: u32) -> anyhow::Result<Catalog> {
+    let mut sets: BTreeMap<RrKey, RecordSet> = BTreeMap::new();
+    for record in records {
+        let key = RrKey::new(LowerName::from(&record.name), record.record_type());
+        sets.entry(key)
+            .or_insert_with(|| RecordSet::new(record.name.clone(), record.record_type(), serial))
+            .insert(record, serial);
+    }
+    let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(apex.clone(), sets, ZoneType::Primary, AxfrPolicy::Deny)
+        .map_err(|e| anyhow!("zone {apex}: {e}"))?;
+    let mut catalog = Catalog::new();
+    catalog.upsert(LowerName::from(apex), vec![Arc::new(handler)]);
+    Ok(catalog)
+}
+
+/// Asks the catalog `apex qtype` and returns its encoded answer, checked to carry the question
+/// exactly as asked (the hot path overwrites those bytes with the client's).
+async fn encode_answer(catalog: &Catalog, apex: &Name, qtype: RecordType) -> anyhow::Result<Box<[u8]>> {
+    let mut query = Message::query();
+    query.add_query(HQuery::query(apex.clone(), qtype));
+    let query = query.to_vec()?;
+    let request = Request::from_bytes(query.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), Protocol::Udp)
+        .context("encoding a template query")?;
+    let capture = Capture::default();
+    catalog.handle_request::<_, TokioTime>(&request, capture.clone()).await;
+    let answer = std::mem::take(&mut *capture.0.lock().unwrap());
+    if answer.len() < query.len() || answer[wire::HEADER_LEN..query.len()] != query[wire::HEADER_LEN..] {
+        bail!("the answer to {apex} {qtype} does not echo its question");
+    }
+    Ok(answer.into_boxed_slice())
+}
+
+fn encode_uncompressed(record: &Record) -> anyhow::Result<Box<[u8]>> {
+    let mut bytes = Vec::new();
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    record.emit(&mut encoder)?;
+    Ok(bytes.into_boxed_slice())
+}
+
+/// A `ResponseHandler` that keeps the encoded response instead of sending it.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+#[async_trait::async_trait]
+impl ResponseHandler for Capture {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let mut bytes = Vec::with_capacity(512);
+        let info = response.destructive_emit(&mut BinEncoder::new(&mut bytes))?;
+        *self.0.lock().unwrap() = bytes;
+        Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::ResponseCode;
+
+    fn settings() -> ZoneSettings {
+        ZoneSettings { ttl: 5, ns_name: Name::from_ascii("node-1.").unwrap(), serial: 7 }
+    }
+
+    #[tokio::test]
+    async fn answers_are_authoritative_and_negative_answers_carry_the_soa() {
+        let apex = Name::from_ascii("knative-local-registry.").unwrap();
+        let answers = Answers::build(&apex, &["10.0.0.10".parse().unwrap()], &settings()).await.unwrap();
+
+        let a = Message::from_vec(&answers.a).unwrap();
+        assert!(a.metadata.authoritative);
+        assert_eq!(a.answers.len(), 1);
+        assert_eq!(a.answers[0].ttl, 5);
+
+        let aaaa = Message::from_vec(&answers.aaaa).unwrap();
+        assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
+        assert!(aaaa.answers.is_empty());
+        assert_eq!(aaaa.authorities[0].record_type(), RecordType::SOA);
+
+        let soa = Message::from_vec(&answers.soa).unwrap();
+        assert_eq!(soa.answers[0].record_type(), RecordType::SOA);
+        let ns = Message::from_vec(&answers.ns).unwrap();
+        assert_eq!(ns.answers[0].data, RData::NS(NS(settings().ns_name)));
+    }
+
+    #[tokio::test]
+    async fn a_name_without_addresses_gets_nodata_with_a_short_ttl() {
+        let apex = Name::from_ascii("registry.example.").unwrap();
+        let answers = Answers::build(&apex, &[], &settings()).await.unwrap();
+        let a = Message::from_vec(&answers.a).unwrap();
+        assert!(a.answers.is_empty());
+        assert_eq!(a.authorities[0].ttl, EMPTY_NAME_NEGATIVE_TTL);
+    }
+}

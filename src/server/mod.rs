@@ -1,0 +1,164 @@
+//! The server: binds the sockets, runs the UDP workers and the TCP listener, and shuts down
+//! cleanly. Data flows one way: sockets -> `request::handle` -> local answer or `forward`.
+//!
+//! - `socket`: SO_REUSEPORT listening sockets;
+//! - `batch`: recvmmsg/sendmmsg;
+//! - `udp`: one worker thread per CPU;
+//! - `tcp`: the TCP listener;
+//! - `shutdown`: the signals that stop the server.
+
+mod batch;
+pub mod shutdown;
+mod socket;
+mod tcp;
+mod udp;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hickory_proto::rr::Name;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tracing::{error, info};
+
+use crate::config::{Config, parse_local_name};
+use crate::forward::{InFlight, LoopProbe, Upstreams};
+use crate::names::Names;
+use crate::sources::static_records;
+
+/// What every worker and connection reads.
+pub(crate) struct Shared {
+    pub names: Arc<Names>,
+    pub probe: Arc<LoopProbe>,
+    pub upstreams: Arc<Upstreams>,
+    pub in_flight: Arc<InFlight>,
+    pub upstream_timeout: Duration,
+    pub tcp_idle_timeout: Duration,
+}
+
+/// A server with its sockets bound, ready to [`run`](Server::run).
+pub struct Server {
+    shared: Arc<Shared>,
+    /// One socket per listen address for each UDP worker.
+    udp: Vec<Vec<std::net::UdpSocket>>,
+    tcp: Vec<std::net::TcpListener>,
+    local_addrs: Vec<SocketAddr>,
+    max_tcp_connections: usize,
+}
+
+impl Server {
+    /// Validates `config`, binds every socket and publishes the static names. Errors (a bad
+    /// config, an address in use) surface here, before anything is served.
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        config.validate()?;
+        let upstreams = Upstreams::new(&config.resolve_upstreams()?);
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+
+        let mut udp: Vec<Vec<std::net::UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut tcp = Vec::new();
+        let mut local_addrs = Vec::new();
+        for &addr in &config.listen {
+            let first = socket::udp(addr).with_context(|| format!("cannot listen on {addr}/udp"))?;
+            // With port 0 the kernel picks one; every other socket of this address shares it.
+            let actual = first.local_addr()?;
+            udp[0].push(first);
+            for sockets in udp.iter_mut().skip(1) {
+                sockets.push(socket::udp(actual).with_context(|| format!("cannot listen on {actual}/udp"))?);
+            }
+            tcp.push(socket::tcp(actual).with_context(|| format!("cannot listen on {actual}/tcp"))?);
+            local_addrs.push(actual);
+        }
+
+        let names = Names::new(config.records.iter().map(|r| r.name.clone()), config.ttl, server_name()).await?;
+        static_records::publish(&names, &config.records).await?;
+        let shared = Arc::new(Shared {
+            names,
+            probe: LoopProbe::new(upstreams.clone()),
+            upstreams,
+            in_flight: Arc::new(InFlight::new(config.max_concurrent)),
+            upstream_timeout: config.upstream_timeout,
+            tcp_idle_timeout: config.tcp_idle_timeout,
+        });
+        Ok(Self { shared, udp, tcp, local_addrs, max_tcp_connections: config.max_tcp_connections })
+    }
+
+    /// The addresses actually listened on (port 0 resolved).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The local names, for sources to publish into.
+    pub fn names(&self) -> Arc<Names> {
+        self.shared.names.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops reading new queries, lets the ones in flight
+    /// finish (bounded by the upstream timeouts) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let mut workers = Vec::new();
+        for (index, sockets) in self.udp.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let stopped = stopped.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("udp-{index}"))
+                .spawn(move || udp::run(sockets, shared, stopped))?;
+            workers.push(worker);
+        }
+        let connections = Arc::new(Semaphore::new(self.max_tcp_connections));
+        let mut listeners = Vec::new();
+        for listener in self.tcp {
+            let listener = TcpListener::from_std(listener)?;
+            listeners.push(tokio::spawn(tcp::serve(listener, self.shared.clone(), connections.clone(), stopped.clone())));
+        }
+
+        let upstreams = &self.shared.upstreams;
+        info!(
+            listen = %list(&self.local_addrs),
+            names = %self.shared.names.describe().await,
+            upstreams = %list(&(0..upstreams.len()).map(|i| upstreams.addr(i)).collect::<Vec<_>>()),
+            workers = workers.len(),
+            "registry-dns serving"
+        );
+        tokio::spawn(self.shared.probe.clone().send(self.shared.upstream_timeout));
+
+        shutdown.await;
+        info!("shutting down: no new queries; finishing those in flight");
+        let _ = stop.send(true);
+        for listener in listeners {
+            let _ = listener.await;
+        }
+        let drain = self.shared.upstream_timeout * upstreams.len().max(1) as u32 + Duration::from_secs(1);
+        let all = u32::try_from(self.max_tcp_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(drain, connections.acquire_many(all)).await;
+        let joined = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                match worker.join() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => error!(error = %e, "UDP worker failed"),
+                    Err(_) => error!("UDP worker panicked"),
+                }
+            }
+        });
+        joined.await?;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// The server's own name, used as the NS of every local zone: the host name (on a
+/// `hostNetwork` DaemonSet, the node's), or `registry-dns.` when that is not a usable name.
+fn server_name() -> Name {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    parse_local_name(host.trim()).unwrap_or_else(|_| Name::from_ascii("registry-dns.").expect("valid name"))
+}

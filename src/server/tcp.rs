@@ -1,0 +1,109 @@
+//! The TCP listener (RFC 7766): length-prefixed queries, several per connection and answered as
+//! they complete (pipelining), an idle timeout, and a cap on open connections.
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tracing::debug;
+
+use super::Shared;
+use crate::dns::wire::{self, rcode};
+use crate::forward::tcp;
+use crate::request::{self, Action, Transport};
+
+/// Answers waiting to be written on one connection.
+const WRITE_QUEUE: usize = 32;
+
+/// Accepts connections until `shutdown`; the returned semaphore has every permit back once all
+/// connections are done.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, connections: Arc<Semaphore>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    debug!(error = %e, "TCP accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        // Over the cap the connection is closed at once: the client falls back or retries.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            debug!("TCP connection cap reached");
+            continue;
+        };
+        tokio::spawn(connection(stream, shared.clone(), permit, shutdown.clone()));
+    }
+}
+
+async fn connection(stream: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePermit, mut shutdown: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (answers, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let write_loop = tokio::spawn(async move {
+        while let Some(answer) = queue.recv().await {
+            let mut framed = Vec::with_capacity(answer.len() + 2);
+            framed.extend_from_slice(&(answer.len() as u16).to_be_bytes());
+            framed.extend_from_slice(&answer);
+            if writer.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    loop {
+        let query = tokio::select! {
+            read = tokio::time::timeout(shared.tcp_idle_timeout, read_message(&mut reader)) => match read {
+                Ok(Ok(query)) => query,
+                Ok(Err(_)) | Err(_) => break,
+            },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let mut out = Vec::new();
+        match request::handle(&query, Transport::Tcp, &shared.names.load(), &shared.probe, &mut out) {
+            Action::Reply => {
+                if answers.send(out).await.is_err() {
+                    break;
+                }
+            }
+            Action::Forward { question_end, edns } => {
+                if !shared.in_flight.try_acquire() {
+                    wire::write_empty_answer(&query, Some(question_end), rcode::REFUSED, edns.as_ref(), false, &mut out);
+                    let _ = answers.send(out).await;
+                    continue;
+                }
+                let shared = shared.clone();
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let answer = tcp::forward(&shared.upstreams, &query, question_end, shared.upstream_timeout)
+                        .await
+                        .unwrap_or_else(|| {
+                            wire::write_empty_answer(&query, Some(question_end), rcode::SERVFAIL, edns.as_ref(), false, &mut out);
+                            out
+                        });
+                    shared.in_flight.release();
+                    let _ = answers.send(answer).await;
+                });
+            }
+            Action::Drop => {}
+        }
+    }
+    // Forwards still running hold clones of `answers`; the writer ends after their answers.
+    drop(answers);
+    let _ = write_loop.await;
+}
+
+/// Reads one length-prefixed message. A zero length cannot be a DNS message: the connection ends.
+async fn read_message(reader: &mut tokio::net::tcp::OwnedReadHalf) -> io::Result<Vec<u8>> {
+    let len = reader.read_u16().await?;
+    if len == 0 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "zero-length TCP message"));
+    }
+    let mut message = vec![0u8; usize::from(len)];
+    reader.read_exact(&mut message).await?;
+    Ok(message)
+}

@@ -1,0 +1,121 @@
+//! A UDP worker: one thread, one current-thread runtime, one SO_REUSEPORT socket per listen
+//! address, and its own forwarder. Workers share nothing but the name table (read without locks)
+//! and the upstream health counters, so answers per second grow with cores.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::task::LocalSet;
+use tracing::{debug, warn};
+
+use super::Shared;
+use super::batch::{RecvBatch, SendBatch};
+use crate::dns::wire::{self, rcode};
+use crate::forward::udp::{Started, UdpForwarder};
+use crate::request::{self, Action, Transport};
+
+/// How often timed-out upstream tries are moved on; bounds the timeout's overshoot.
+const TIMEOUT_TICK: Duration = Duration::from_millis(20);
+
+/// Runs one worker until `shutdown` turns true, then lets its forwarded queries finish.
+pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    LocalSet::new().block_on(&runtime, async move {
+        let (forwarder, upstream_sockets) =
+            UdpForwarder::new(shared.upstreams.clone(), shared.in_flight.clone(), shared.upstream_timeout)?;
+        let forwarder = Rc::new(RefCell::new(forwarder));
+        for (key, socket) in upstream_sockets {
+            tokio::task::spawn_local(receive_upstream(key, socket, forwarder.clone()));
+        }
+        tokio::task::spawn_local(expire_timeouts(forwarder.clone()));
+
+        let mut listeners = Vec::new();
+        for socket in sockets {
+            let socket = Rc::new(UdpSocket::from_std(socket)?);
+            listeners.push(tokio::task::spawn_local(listen(socket, shared.clone(), forwarder.clone(), shutdown.clone())));
+        }
+        for listener in listeners {
+            if let Ok(Err(e)) = listener.await {
+                warn!(error = %e, "UDP listener failed");
+            }
+        }
+        // Stopped accepting; give the queries already forwarded the time their tries can take.
+        let deadline = Instant::now() + shared.upstream_timeout * shared.upstreams.len() as u32 + TIMEOUT_TICK * 2;
+        while forwarder.borrow().pending() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(TIMEOUT_TICK).await;
+        }
+        Ok(())
+    })
+}
+
+/// Reads queries in batches, answers local ones in batches, hands the rest to the forwarder.
+async fn listen(
+    socket: Rc<UdpSocket>,
+    shared: Arc<Shared>,
+    forwarder: Rc<RefCell<UdpForwarder>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let fd = socket.as_raw_fd();
+    let mut received = RecvBatch::new();
+    let mut answers = SendBatch::new();
+    loop {
+        tokio::select! {
+            ready = socket.readable() => ready?,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        }
+        loop {
+            let n = match socket.try_io(Interest::READABLE, || received.recv(fd)) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(error = %e, "UDP receive failed");
+                    break;
+                }
+            };
+            let table = shared.names.load();
+            for i in 0..n {
+                let Some((packet, client)) = received.get(i) else { continue };
+                let out = answers.buffer();
+                match request::handle(packet, Transport::Udp, &table, &shared.probe, out) {
+                    Action::Reply => answers.commit(client),
+                    Action::Forward { question_end, edns } => {
+                        let started = forwarder.borrow_mut().start(packet, question_end, edns, client, &socket);
+                        if started == Started::OverCapacity {
+                            wire::write_empty_answer(packet, Some(question_end), rcode::REFUSED, edns.as_ref(), false, out);
+                            answers.commit(client);
+                        }
+                    }
+                    Action::Drop => {}
+                }
+            }
+            answers.flush(fd);
+        }
+    }
+}
+
+async fn receive_upstream(key: u32, socket: Rc<UdpSocket>, forwarder: Rc<RefCell<UdpForwarder>>) {
+    let mut buffer = vec![0u8; usize::from(u16::MAX)];
+    loop {
+        match socket.recv(&mut buffer).await {
+            Ok(n) => forwarder.borrow_mut().on_reply(key, &mut buffer[..n]),
+            // ECONNREFUSED and the like: an upstream is down; the query's timeout moves it on.
+            Err(e) => debug!(error = %e, "upstream socket error"),
+        }
+    }
+}
+
+async fn expire_timeouts(forwarder: Rc<RefCell<UdpForwarder>>) {
+    let mut tick = tokio::time::interval(TIMEOUT_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        forwarder.borrow_mut().expire(Instant::now());
+    }
+}
