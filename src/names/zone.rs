@@ -149,6 +149,10 @@ async fn encode_answer(catalog: &Catalog, apex: &Name, qtype: RecordType) -> any
     let capture = Capture::default();
     catalog.handle_request::<_, TokioTime>(&request, capture.clone()).await;
     let answer = std::mem::take(&mut *capture.0.lock().unwrap());
+    // hickory-server writes each owner name in full; re-encoding compresses them into pointers
+    // to the question, which is what lets many addresses fit a 512-byte answer and makes the
+    // owner names echo the client's case like the question does.
+    let answer = Message::from_vec(&answer)?.to_vec()?;
     if answer.len() < query.len() || answer[wire::HEADER_LEN..query.len()] != query[wire::HEADER_LEN..] {
         bail!("the answer to {apex} {qtype} does not echo its question");
     }
@@ -204,6 +208,8 @@ mod tests {
         let a = Message::from_vec(&answers.a).unwrap();
         assert!(a.metadata.authoritative);
         assert_eq!(a.answers.len(), 1);
+        let question_end = wire::HEADER_LEN + apex.len() + 1 + 4;
+        assert_eq!(&answers.a[question_end..question_end + 2], &[0xc0, 0x0c], "owner points to the question");
         assert_eq!(a.answers[0].ttl, 5);
 
         let aaaa = Message::from_vec(&answers.aaaa).unwrap();

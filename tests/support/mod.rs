@@ -1,0 +1,353 @@
+//! Test support: the real registry-dns binary, real upstream servers from Debian's packages
+//! (nsd, dnsmasq) and real `dig`, all on loopback. `tests/run.sh` installs the packages.
+
+#![allow(dead_code)] // each test binary uses its own part of the support code
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("registry-dns-test-{}-{tag}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback port free on both UDP and TCP right now, for servers that need a port up front.
+pub fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    ready()
+}
+
+/// A running registry-dns process with its log lines collected.
+pub struct RegistryDns {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl RegistryDns {
+    pub const BIN: &'static str = env!("CARGO_BIN_EXE_registry-dns");
+
+    /// Starts the binary on an ephemeral loopback port (unless `args` has a `--listen`) and waits
+    /// for its startup line.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with(Command::new(Self::BIN), args)
+    }
+
+    /// Like [`RegistryDns::start`] with a prepared command (a network namespace, environment).
+    pub fn start_with(mut command: Command, args: &[&str]) -> Self {
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
+            .args(args)
+            .env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting registry-dns");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[registry-dns] {line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut addr = None;
+        let started = wait_until(Duration::from_secs(20), || {
+            addr = logs.lock().unwrap().iter().find_map(|l| listen_addr(l));
+            addr.is_some()
+        });
+        if !started {
+            let _ = child.kill();
+            panic!("registry-dns did not start: {:?}", logs.lock().unwrap());
+        }
+        Self { child, addr: addr.unwrap(), logs }
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        wait_until(timeout, || self.logs.lock().unwrap().iter().any(|l| l.contains(needle)))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for RegistryDns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first address of the startup line's `listen=` field (text log format, colours off or on).
+fn listen_addr(line: &str) -> Option<SocketAddr> {
+    if !line.contains("registry-dns serving") {
+        return None;
+    }
+    let plain = strip_ansi(line);
+    let rest = &plain[plain.find("listen=")? + "listen=".len()..];
+    rest.split([',', ' ']).next()?.parse().ok()
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Runs the binary to completion (for startup failures): exit code and stderr.
+pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(RegistryDns::BIN).args(args).env("RUST_LOG", "info").output().unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// What `dig` printed, parsed.
+#[derive(Debug, Clone)]
+pub struct Dig {
+    pub status: String,
+    pub flags: Vec<String>,
+    pub answer: Vec<Vec<String>>,
+    pub authority: Vec<Vec<String>>,
+    pub edns: Option<String>,
+    pub raw: String,
+}
+
+impl Dig {
+    pub fn has_flag(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+
+    /// The RDATA of every answer record of `rtype`, as dig prints them.
+    pub fn rdata(&self, rtype: &str) -> Vec<String> {
+        self.answer.iter().filter(|r| r.get(3).map(String::as_str) == Some(rtype)).map(|r| r[4..].join(" ")).collect()
+    }
+
+    /// The answer section with TTLs left out, for comparing two servers' answers.
+    pub fn answer_without_ttl(&self) -> Vec<String> {
+        self.answer
+            .iter()
+            .map(|r| r.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, f)| f.as_str()).collect::<Vec<_>>().join(" "))
+            .collect()
+    }
+}
+
+/// Runs `dig @addr args...` (one try, short timeout unless the args say otherwise).
+pub fn dig(addr: SocketAddr, args: &[&str]) -> Dig {
+    let output = Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string(), "+time=3", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("running dig (tests/run.sh installs it)");
+    parse_dig(&String::from_utf8_lossy(&output.stdout))
+}
+
+pub fn parse_dig(raw: &str) -> Dig {
+    let mut dig = Dig {
+        status: "NO ANSWER".into(),
+        flags: Vec::new(),
+        answer: Vec::new(),
+        authority: Vec::new(),
+        edns: None,
+        raw: raw.to_string(),
+    };
+    let mut section = "";
+    for line in raw.lines() {
+        if let Some(rest) = line.split("status: ").nth(1) {
+            dig.status = rest.split(',').next().unwrap().to_string();
+        } else if let Some(rest) = line.strip_prefix(";; flags: ") {
+            dig.flags = rest.split(';').next().unwrap().split_whitespace().map(String::from).collect();
+        } else if let Some(rest) = line.strip_prefix("; EDNS: ") {
+            dig.edns = Some(rest.to_string());
+        } else if line.starts_with(";; ANSWER SECTION") {
+            section = "answer";
+        } else if line.starts_with(";; AUTHORITY SECTION") {
+            section = "authority";
+        } else if line.starts_with(";;") || line.trim().is_empty() {
+            section = "";
+        } else if !line.starts_with(';') {
+            let fields: Vec<String> = line.split_whitespace().map(String::from).collect();
+            match section {
+                "answer" => dig.answer.push(fields),
+                "authority" => dig.authority.push(fields),
+                _ => {}
+            }
+        }
+    }
+    dig
+}
+
+/// An nsd authoritative server on a loopback port, serving the given zones. A zone whose
+/// content is `None` is configured without a zone file, so nsd answers SERVFAIL for it.
+pub struct Nsd {
+    child: Child,
+    pub addr: SocketAddr,
+    _dir: TempDir,
+}
+
+impl Nsd {
+    pub fn start(zones: &[(&str, Option<&str>)]) -> Self {
+        let dir = TempDir::new("nsd");
+        let port = free_port();
+        let d = dir.0.display();
+        let mut conf = format!(
+            "server:\n  ip-address: 127.0.0.1@{port}\n  port: {port}\n  username: \"\"\n  chroot: \"\"\n  \
+             zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
+             zonelistfile: \"{d}/zone.list\"\n  server-count: 1\n  verbosity: 1\n  \
+             tcp-count: 64\nremote-control:\n  control-enable: no\n"
+        );
+        for (name, content) in zones {
+            let file = format!("{}.zone", name.trim_end_matches('.'));
+            if let Some(content) = content {
+                std::fs::write(dir.path(&file), content).unwrap();
+            }
+            conf.push_str(&format!("zone:\n  name: \"{name}\"\n  zonefile: \"{file}\"\n"));
+        }
+        std::fs::write(dir.path("nsd.conf"), conf).unwrap();
+        let child = Command::new(nsd_binary())
+            .args(["-d", "-c"])
+            .arg(dir.path("nsd.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nsd (tests/run.sh installs it)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let probe = zones[0].0;
+        let up = wait_until(Duration::from_secs(10), || dig(addr, &[probe, "SOA"]).status != "NO ANSWER");
+        assert!(up, "nsd did not start on {addr}");
+        Self { child, addr, _dir: dir }
+    }
+}
+
+impl Drop for Nsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nsd_binary() -> &'static str {
+    if Path::new("/usr/sbin/nsd").exists() { "/usr/sbin/nsd" } else { "nsd" }
+}
+
+/// The test zone `test.`: a plain name, a name with many records (an answer over 512 bytes, so
+/// UDP without EDNS truncates), and nothing else (every other name is NXDOMAIN).
+pub fn test_zone() -> String {
+    let mut zone = String::from(
+        "$ORIGIN test.\n$TTL 300\n@ IN SOA ns.test. hostmaster.test. 1 7200 1800 86400 300\n@ IN NS ns.test.\n\
+         ns IN A 127.0.0.1\nwww IN A 192.0.2.1\nwww IN AAAA 2001:db8::1\n",
+    );
+    for i in 0..40 {
+        zone.push_str(&format!("big IN A 198.51.100.{i}\n"));
+    }
+    zone
+}
+
+/// The zone `signed.test.` signed with ldns-signzone (made once per test binary): the answers
+/// carry RRSIGs, which must pass through registry-dns unchanged.
+pub fn signed_zone() -> &'static str {
+    static ZONE: OnceLock<String> = OnceLock::new();
+    ZONE.get_or_init(|| {
+        let dir = TempDir::new("sign");
+        std::fs::write(
+            dir.path("signed.test.zone"),
+            "$ORIGIN signed.test.\n$TTL 300\n@ IN SOA ns.signed.test. hostmaster.signed.test. 1 7200 1800 86400 300\n\
+             @ IN NS ns.signed.test.\nns IN A 127.0.0.1\nsecure IN A 192.0.2.53\n",
+        )
+        .unwrap();
+        let keygen = Command::new("ldns-keygen")
+            .current_dir(&dir.0)
+            .args(["-a", "ECDSAP256SHA256", "-k", "signed.test."])
+            .output()
+            .expect("running ldns-keygen (tests/run.sh installs ldnsutils)");
+        assert!(keygen.status.success(), "ldns-keygen: {}", String::from_utf8_lossy(&keygen.stderr));
+        let key = String::from_utf8_lossy(&keygen.stdout).trim().to_string();
+        let sign = Command::new("ldns-signzone")
+            .current_dir(&dir.0)
+            .args(["-n", "signed.test.zone", &key])
+            .output()
+            .unwrap();
+        assert!(sign.status.success(), "ldns-signzone: {}", String::from_utf8_lossy(&sign.stderr));
+        std::fs::read_to_string(dir.path("signed.test.zone.signed")).unwrap()
+    })
+}
+
+/// An nsd serving `test.` and `signed.test.`: the usual healthy upstream.
+pub fn healthy_upstream() -> Nsd {
+    Nsd::start(&[("test.", Some(&test_zone())), ("signed.test.", Some(signed_zone()))])
+}
