@@ -14,7 +14,11 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => return fail(e.render().to_string().lines().next().unwrap_or("bad arguments").trim_start_matches("error: ")),
+        Err(e) => {
+            return fail(
+                e.render().to_string().lines().next().unwrap_or("bad arguments").trim_start_matches("error: "),
+            );
+        }
     };
     logging::init(cli.log_format);
     let config = cli.into_config();

@@ -88,7 +88,14 @@ fn a_silent_first_upstream_fails_over_to_the_second_within_the_timeout() {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap().to_string();
     let s = RegistryDns::start(&[
-        "--record", LOCAL, "--upstream", &silent_addr, "--upstream", &up.addr.to_string(), "--upstream-timeout", "400ms",
+        "--record",
+        LOCAL,
+        "--upstream",
+        &silent_addr,
+        "--upstream",
+        &up.addr.to_string(),
+        "--upstream-timeout",
+        "400ms",
     ]);
     let started = Instant::now();
     let d = dig(s.addr, &["www.test", "A"]);
@@ -111,10 +118,14 @@ fn servfail_and_refused_upstreams_are_skipped() {
     assert_eq!(dig(servfail.addr, &["www.test"]).status, "SERVFAIL");
     assert_eq!(dig(refused.addr, &["www.test"]).status, "REFUSED");
     let s = RegistryDns::start(&[
-        "--record", LOCAL,
-        "--upstream", &servfail.addr.to_string(),
-        "--upstream", &refused.addr.to_string(),
-        "--upstream", &good.addr.to_string(),
+        "--record",
+        LOCAL,
+        "--upstream",
+        &servfail.addr.to_string(),
+        "--upstream",
+        &refused.addr.to_string(),
+        "--upstream",
+        &good.addr.to_string(),
     ]);
     assert_eq!(dig(s.addr, &["www.test", "A"]).rdata("A"), ["192.0.2.1"]);
     assert_eq!(dig(s.addr, &["+tcp", "www.test", "A"]).rdata("A"), ["192.0.2.1"]);
@@ -125,10 +136,14 @@ fn every_upstream_down_gives_servfail_within_a_bounded_time() {
     let a = UdpSocket::bind("127.0.0.1:0").unwrap();
     let b = UdpSocket::bind("127.0.0.1:0").unwrap();
     let s = RegistryDns::start(&[
-        "--record", LOCAL,
-        "--upstream", &a.local_addr().unwrap().to_string(),
-        "--upstream", &b.local_addr().unwrap().to_string(),
-        "--upstream-timeout", "300ms",
+        "--record",
+        LOCAL,
+        "--upstream",
+        &a.local_addr().unwrap().to_string(),
+        "--upstream",
+        &b.local_addr().unwrap().to_string(),
+        "--upstream-timeout",
+        "300ms",
     ]);
     let started = Instant::now();
     let d = dig(s.addr, &["www.test", "A"]);
@@ -141,8 +156,14 @@ fn every_upstream_down_gives_servfail_within_a_bounded_time() {
 fn queries_beyond_max_concurrent_are_refused() {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let s = RegistryDns::start(&[
-        "--record", LOCAL, "--upstream", &silent.local_addr().unwrap().to_string(),
-        "--max-concurrent", "3", "--upstream-timeout", "3s",
+        "--record",
+        LOCAL,
+        "--upstream",
+        &silent.local_addr().unwrap().to_string(),
+        "--max-concurrent",
+        "3",
+        "--upstream-timeout",
+        "3s",
     ]);
     let waiting: Vec<_> = (0..3)
         .map(|i| {
@@ -174,19 +195,36 @@ fn a_forwarding_loop_through_another_resolver_is_detected_and_dropped() {
     // dnsmasq forwards everything back to registry-dns: the startup probe comes back to us.
     let our_port = free_port();
     let dnsmasq_port = free_port();
-    let mut dnsmasq = std::process::Command::new(if std::path::Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" })
-        .args(["--keep-in-foreground", "--no-resolv", "--no-hosts", "--cache-size=0", "--listen-address=127.0.0.1", "--bind-interfaces"])
-        .arg(format!("--port={dnsmasq_port}"))
-        .arg(format!("--server=127.0.0.1#{our_port}"))
-        .arg("--pid-file=")
-        .arg("--user=root")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting dnsmasq (tests/run.sh installs it)");
+    let mut dnsmasq = std::process::Command::new(if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
+        "/usr/sbin/dnsmasq"
+    } else {
+        "dnsmasq"
+    })
+    .args([
+        "--keep-in-foreground",
+        "--no-resolv",
+        "--no-hosts",
+        "--cache-size=0",
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+    ])
+    .arg(format!("--port={dnsmasq_port}"))
+    .arg(format!("--server=127.0.0.1#{our_port}"))
+    .arg("--pid-file=")
+    .arg("--user=root")
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("starting dnsmasq (tests/run.sh installs it)");
     std::thread::sleep(Duration::from_millis(300));
     let s = RegistryDns::start(&[
-        "--listen", &format!("127.0.0.1:{our_port}"), "--record", LOCAL,
-        "--upstream", &format!("127.0.0.1:{dnsmasq_port}"), "--upstream-timeout", "500ms",
+        "--listen",
+        &format!("127.0.0.1:{our_port}"),
+        "--record",
+        LOCAL,
+        "--upstream",
+        &format!("127.0.0.1:{dnsmasq_port}"),
+        "--upstream-timeout",
+        "500ms",
     ]);
     assert!(s.wait_for_log("forwarding loop", Duration::from_secs(5)), "{:?}", s.logs());
     let started = Instant::now();

@@ -52,7 +52,9 @@ fn answers_aaaa_for_multi_label_names_and_honours_ttl() {
 #[test]
 fn other_types_at_a_name_get_nodata_with_the_soa() {
     let (_up, s) = server(&[]);
-    for (name, qtype) in [("knative-local-registry", "AAAA"), ("knative-local-registry", "MX"), ("registry.example.internal", "A")] {
+    for (name, qtype) in
+        [("knative-local-registry", "AAAA"), ("knative-local-registry", "MX"), ("registry.example.internal", "A")]
+    {
         let d = dig(s.addr, &[name, qtype]);
         assert_eq!(d.status, "NOERROR", "{name} {qtype}");
         assert!(d.answer.is_empty(), "{name} {qtype}: {:?}", d.answer);
@@ -123,7 +125,9 @@ fn a_large_local_answer_truncates_over_udp_and_arrives_whole_over_tcp() {
 fn static_records_come_from_the_environment_too() {
     let upstream = healthy_upstream();
     let mut command = std::process::Command::new(RegistryDns::BIN);
-    command.env("REGISTRY_DNS_RECORD", "a-name=10.9.0.1 b-name=10.9.0.2").env("REGISTRY_DNS_UPSTREAM", upstream.addr.to_string());
+    command
+        .env("REGISTRY_DNS_RECORD", "a-name=10.9.0.1 b-name=10.9.0.2")
+        .env("REGISTRY_DNS_UPSTREAM", upstream.addr.to_string());
     let s = RegistryDns::start_with(command, &[]);
     assert_eq!(dig(s.addr, &["a-name"]).rdata("A"), ["10.9.0.1"]);
     assert_eq!(dig(s.addr, &["b-name"]).rdata("A"), ["10.9.0.2"]);

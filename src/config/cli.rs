@@ -15,8 +15,13 @@ use super::{Config, StaticRecord, parse_upstream};
 #[command(name = "registry-dns", version, about, long_about = None)]
 pub struct Cli {
     /// Address to serve DNS on, over UDP and TCP (repeatable).
-    #[arg(long, env = "REGISTRY_DNS_LISTEN", value_name = "ADDR:PORT", default_value = "127.0.0.1:5353",
-          value_delimiter = ' ')]
+    #[arg(
+        long,
+        env = "REGISTRY_DNS_LISTEN",
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:5353",
+        value_delimiter = ' '
+    )]
     pub listen: Vec<SocketAddr>,
 
     /// A local name and its addresses, IPv4 and/or IPv6 (repeatable).
@@ -100,8 +105,15 @@ mod tests {
     #[test]
     fn repeatable_flags_collect_every_value() {
         let cli = Cli::try_parse_from([
-            "registry-dns", "--record", "a=10.0.0.1", "--record", "b=10.0.0.2,fd00::2", "--upstream", "10.0.0.53",
-            "--upstream-timeout", "500ms",
+            "registry-dns",
+            "--record",
+            "a=10.0.0.1",
+            "--record",
+            "b=10.0.0.2,fd00::2",
+            "--upstream",
+            "10.0.0.53",
+            "--upstream-timeout",
+            "500ms",
         ])
         .unwrap();
         let config = cli.into_config();

@@ -111,7 +111,8 @@ impl Config {
         self.listen.iter().copied().find(|listen| {
             listen.port() == upstream.port()
                 && (listen.ip() == upstream.ip()
-                    || (listen.ip().is_unspecified() && (upstream.ip().is_loopback() || upstream.ip().is_unspecified())))
+                    || (listen.ip().is_unspecified()
+                        && (upstream.ip().is_loopback() || upstream.ip().is_unspecified())))
         })
     }
 }

@@ -11,20 +11,14 @@ pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
         return Ok(addr);
     }
     let bare = text.trim_start_matches('[').trim_end_matches(']');
-    bare.parse::<IpAddr>()
-        .map(|ip| SocketAddr::new(ip, 53))
-        .map_err(|_| format!("'{text}' is not ADDR[:PORT]"))
+    bare.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)).map_err(|_| format!("'{text}' is not ADDR[:PORT]"))
 }
 
 /// The nameservers of a resolv.conf, on port 53 (resolv.conf has no port syntax).
 pub fn from_resolv_conf(path: &Path) -> anyhow::Result<Vec<SocketAddr>> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let conf = resolv_conf::Config::parse(&bytes).with_context(|| format!("parsing {}", path.display()))?;
-    Ok(conf
-        .nameservers
-        .into_iter()
-        .map(|ip| SocketAddr::new(IpAddr::from(ip), 53))
-        .collect())
+    Ok(conf.nameservers.into_iter().map(|ip| SocketAddr::new(IpAddr::from(ip), 53)).collect())
 }
 
 #[cfg(test)]

@@ -139,11 +139,7 @@ fn get_u16(packet: &[u8], at: usize) -> Option<u16> {
 
 /// Reads the question name at `start` into `lower` (lower-cased, wire form); returns the offset
 /// after it. Compression is refused: a question's name can only point back into the header.
-fn read_question_name(
-    packet: &[u8],
-    start: usize,
-    lower: &mut [u8; MAX_NAME_LEN],
-) -> Option<(usize, usize)> {
+fn read_question_name(packet: &[u8], start: usize, lower: &mut [u8; MAX_NAME_LEN]) -> Option<(usize, usize)> {
     let mut at = start;
     let mut len = 0;
     loop {
@@ -210,9 +206,7 @@ pub fn parse_query(packet: &[u8], lower: &mut [u8; MAX_NAME_LEN]) -> Result<Quer
     let qtype = get_u16(packet, name_end).ok_or(formerr)?;
     let qclass = get_u16(packet, name_end + 2).ok_or(formerr)?;
     let question_end = name_end + 4;
-    let formerr = Malformed::FormErr {
-        question_end: Some(question_end),
-    };
+    let formerr = Malformed::FormErr { question_end: Some(question_end) };
 
     let non_additional = count(packet, 1) + count(packet, 2);
     let total = non_additional + count(packet, 3);
@@ -232,21 +226,11 @@ pub fn parse_query(packet: &[u8], lower: &mut [u8; MAX_NAME_LEN]) -> Result<Quer
             }
             let class = get_u16(packet, after_name + 2).ok_or(formerr)?;
             let ttl = u32::from_be_bytes(packet[after_name + 4..after_name + 8].try_into().unwrap());
-            edns = Some(Edns {
-                payload: class,
-                version: (ttl >> 16) as u8,
-                dnssec_ok: ttl & DO_BIT != 0,
-            });
+            edns = Some(Edns { payload: class, version: (ttl >> 16) as u8, dnssec_ok: ttl & DO_BIT != 0 });
         }
         at = end;
     }
-    Ok(Query {
-        question_end,
-        name_len,
-        qtype,
-        qclass,
-        edns,
-    })
+    Ok(Query { question_end, name_len, qtype, qclass, edns })
 }
 
 /// Appends our OPT record (RFC 6891): our payload size, version 0, the client's DO bit.
@@ -290,13 +274,7 @@ pub fn write_empty_answer(
 /// Writes a local answer from a pre-encoded template: the template's records under the client's
 /// own ID, flags, question bytes (so the case of the name is echoed, as 0x20 clients expect) and
 /// OPT record. Falls back to a truncated answer when it would exceed `limit`.
-pub fn write_from_template(
-    packet: &[u8],
-    query: &Query,
-    template: &[u8],
-    limit: usize,
-    out: &mut Vec<u8>,
-) {
+pub fn write_from_template(packet: &[u8], query: &Query, template: &[u8], limit: usize, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(template);
     out[..2].copy_from_slice(&packet[..2]);
@@ -316,13 +294,7 @@ pub fn write_from_template(
 /// Writes an answer whose question differs from every template (a name below a local name):
 /// header with `rcode` and AA, the client's question, then `authority`, one position-independent
 /// record (no compression pointers).
-pub fn write_with_authority(
-    packet: &[u8],
-    query: &Query,
-    rcode: u16,
-    authority: &[u8],
-    out: &mut Vec<u8>,
-) {
+pub fn write_with_authority(packet: &[u8], query: &Query, rcode: u16, authority: &[u8], out: &mut Vec<u8>) {
     write_empty_answer(packet, Some(query.question_end), rcode, None, false, out);
     out[2] |= AA;
     out.extend_from_slice(authority);

@@ -40,10 +40,7 @@ impl LoopProbe {
                 Name::from_ascii(format!("{label}.{PROBE_SUFFIX}")).expect("valid probe name")
             })
             .collect();
-        let wire_names = names
-            .iter()
-            .map(|n| n.to_bytes().expect("encodable probe name").into_boxed_slice())
-            .collect();
+        let wire_names = names.iter().map(|n| n.to_bytes().expect("encodable probe name").into_boxed_slice()).collect();
         Arc::new(Self { names, wire_names, upstreams })
     }
 
@@ -87,11 +84,8 @@ impl LoopProbe {
         query.metadata.id = rand::random();
         query.metadata.recursion_desired = true;
         query.add_query(Query::query(name, RecordType::HINFO));
-        let local: SocketAddr = if addr.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
+        let local: SocketAddr =
+            if addr.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
         let socket = UdpSocket::bind(local).await?;
         socket.send_to(&query.to_vec()?, addr).await?;
         let mut buf = [0u8; 512];

@@ -26,6 +26,9 @@ use crate::dns::wire::{self, Edns, rcode};
 /// the 16-bit ID.
 pub const SOCKETS_PER_UPSTREAM: usize = 8;
 
+/// An upstream socket and the key that identifies it in the in-flight table.
+pub type KeyedSocket = (u32, Rc<UdpSocket>);
+
 /// One forwarded query waiting for an answer.
 struct Pending {
     client: SocketAddr,
@@ -78,7 +81,7 @@ impl UdpForwarder {
         upstreams: Arc<Upstreams>,
         in_flight: Arc<InFlight>,
         timeout: Duration,
-    ) -> std::io::Result<(Self, Vec<(u32, Rc<UdpSocket>)>)> {
+    ) -> std::io::Result<(Self, Vec<KeyedSocket>)> {
         let mut sockets = Vec::with_capacity(upstreams.len());
         let mut all = Vec::new();
         for index in 0..upstreams.len() {
@@ -263,11 +266,8 @@ impl UdpForwarder {
 
 /// A UDP socket on a random port, connected to `upstream`.
 fn connected_socket(upstream: SocketAddr) -> std::io::Result<UdpSocket> {
-    let local: SocketAddr = if upstream.is_ipv4() {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    };
+    let local: SocketAddr =
+        if upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let socket = std::net::UdpSocket::bind(local)?;
     socket.connect(upstream)?;
     socket.set_nonblocking(true)?;

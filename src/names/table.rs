@@ -63,10 +63,10 @@ impl NameTable {
                 break;
             }
             at += 1 + usize::from(label);
-            if name.get(at).is_some_and(|&l| l != 0) {
-                if let Some(entry) = self.entries.get(&name[at..]) {
-                    return Lookup::Below(entry);
-                }
+            if name.get(at).is_some_and(|&l| l != 0)
+                && let Some(entry) = self.entries.get(&name[at..])
+            {
+                return Lookup::Below(entry);
             }
         }
         Lookup::Elsewhere
@@ -101,12 +101,8 @@ impl Names {
     /// Declares the local names, all [`NameState::Pending`] until their source publishes them.
     pub async fn new(names: impl IntoIterator<Item = Name>, ttl: u32, ns_name: Name) -> anyhow::Result<Arc<Self>> {
         let states: BTreeMap<Name, NameState> = names.into_iter().map(|n| (n, NameState::Pending)).collect();
-        let this = Self {
-            table: ArcSwap::from_pointee(NameTable::default()),
-            states: Mutex::new(states),
-            ttl,
-            ns_name,
-        };
+        let this =
+            Self { table: ArcSwap::from_pointee(NameTable::default()), states: Mutex::new(states), ttl, ns_name };
         {
             let states = this.states.lock().await;
             this.rebuild(&states).await?;
@@ -167,9 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn finds_names_and_names_below_them_case_folded_keys_only() {
-        let names = Names::new([name("knative-local-registry."), name("reg.example.")], 5, name("ns."))
-            .await
-            .unwrap();
+        let names = Names::new([name("knative-local-registry."), name("reg.example.")], 5, name("ns.")).await.unwrap();
         names.publish(&name("reg.example."), NameState::Addresses(vec![])).await.unwrap();
         let table = names.load();
         let key = |s: &str| name(s).to_bytes().unwrap();

@@ -91,10 +91,8 @@ impl Answers {
                 negative_ttl,
             )),
         );
-        let mut records = vec![
-            soa.clone(),
-            Record::from_rdata(apex.clone(), settings.ttl, RData::NS(NS(settings.ns_name.clone()))),
-        ];
+        let mut records =
+            vec![soa.clone(), Record::from_rdata(apex.clone(), settings.ttl, RData::NS(NS(settings.ns_name.clone())))];
         for ip in addresses {
             let rdata = match ip {
                 IpAddr::V4(v4) => RData::A(A(*v4)),
@@ -106,11 +104,7 @@ impl Answers {
 
         let a = encode_answer(&catalog, apex, RecordType::A).await?;
         let aaaa = encode_answer(&catalog, apex, RecordType::AAAA).await?;
-        let any = if addresses.iter().any(IpAddr::is_ipv4) || addresses.is_empty() {
-            a.clone()
-        } else {
-            aaaa.clone()
-        };
+        let any = if addresses.iter().any(IpAddr::is_ipv4) || addresses.is_empty() { a.clone() } else { aaaa.clone() };
         Ok(Self {
             a,
             aaaa,
@@ -131,8 +125,9 @@ fn catalog_for(apex: &Name, records: Vec<Record>, serial: u32) -> anyhow::Result
             .or_insert_with(|| RecordSet::new(record.name.clone(), record.record_type(), serial))
             .insert(record, serial);
     }
-    let handler = InMemoryZoneHandler::<TokioRuntimeProvider>::new(apex.clone(), sets, ZoneType::Primary, AxfrPolicy::Deny)
-        .map_err(|e| anyhow!("zone {apex}: {e}"))?;
+    let handler =
+        InMemoryZoneHandler::<TokioRuntimeProvider>::new(apex.clone(), sets, ZoneType::Primary, AxfrPolicy::Deny)
+            .map_err(|e| anyhow!("zone {apex}: {e}"))?;
     let mut catalog = Catalog::new();
     catalog.upsert(LowerName::from(apex), vec![Arc::new(handler)]);
     Ok(catalog)

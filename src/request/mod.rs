@@ -30,23 +30,17 @@ pub enum Action {
 }
 
 /// Decides what `packet` gets; writes the answer into `out` when the action is [`Action::Reply`].
-pub fn handle(
-    packet: &[u8],
-    transport: Transport,
-    table: &NameTable,
-    probe: &LoopProbe,
-    out: &mut Vec<u8>,
-) -> Action {
+pub fn handle(packet: &[u8], transport: Transport, table: &NameTable, probe: &LoopProbe, out: &mut Vec<u8>) -> Action {
     let mut lower = [0u8; wire::MAX_NAME_LEN];
     let query = match wire::parse_query(packet, &mut lower) {
         Ok(query) => query,
         Err(malformed) => return reject(packet, malformed, out),
     };
-    if let Some(edns) = &query.edns {
-        if edns.version > 0 {
-            wire::write_empty_answer(packet, Some(query.question_end), rcode::BADVERS, Some(edns), false, out);
-            return Action::Reply;
-        }
+    if let Some(edns) = &query.edns
+        && edns.version > 0
+    {
+        wire::write_empty_answer(packet, Some(query.question_end), rcode::BADVERS, Some(edns), false, out);
+        return Action::Reply;
     }
     let name = &lower[..query.name_len];
     match table.lookup(name) {

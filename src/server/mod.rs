@@ -115,7 +115,12 @@ impl Server {
         let mut listeners = Vec::new();
         for listener in self.tcp {
             let listener = TcpListener::from_std(listener)?;
-            listeners.push(tokio::spawn(tcp::serve(listener, self.shared.clone(), connections.clone(), stopped.clone())));
+            listeners.push(tokio::spawn(tcp::serve(
+                listener,
+                self.shared.clone(),
+                connections.clone(),
+                stopped.clone(),
+            )));
         }
 
         let upstreams = &self.shared.upstreams;

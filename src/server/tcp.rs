@@ -19,7 +19,12 @@ const WRITE_QUEUE: usize = 32;
 
 /// Accepts connections until `shutdown`; the returned semaphore has every permit back once all
 /// connections are done.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, connections: Arc<Semaphore>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -40,7 +45,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, connections: Arc<
     }
 }
 
-async fn connection(stream: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaphorePermit, mut shutdown: watch::Receiver<bool>) {
+async fn connection(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    _permit: OwnedSemaphorePermit,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (answers, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
@@ -72,7 +82,14 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaph
             }
             Action::Forward { question_end, edns } => {
                 if !shared.in_flight.try_acquire() {
-                    wire::write_empty_answer(&query, Some(question_end), rcode::REFUSED, edns.as_ref(), false, &mut out);
+                    wire::write_empty_answer(
+                        &query,
+                        Some(question_end),
+                        rcode::REFUSED,
+                        edns.as_ref(),
+                        false,
+                        &mut out,
+                    );
                     let _ = answers.send(out).await;
                     continue;
                 }
@@ -82,14 +99,22 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>, _permit: OwnedSemaph
                     let answer = tcp::forward(&shared.upstreams, &query, question_end, shared.upstream_timeout)
                         .await
                         .unwrap_or_else(|| {
-                            wire::write_empty_answer(&query, Some(question_end), rcode::SERVFAIL, edns.as_ref(), false, &mut out);
+                            wire::write_empty_answer(
+                                &query,
+                                Some(question_end),
+                                rcode::SERVFAIL,
+                                edns.as_ref(),
+                                false,
+                                &mut out,
+                            );
                             out
                         });
                     shared.in_flight.release();
                     let _ = answers.send(answer).await;
                 });
             }
-            Action::Drop => {}
+            // Not a query at all: whatever is on the other end is not a DNS client.
+            Action::Drop => break,
         }
     }
     // Forwards still running hold clones of `answers`; the writer ends after their answers.

@@ -39,7 +39,12 @@ pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: wat
         let mut listeners = Vec::new();
         for socket in sockets {
             let socket = Rc::new(UdpSocket::from_std(socket)?);
-            listeners.push(tokio::task::spawn_local(listen(socket, shared.clone(), forwarder.clone(), shutdown.clone())));
+            listeners.push(tokio::task::spawn_local(listen(
+                socket,
+                shared.clone(),
+                forwarder.clone(),
+                shutdown.clone(),
+            )));
         }
         for listener in listeners {
             if let Ok(Err(e)) = listener.await {
@@ -88,7 +93,14 @@ async fn listen(
                     Action::Forward { question_end, edns } => {
                         let started = forwarder.borrow_mut().start(packet, question_end, edns, client, &socket);
                         if started == Started::OverCapacity {
-                            wire::write_empty_answer(packet, Some(question_end), rcode::REFUSED, edns.as_ref(), false, out);
+                            wire::write_empty_answer(
+                                packet,
+                                Some(question_end),
+                                rcode::REFUSED,
+                                edns.as_ref(),
+                                false,
+                                out,
+                            );
                             answers.commit(client);
                         }
                     }

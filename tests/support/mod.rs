@@ -201,7 +201,9 @@ impl Dig {
     pub fn answer_without_ttl(&self) -> Vec<String> {
         self.answer
             .iter()
-            .map(|r| r.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, f)| f.as_str()).collect::<Vec<_>>().join(" "))
+            .map(|r| {
+                r.iter().enumerate().filter(|(i, _)| *i != 1).map(|(_, f)| f.as_str()).collect::<Vec<_>>().join(" ")
+            })
             .collect()
     }
 }
@@ -337,11 +339,8 @@ pub fn signed_zone() -> &'static str {
             .expect("running ldns-keygen (tests/run.sh installs ldnsutils)");
         assert!(keygen.status.success(), "ldns-keygen: {}", String::from_utf8_lossy(&keygen.stderr));
         let key = String::from_utf8_lossy(&keygen.stdout).trim().to_string();
-        let sign = Command::new("ldns-signzone")
-            .current_dir(&dir.0)
-            .args(["-n", "signed.test.zone", &key])
-            .output()
-            .unwrap();
+        let sign =
+            Command::new("ldns-signzone").current_dir(&dir.0).args(["-n", "signed.test.zone", &key]).output().unwrap();
         assert!(sign.status.success(), "ldns-signzone: {}", String::from_utf8_lossy(&sign.stderr));
         std::fs::read_to_string(dir.path("signed.test.zone.signed")).unwrap()
     })
