@@ -29,6 +29,7 @@ pub mod dns;
 pub mod forward;
 pub mod logging;
 pub mod names;
+pub mod ops;
 pub mod request;
 pub mod server;
 pub mod sources;

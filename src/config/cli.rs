@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use super::{Config, StaticRecord, parse_upstream};
+use crate::sources::kubernetes::{AnswerMode, ServiceName};
 
 /// registry-dns: answers a cluster registry's TLD-less name authoritatively and forwards every
 /// other query, unchanged, to the upstream servers.
@@ -27,6 +28,24 @@ pub struct Cli {
     /// A local name and its addresses, IPv4 and/or IPv6 (repeatable).
     #[arg(long, env = "REGISTRY_DNS_RECORD", value_name = "NAME=IP[,IP...]", value_delimiter = ' ')]
     pub record: Vec<StaticRecord>,
+
+    /// A local name that follows a Kubernetes Service (repeatable; several names may follow one
+    /// Service).
+    #[arg(long, env = "REGISTRY_DNS_SERVICE", value_name = "NAME=NAMESPACE/SERVICE", value_delimiter = ' ')]
+    pub service: Vec<ServiceName>,
+
+    /// What names that follow a Service answer: its ready endpoints, or its cluster IPs.
+    #[arg(long, env = "REGISTRY_DNS_ANSWER", value_enum, default_value_t = AnswerMode::Endpoints)]
+    pub answer: AnswerMode,
+
+    /// Kubeconfig to use; default: in-cluster service account, else KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "REGISTRY_DNS_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Where to serve /healthz and /readyz, or `off`.
+    #[arg(long, env = "REGISTRY_DNS_OPS_LISTEN", value_name = "ADDR:PORT|off", default_value = "127.0.0.1:8080",
+          value_parser = parse_ops_listen)]
+    pub ops_listen: OpsListen,
 
     /// Upstream server to forward to, port 53 unless given (repeatable). Default: the nameservers
     /// of --resolv-conf.
@@ -69,6 +88,17 @@ pub struct Cli {
     pub log_format: LogFormat,
 }
 
+/// `--ops-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpsListen(pub Option<SocketAddr>);
+
+fn parse_ops_listen(text: &str) -> Result<OpsListen, String> {
+    if text == "off" {
+        return Ok(OpsListen(None));
+    }
+    text.parse().map(|a| OpsListen(Some(a))).map_err(|_| format!("'{text}' is not ADDR:PORT or off"))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -80,6 +110,10 @@ impl Cli {
         Config {
             listen: self.listen,
             records: self.record,
+            services: self.service,
+            answer: self.answer,
+            kubeconfig: self.kubeconfig,
+            ops_listen: self.ops_listen.0,
             upstreams: self.upstream,
             resolv_conf: self.resolv_conf,
             ttl: self.ttl,

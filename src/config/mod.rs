@@ -19,6 +19,7 @@ pub use record::{StaticRecord, parse_local_name};
 pub use upstream::{from_resolv_conf, parse_upstream};
 
 use crate::forward::MAX_UPSTREAMS;
+use crate::sources::kubernetes::{AnswerMode, ServiceName};
 
 /// Everything a server needs to start.
 #[derive(Debug, Clone)]
@@ -27,6 +28,14 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Local names with fixed addresses.
     pub records: Vec<StaticRecord>,
+    /// Local names that follow a Kubernetes Service.
+    pub services: Vec<ServiceName>,
+    /// What names that follow a Service answer with.
+    pub answer: AnswerMode,
+    /// Kubeconfig to use instead of kube's inference (in-cluster, `KUBECONFIG`, `~/.kube/config`).
+    pub kubeconfig: Option<PathBuf>,
+    /// Where `/healthz` and `/readyz` are served; `None` turns the endpoint off.
+    pub ops_listen: Option<SocketAddr>,
     /// Upstream servers; when empty, the nameservers of `resolv_conf`.
     pub upstreams: Vec<SocketAddr>,
     pub resolv_conf: PathBuf,
@@ -49,6 +58,10 @@ impl Default for Config {
         Self {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 5353))],
             records: Vec::new(),
+            services: Vec::new(),
+            answer: AnswerMode::default(),
+            kubeconfig: None,
+            ops_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
             upstreams: Vec::new(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             ttl: 5,
@@ -65,10 +78,13 @@ impl Config {
     /// Checks everything that does not need the network; each error is one line.
     pub fn validate(&self) -> anyhow::Result<()> {
         ensure!(!self.listen.is_empty(), "no --listen address");
-        ensure!(!self.records.is_empty(), "no local names: give at least one --record NAME=IP");
+        ensure!(
+            !self.records.is_empty() || !self.services.is_empty(),
+            "no local names: give at least one --record NAME=IP or --service NAME=NAMESPACE/SERVICE"
+        );
         let mut seen = HashSet::new();
-        for record in &self.records {
-            ensure!(seen.insert(record.name.to_lowercase()), "{} is configured twice", record.name);
+        for name in self.records.iter().map(|r| &r.name).chain(self.services.iter().map(|s| &s.name)) {
+            ensure!(seen.insert(name.to_lowercase()), "{name} is configured twice");
         }
         ensure!(self.upstreams.len() <= MAX_UPSTREAMS, "at most {MAX_UPSTREAMS} upstreams");
         ensure!(self.ttl > 0, "--ttl must be at least 1");
@@ -137,9 +153,12 @@ mod tests {
     }
 
     #[test]
-    fn rejects_a_name_configured_twice_in_any_case() {
+    fn rejects_a_name_configured_twice_in_any_case_and_any_source() {
         let mut c = config();
         c.records.push("Knative-Local-Registry=10.0.0.11".parse().unwrap());
+        assert!(c.validate().unwrap_err().to_string().contains("twice"));
+        let mut c = config();
+        c.services.push("KNATIVE-local-registry=registry/knative".parse().unwrap());
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
     }
 }

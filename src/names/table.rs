@@ -115,16 +115,18 @@ impl Names {
         self.table.load()
     }
 
-    /// Publishes the state of one declared name. A name that was never declared is an error, so a
-    /// source cannot make the server authoritative for something nobody configured.
-    pub async fn publish(&self, name: &Name, state: NameState) -> anyhow::Result<()> {
+    /// Publishes the state of one declared name; returns whether it changed. A name that was never
+    /// declared is an error, so a source cannot make the server authoritative for something nobody
+    /// configured.
+    pub async fn publish(&self, name: &Name, state: NameState) -> anyhow::Result<bool> {
         let mut states = self.states.lock().await;
         match states.get_mut(name) {
-            Some(current) if *current == state => return Ok(()),
+            Some(current) if *current == state => return Ok(false),
             Some(current) => *current = state,
             None => anyhow::bail!("{name} is not a configured name"),
         }
-        self.rebuild(&states).await
+        self.rebuild(&states).await?;
+        Ok(true)
     }
 
     /// One line for the logs: every name with its addresses, or `pending`.

@@ -27,6 +27,8 @@ use tracing::{error, info};
 use crate::config::{Config, parse_local_name};
 use crate::forward::{InFlight, LoopProbe, Upstreams};
 use crate::names::Names;
+use crate::ops::{self, Readiness};
+use crate::sources::kubernetes::KubernetesSource;
 use crate::sources::static_records;
 
 /// What every worker and connection reads.
@@ -47,6 +49,9 @@ pub struct Server {
     tcp: Vec<std::net::TcpListener>,
     local_addrs: Vec<SocketAddr>,
     max_tcp_connections: usize,
+    readiness: Arc<Readiness>,
+    kubernetes: Option<KubernetesSource>,
+    ops: Option<std::net::TcpListener>,
 }
 
 impl Server {
@@ -75,7 +80,23 @@ impl Server {
             local_addrs.push(actual);
         }
 
-        let names = Names::new(config.records.iter().map(|r| r.name.clone()), config.ttl, server_name()).await?;
+        let ops = match config.ops_listen {
+            Some(addr) => Some(ops::bind(addr).with_context(|| format!("cannot serve the ops endpoint on {addr}"))?),
+            None => None,
+        };
+        let readiness = Arc::new(Readiness::default());
+        // Only names that follow a Service need Kubernetes; with static records alone no
+        // connection is attempted at all.
+        let kubernetes = match config.services.is_empty() {
+            true => None,
+            false => Some(
+                KubernetesSource::new(&config.services, config.answer, config.kubeconfig.as_deref(), &readiness)
+                    .await?,
+            ),
+        };
+        let declared =
+            config.records.iter().map(|r| r.name.clone()).chain(config.services.iter().map(|s| s.name.clone()));
+        let names = Names::new(declared, config.ttl, server_name()).await?;
         static_records::publish(&names, &config.records).await?;
         let shared = Arc::new(Shared {
             names,
@@ -85,7 +106,16 @@ impl Server {
             upstream_timeout: config.upstream_timeout,
             tcp_idle_timeout: config.tcp_idle_timeout,
         });
-        Ok(Self { shared, udp, tcp, local_addrs, max_tcp_connections: config.max_tcp_connections })
+        Ok(Self {
+            shared,
+            udp,
+            tcp,
+            local_addrs,
+            max_tcp_connections: config.max_tcp_connections,
+            readiness,
+            kubernetes,
+            ops,
+        })
     }
 
     /// The addresses actually listened on (port 0 resolved).
@@ -123,9 +153,22 @@ impl Server {
             )));
         }
 
+        if let Some(kubernetes) = self.kubernetes {
+            kubernetes.spawn(self.shared.names.clone(), self.readiness.clone());
+        }
+        let mut ops_addr = String::from("off");
+        let ops_task = match self.ops {
+            Some(listener) => {
+                ops_addr = listener.local_addr()?.to_string();
+                Some(tokio::spawn(ops::serve(listener, self.readiness.clone(), stopped.clone())))
+            }
+            None => None,
+        };
+
         let upstreams = &self.shared.upstreams;
         info!(
             listen = %list(&self.local_addrs),
+            ops = %ops_addr,
             names = %self.shared.names.describe().await,
             upstreams = %list(&(0..upstreams.len()).map(|i| upstreams.addr(i)).collect::<Vec<_>>()),
             workers = workers.len(),
@@ -135,7 +178,11 @@ impl Server {
 
         shutdown.await;
         info!("shutting down: no new queries; finishing those in flight");
+        self.readiness.set_shutting_down();
         let _ = stop.send(true);
+        if let Some(task) = ops_task {
+            let _ = task.await;
+        }
         for listener in listeners {
             let _ = listener.await;
         }

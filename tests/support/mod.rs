@@ -60,6 +60,8 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
 pub struct RegistryDns {
     child: Child,
     pub addr: SocketAddr,
+    /// The ops endpoint (`/healthz`, `/readyz`), unless it is off.
+    pub ops: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -76,6 +78,9 @@ impl RegistryDns {
     pub fn start_with(mut command: Command, args: &[&str]) -> Self {
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--ops-listen") {
+            command.args(["--ops-listen", "127.0.0.1:0"]);
         }
         let mut child = command
             .args(args)
@@ -95,14 +100,15 @@ impl RegistryDns {
         });
         let mut addr = None;
         let started = wait_until(Duration::from_secs(20), || {
-            addr = logs.lock().unwrap().iter().find_map(|l| listen_addr(l));
+            addr = logs.lock().unwrap().iter().find_map(|l| startup_field(l, "listen"));
             addr.is_some()
         });
         if !started {
             let _ = child.kill();
             panic!("registry-dns did not start: {:?}", logs.lock().unwrap());
         }
-        Self { child, addr: addr.unwrap(), logs }
+        let ops = logs.lock().unwrap().iter().find_map(|l| startup_field(l, "ops"));
+        Self { child, addr: addr.unwrap(), ops, logs }
     }
 
     pub fn logs(&self) -> Vec<String> {
@@ -143,13 +149,14 @@ impl Drop for RegistryDns {
     }
 }
 
-/// The first address of the startup line's `listen=` field (text log format, colours off or on).
-fn listen_addr(line: &str) -> Option<SocketAddr> {
+/// The first address in a field (`listen=`, `ops=`) of the startup line (text log format).
+fn startup_field(line: &str, field: &str) -> Option<SocketAddr> {
     if !line.contains("registry-dns serving") {
         return None;
     }
     let plain = strip_ansi(line);
-    let rest = &plain[plain.find("listen=")? + "listen=".len()..];
+    let key = format!(" {field}=");
+    let rest = &plain[plain.find(&key)? + key.len()..];
     rest.split([',', ' ']).next()?.parse().ok()
 }
 
@@ -168,6 +175,19 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
+}
+
+/// `GET path` on an HTTP endpoint: status code and body (`None` when nothing answers).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    Some((status, body))
 }
 
 /// Runs the binary to completion (for startup failures): exit code and stderr.

@@ -1,0 +1,174 @@
+//! The Kubernetes source: names that follow a Service, live.
+//!
+//! `--service NAME=NAMESPACE/SERVICE` makes NAME answer with the ready endpoints of the Service's
+//! `discovery.k8s.io/v1` EndpointSlices (`--answer endpoints`, the default) or with the Service's
+//! cluster IPs (`--answer cluster-ip`). Each distinct Service is watched once (`watch`), however
+//! many names point at it. Until its first complete list a name answers SERVFAIL and `/readyz`
+//! says which source is not synced; afterwards the last known addresses are served through any
+//! API outage.
+//!
+//! RBAC: get, list and watch on `endpointslices` (group `discovery.k8s.io`) or on `services`
+//! (core group), in the named namespaces only.
+
+mod cluster_ip;
+mod endpoints;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::ValueEnum;
+use hickory_proto::rr::Name;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+
+use self::watch::Watch;
+use crate::config::parse_local_name;
+use crate::names::Names;
+use crate::ops::Readiness;
+
+/// `--service NAME=NAMESPACE/SERVICE`: a local name that follows a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceName {
+    pub name: Name,
+    pub namespace: String,
+    pub service: String,
+}
+
+impl FromStr for ServiceName {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let bad = || format!("'{spec}' is not NAME=NAMESPACE/SERVICE");
+        let (name, target) = spec.split_once('=').ok_or_else(bad)?;
+        let (namespace, service) = target.split_once('/').ok_or_else(bad)?;
+        // Both are DNS-1123 labels in Kubernetes; a host-name check catches typos the same way.
+        for part in [namespace, service] {
+            if part.contains('.') || parse_local_name(part).is_err() {
+                return Err(format!("'{part}' is not a Kubernetes namespace or service name"));
+            }
+        }
+        Ok(Self { name: parse_local_name(name)?, namespace: namespace.into(), service: service.into() })
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}/{}", self.name, self.namespace, self.service)
+    }
+}
+
+/// What a name that follows a Service answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum AnswerMode {
+    /// The ready endpoints (pod IPs): clients connect to the pod's port.
+    #[default]
+    Endpoints,
+    /// The Service's cluster IPs: clients connect to the Service's port, through kube-proxy.
+    ClusterIp,
+}
+
+/// The watches to run, ready to start; their sources are registered as not yet synced.
+pub struct KubernetesSource {
+    client: Client,
+    mode: AnswerMode,
+    /// (namespace, service) -> the names that follow it.
+    services: BTreeMap<(String, String), Vec<Name>>,
+}
+
+impl KubernetesSource {
+    /// Connects (reads the kubeconfig or the in-cluster service account; no request is made
+    /// yet) and registers every watched Service with `readiness`.
+    pub async fn new(
+        names: &[ServiceName],
+        mode: AnswerMode,
+        kubeconfig: Option<&Path>,
+        readiness: &Readiness,
+    ) -> anyhow::Result<Self> {
+        let client = connect(kubeconfig).await?;
+        let mut services: BTreeMap<(String, String), Vec<Name>> = BTreeMap::new();
+        for n in names {
+            services.entry((n.namespace.clone(), n.service.clone())).or_default().push(n.name.clone());
+        }
+        for (namespace, service) in services.keys() {
+            readiness.register(&source_label(mode, namespace, service));
+        }
+        Ok(Self { client, mode, services })
+    }
+
+    /// Starts one watch per Service; they run until the process ends.
+    pub fn spawn(self, table: Arc<Names>, readiness: Arc<Readiness>) {
+        for ((namespace, service), names) in self.services {
+            let source = source_label(self.mode, &namespace, &service);
+            let (table, readiness) = (table.clone(), readiness.clone());
+            match self.mode {
+                AnswerMode::Endpoints => {
+                    let watch = Watch::<EndpointSlice> {
+                        api: Api::namespaced(self.client.clone(), &namespace),
+                        config: watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}")),
+                        source,
+                        names,
+                        addresses: endpoints::addresses,
+                    };
+                    tokio::spawn(watch.run(table, readiness));
+                }
+                AnswerMode::ClusterIp => {
+                    let watch = Watch::<Service> {
+                        api: Api::namespaced(self.client.clone(), &namespace),
+                        config: watcher::Config::default().fields(&format!("metadata.name={service}")),
+                        source,
+                        names,
+                        addresses: cluster_ip::addresses,
+                    };
+                    tokio::spawn(watch.run(table, readiness));
+                }
+            }
+        }
+    }
+}
+
+fn source_label(mode: AnswerMode, namespace: &str, service: &str) -> String {
+    match mode {
+        AnswerMode::Endpoints => format!("endpointslices {namespace}/{service}"),
+        AnswerMode::ClusterIp => format!("service {namespace}/{service}"),
+    }
+}
+
+/// A client from `--kubeconfig`, or kube's usual inference: the in-cluster service account, else
+/// `KUBECONFIG` / `~/.kube/config`. TLS is rustls with the ring provider installed explicitly:
+/// rustls without a process-wide provider compiles and then panics at the first connection.
+async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer().await.context("no Kubernetes configuration (in-cluster or kubeconfig)")?,
+    };
+    Client::try_from(config).context("creating the Kubernetes client")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_service_names() {
+        let s: ServiceName = "knative-local-registry=registry/knative".parse().unwrap();
+        assert_eq!(s.name, Name::from_ascii("knative-local-registry.").unwrap());
+        assert_eq!((s.namespace.as_str(), s.service.as_str()), ("registry", "knative"));
+        assert!("a=registry".parse::<ServiceName>().unwrap_err().contains("NAMESPACE/SERVICE"));
+        assert!("a=reg.istry/x".parse::<ServiceName>().unwrap_err().contains("namespace"));
+        assert!("bad_name=ns/svc".parse::<ServiceName>().is_err());
+    }
+}
