@@ -29,6 +29,7 @@ pub mod dns;
 pub mod forward;
 pub mod logging;
 pub mod names;
+pub mod net;
 pub mod ops;
 pub mod request;
 pub mod server;

@@ -6,9 +6,16 @@
 //! a random socket of the pool with a random ID, and a reply is accepted only when its socket,
 //! ID and question all match a query in flight. The client's bytes go upstream unchanged but for
 //! the ID, and the upstream's answer comes back unchanged but for the ID.
+//!
+//! Every leg is batched, because system calls are most of a relay's cost: queries are queued and
+//! leave in one `sendmmsg` per upstream socket (all queries of one batch share a socket picked at
+//! random for that batch, each with its own random ID), replies are read with `recvmmsg`, and
+//! answers go back to clients in one `sendmmsg` per listener. Callers `flush` after each batch.
 
 use std::collections::VecDeque;
+use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,10 +28,14 @@ use tracing::debug;
 
 use super::{InFlight, Upstreams};
 use crate::dns::wire::{self, Edns, rcode};
+use crate::net::batch::{BATCH, RecvBatch, SendBatch};
 
 /// Sockets per upstream and worker: the source-port spread of RFC 5452 section 9.2, multiplied by
 /// the 16-bit ID.
 pub const SOCKETS_PER_UPSTREAM: usize = 8;
+
+/// Largest upstream reply we relay: any UDP DNS message.
+const MAX_REPLY: usize = 65535;
 
 /// An upstream socket and the key that identifies it in the in-flight table.
 pub type KeyedSocket = (u32, Rc<UdpSocket>);
@@ -32,7 +43,8 @@ pub type KeyedSocket = (u32, Rc<UdpSocket>);
 /// One forwarded query waiting for an answer.
 struct Pending {
     client: SocketAddr,
-    listener: Rc<UdpSocket>,
+    /// Index of the listener the query came in on (and its answer goes out of).
+    listener: usize,
     client_id: u16,
     edns: Option<Edns>,
     /// The client's query as it goes upstream (our ID in it).
@@ -50,10 +62,10 @@ struct Pending {
 /// What [`UdpForwarder::start`] did with a query.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Started {
-    Sent,
+    Queued,
     /// The in-flight cap is reached: the client gets REFUSED, as CoreDNS's `max_concurrent`.
     OverCapacity,
-    /// No upstream could be sent to: the client got SERVFAIL.
+    /// No upstream is left to try: the client gets SERVFAIL (queued like any answer).
     Failed,
 }
 
@@ -61,6 +73,9 @@ pub struct UdpForwarder {
     upstreams: Arc<Upstreams>,
     /// `sockets[upstream][i]`, all connected to that upstream.
     sockets: Vec<Vec<Rc<UdpSocket>>>,
+    /// The pool socket each upstream's queries leave on until the next flush.
+    batch_socket: Vec<Option<usize>>,
+    listeners: Vec<Rc<UdpSocket>>,
     slots: Vec<Option<Pending>>,
     free: Vec<usize>,
     by_key: FxHashMap<(u32, u16), usize>,
@@ -69,19 +84,25 @@ pub struct UdpForwarder {
     in_flight: Arc<InFlight>,
     timeout: Duration,
     spare_buffers: Vec<Vec<u8>>,
-    answer: Vec<u8>,
+    /// Queries waiting for [`UdpForwarder::flush`]: (socket key, slot).
+    queued: Vec<(u32, usize)>,
+    outgoing: SendBatch,
+    /// Answers waiting for [`UdpForwarder::flush`], one batch per listener.
+    answers: Vec<SendBatch>,
+    replies: Option<RecvBatch>,
     attempts: u64,
     rng: ThreadRng,
 }
 
 impl UdpForwarder {
-    /// Opens the upstream socket pools. Returns the forwarder and every socket with its key, for
-    /// the caller to run a receive loop on each.
+    /// Opens the upstream socket pools. Returns the forwarder and every upstream socket with its
+    /// key, for the caller to run a receive loop on each ([`UdpForwarder::receive`]).
     pub fn new(
         upstreams: Arc<Upstreams>,
         in_flight: Arc<InFlight>,
         timeout: Duration,
-    ) -> std::io::Result<(Self, Vec<KeyedSocket>)> {
+        listeners: Vec<Rc<UdpSocket>>,
+    ) -> io::Result<(Self, Vec<KeyedSocket>)> {
         let mut sockets = Vec::with_capacity(upstreams.len());
         let mut all = Vec::new();
         for index in 0..upstreams.len() {
@@ -95,8 +116,11 @@ impl UdpForwarder {
             sockets.push(pool);
         }
         let this = Self {
+            batch_socket: vec![None; upstreams.len()],
             upstreams,
             sockets,
+            answers: listeners.iter().map(|_| SendBatch::new()).collect(),
+            listeners,
             slots: Vec::new(),
             free: Vec::new(),
             by_key: FxHashMap::default(),
@@ -104,7 +128,9 @@ impl UdpForwarder {
             in_flight,
             timeout,
             spare_buffers: Vec::new(),
-            answer: Vec::with_capacity(512),
+            queued: Vec::new(),
+            outgoing: SendBatch::new(),
+            replies: Some(RecvBatch::new(MAX_REPLY)),
             attempts: 0,
             rng: rand::rng(),
         };
@@ -113,17 +139,17 @@ impl UdpForwarder {
 
     /// Number of queries waiting for an upstream.
     pub fn pending(&self) -> usize {
-        self.by_key.len()
+        self.by_key.len() + self.queued.len()
     }
 
-    /// Forwards a client's query.
+    /// Queues a client's query for its first upstream.
     pub fn start(
         &mut self,
         packet: &[u8],
         question_end: usize,
         edns: Option<Edns>,
         client: SocketAddr,
-        listener: &Rc<UdpSocket>,
+        listener: usize,
     ) -> Started {
         if !self.in_flight.try_acquire() {
             return Started::OverCapacity;
@@ -133,7 +159,7 @@ impl UdpForwarder {
         query.extend_from_slice(packet);
         let pending = Pending {
             client,
-            listener: listener.clone(),
+            listener,
             client_id: wire::id(packet),
             edns,
             query,
@@ -153,57 +179,110 @@ impl UdpForwarder {
                 self.slots.len() - 1
             }
         };
-        if self.send_next(slot) { Started::Sent } else { Started::Failed }
+        if self.queue_next(slot) { Started::Queued } else { Started::Failed }
     }
 
-    /// Sends the query in `slot` to the next upstream it has not tried. When none is left the
+    /// Queues the query in `slot` for the next upstream it has not tried. When none is left the
     /// client gets SERVFAIL and the slot is freed; returns whether a try is under way.
-    fn send_next(&mut self, slot: usize) -> bool {
+    fn queue_next(&mut self, slot: usize) -> bool {
         let pending = self.slots[slot].as_mut().expect("live slot");
-        while let Some(upstream) = self.upstreams.next(pending.tried) {
-            pending.tried |= 1 << upstream;
-            let socket_index = self.rng.random_range(0..SOCKETS_PER_UPSTREAM);
-            let key_socket = (upstream * SOCKETS_PER_UPSTREAM + socket_index) as u32;
-            let id = loop {
-                let id: u16 = self.rng.random();
-                if !self.by_key.contains_key(&(key_socket, id)) {
-                    break id;
-                }
-            };
-            wire::set_id(&mut pending.query, id);
-            match self.sockets[upstream][socket_index].try_send(&pending.query) {
-                Ok(_) => {
-                    self.attempts += 1;
-                    pending.upstream = upstream;
-                    pending.key = (key_socket, id);
-                    pending.attempt = self.attempts;
-                    self.by_key.insert(pending.key, slot);
-                    self.deadlines.push_back((Instant::now() + self.timeout, slot, self.attempts));
-                    return true;
-                }
-                Err(e) => {
-                    debug!(upstream = %self.upstreams.addr(upstream), error = %e, "upstream send failed");
-                    self.upstreams.record_failure(upstream);
+        let Some(upstream) = self.upstreams.next(pending.tried) else {
+            self.fail(slot);
+            return false;
+        };
+        pending.tried |= 1 << upstream;
+        let socket_index =
+            *self.batch_socket[upstream].get_or_insert_with(|| self.rng.random_range(0..SOCKETS_PER_UPSTREAM));
+        let key_socket = (upstream * SOCKETS_PER_UPSTREAM + socket_index) as u32;
+        let id = loop {
+            let id: u16 = self.rng.random();
+            if !self.by_key.contains_key(&(key_socket, id)) {
+                break id;
+            }
+        };
+        wire::set_id(&mut pending.query, id);
+        self.attempts += 1;
+        pending.upstream = upstream;
+        pending.key = (key_socket, id);
+        pending.attempt = self.attempts;
+        self.by_key.insert(pending.key, slot);
+        self.deadlines.push_back((Instant::now() + self.timeout, slot, self.attempts));
+        self.queued.push((key_socket, slot));
+        true
+    }
+
+    /// Sends every queued query (one `sendmmsg` per socket; a query the socket refuses moves on
+    /// to its next upstream) and every queued answer (one `sendmmsg` per listener).
+    pub fn flush(&mut self) {
+        while !self.queued.is_empty() {
+            let mut queued = std::mem::take(&mut self.queued);
+            queued.sort_unstable_by_key(|&(key, _)| key);
+            for group in queued.chunk_by(|a, b| a.0 == b.0) {
+                let key = group[0].0;
+                let fd = self.socket_fd(key);
+                for chunk in group.chunks(BATCH) {
+                    for &(_, slot) in chunk {
+                        self.outgoing.push(&self.slots[slot].as_ref().expect("live slot").query, None);
+                    }
+                    let failed = self.outgoing.flush(fd);
+                    for (i, &(_, slot)) in chunk.iter().enumerate() {
+                        if failed & (1 << i) != 0 {
+                            self.send_failed(slot);
+                        }
+                    }
                 }
             }
+            queued.clear();
+            if self.queued.is_empty() {
+                self.queued = queued;
+            }
         }
-        self.fail(slot);
-        false
+        self.batch_socket.fill(None);
+        for (answers, listener) in self.answers.iter_mut().zip(&self.listeners) {
+            answers.flush(listener.as_raw_fd());
+        }
+    }
+
+    fn socket_fd(&self, key: u32) -> RawFd {
+        let key = key as usize;
+        self.sockets[key / SOCKETS_PER_UPSTREAM][key % SOCKETS_PER_UPSTREAM].as_raw_fd()
+    }
+
+    fn send_failed(&mut self, slot: usize) {
+        let pending = self.slots[slot].as_ref().expect("live slot");
+        debug!(upstream = %self.upstreams.addr(pending.upstream), "upstream send failed");
+        self.by_key.remove(&pending.key);
+        self.upstreams.record_failure(pending.upstream);
+        self.queue_next(slot);
+    }
+
+    /// Queues an answer for the client of a query.
+    fn answer(&mut self, listener: usize, datagram: &[u8], client: SocketAddr) {
+        let answers = &mut self.answers[listener];
+        if answers.is_full() {
+            answers.flush(self.listeners[listener].as_raw_fd());
+        }
+        answers.push(datagram, Some(client));
     }
 
     /// Answers SERVFAIL to the client of `slot` and frees it.
     fn fail(&mut self, slot: usize) {
         let pending = self.slots[slot].take().expect("live slot");
+        let answers = &mut self.answers[pending.listener];
+        if answers.is_full() {
+            answers.flush(self.listeners[pending.listener].as_raw_fd());
+        }
+        let answer = answers.buffer();
         wire::write_empty_answer(
             &pending.query,
             Some(pending.question_end),
             rcode::SERVFAIL,
             pending.edns.as_ref(),
             false,
-            &mut self.answer,
+            answer,
         );
-        wire::set_id(&mut self.answer, pending.client_id);
-        let _ = pending.listener.try_send_to(&self.answer, pending.client);
+        wire::set_id(answer, pending.client_id);
+        answers.commit(Some(pending.client));
         self.release(slot, pending);
     }
 
@@ -213,9 +292,25 @@ impl UdpForwarder {
         self.in_flight.release();
     }
 
+    /// Reads one batch of replies from upstream socket `key` and handles each; `WouldBlock` when
+    /// there are none.
+    pub fn receive(&mut self, key: u32, fd: RawFd) -> io::Result<usize> {
+        let mut replies = self.replies.take().expect("not re-entered");
+        let result = replies.recv(fd);
+        if let Ok(n) = result {
+            for i in 0..n {
+                if let Some(reply) = replies.get_mut(i) {
+                    self.on_reply(key, reply);
+                }
+            }
+        }
+        self.replies = Some(replies);
+        result
+    }
+
     /// Handles a datagram from upstream socket `key`. Anything that is not the answer to a
     /// query in flight on that socket, with its ID and question, is ignored (RFC 5452).
-    pub fn on_reply(&mut self, key: u32, reply: &mut [u8]) {
+    fn on_reply(&mut self, key: u32, reply: &mut [u8]) {
         if reply.len() < wire::HEADER_LEN || !wire::is_response(reply) {
             return;
         }
@@ -234,7 +329,7 @@ impl UdpForwarder {
         if rcode == rcode::SERVFAIL || rcode == rcode::REFUSED {
             self.upstreams.record_failure(upstream);
             if self.upstreams.next(pending.tried).is_some() {
-                self.send_next(slot);
+                self.queue_next(slot);
                 return;
             }
         } else {
@@ -242,7 +337,7 @@ impl UdpForwarder {
         }
         let pending = self.slots[slot].take().expect("live slot");
         wire::set_id(reply, pending.client_id);
-        let _ = pending.listener.try_send_to(reply, pending.client);
+        self.answer(pending.listener, reply, pending.client);
         self.release(slot, pending);
     }
 
@@ -259,13 +354,13 @@ impl UdpForwarder {
             }
             self.by_key.remove(&pending.key);
             self.upstreams.record_failure(pending.upstream);
-            self.send_next(slot);
+            self.queue_next(slot);
         }
     }
 }
 
 /// A UDP socket on a random port, connected to `upstream`.
-fn connected_socket(upstream: SocketAddr) -> std::io::Result<UdpSocket> {
+fn connected_socket(upstream: SocketAddr) -> io::Result<UdpSocket> {
     let local: SocketAddr =
         if upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let socket = std::net::UdpSocket::bind(local)?;

@@ -2,12 +2,10 @@
 //! cleanly. Data flows one way: sockets -> `request::handle` -> local answer or `forward`.
 //!
 //! - `socket`: SO_REUSEPORT listening sockets;
-//! - `batch`: recvmmsg/sendmmsg;
 //! - `udp`: one worker thread per CPU;
 //! - `tcp`: the TCP listener;
 //! - `shutdown`: the signals that stop the server.
 
-mod batch;
 pub mod shutdown;
 mod socket;
 mod tcp;
@@ -69,14 +67,14 @@ impl Server {
         let mut tcp = Vec::new();
         let mut local_addrs = Vec::new();
         for &addr in &config.listen {
-            let first = socket::udp(addr).with_context(|| format!("cannot listen on {addr}/udp"))?;
+            let (first, listener) = bind_udp_and_tcp(addr)?;
             // With port 0 the kernel picks one; every other socket of this address shares it.
             let actual = first.local_addr()?;
             udp[0].push(first);
             for sockets in udp.iter_mut().skip(1) {
                 sockets.push(socket::udp(actual).with_context(|| format!("cannot listen on {actual}/udp"))?);
             }
-            tcp.push(socket::tcp(actual).with_context(|| format!("cannot listen on {actual}/tcp"))?);
+            tcp.push(listener);
             local_addrs.push(actual);
         }
 
@@ -202,6 +200,22 @@ impl Server {
         info!("stopped");
         Ok(())
     }
+}
+
+/// Binds UDP and TCP on one address. With port 0 the UDP port the kernel picks may be taken for
+/// TCP (outgoing connections use the same ephemeral range), so a few picks are tried.
+fn bind_udp_and_tcp(addr: SocketAddr) -> anyhow::Result<(std::net::UdpSocket, std::net::TcpListener)> {
+    let attempts = if addr.port() == 0 { 16 } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let udp = socket::udp(addr).with_context(|| format!("cannot listen on {addr}/udp"))?;
+        let actual = udp.local_addr()?;
+        match socket::tcp(actual) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) => last_error = Some(anyhow::Error::new(e).context(format!("cannot listen on {actual}/tcp"))),
+        }
+    }
+    Err(last_error.expect("at least one attempt"))
 }
 
 fn list(addrs: &[SocketAddr]) -> String {

@@ -16,10 +16,13 @@ use tokio::task::LocalSet;
 use tracing::{debug, warn};
 
 use super::Shared;
-use super::batch::{RecvBatch, SendBatch};
 use crate::dns::wire::{self, rcode};
 use crate::forward::udp::{Started, UdpForwarder};
+use crate::net::batch::{RecvBatch, SendBatch};
 use crate::request::{self, Action, Transport};
+
+/// Largest query we read; a longer datagram is not a query anyone sends, and is dropped.
+const QUERY_BUFFER: usize = 4096;
 
 /// How often timed-out upstream tries are moved on; bounds the timeout's overshoot.
 const TIMEOUT_TICK: Duration = Duration::from_millis(20);
@@ -28,26 +31,27 @@ const TIMEOUT_TICK: Duration = Duration::from_millis(20);
 pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     LocalSet::new().block_on(&runtime, async move {
-        let (forwarder, upstream_sockets) =
-            UdpForwarder::new(shared.upstreams.clone(), shared.in_flight.clone(), shared.upstream_timeout)?;
+        let listeners =
+            sockets.into_iter().map(|s| UdpSocket::from_std(s).map(Rc::new)).collect::<io::Result<Vec<_>>>()?;
+        let (forwarder, upstream_sockets) = UdpForwarder::new(
+            shared.upstreams.clone(),
+            shared.in_flight.clone(),
+            shared.upstream_timeout,
+            listeners.clone(),
+        )?;
         let forwarder = Rc::new(RefCell::new(forwarder));
         for (key, socket) in upstream_sockets {
             tokio::task::spawn_local(receive_upstream(key, socket, forwarder.clone()));
         }
         tokio::task::spawn_local(expire_timeouts(forwarder.clone()));
 
-        let mut listeners = Vec::new();
-        for socket in sockets {
-            let socket = Rc::new(UdpSocket::from_std(socket)?);
-            listeners.push(tokio::task::spawn_local(listen(
-                socket,
-                shared.clone(),
-                forwarder.clone(),
-                shutdown.clone(),
-            )));
+        let mut tasks = Vec::new();
+        for (index, socket) in listeners.into_iter().enumerate() {
+            let task = listen(index, socket, shared.clone(), forwarder.clone(), shutdown.clone());
+            tasks.push(tokio::task::spawn_local(task));
         }
-        for listener in listeners {
-            if let Ok(Err(e)) = listener.await {
+        for task in tasks {
+            if let Ok(Err(e)) = task.await {
                 warn!(error = %e, "UDP listener failed");
             }
         }
@@ -62,13 +66,14 @@ pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: wat
 
 /// Reads queries in batches, answers local ones in batches, hands the rest to the forwarder.
 async fn listen(
+    index: usize,
     socket: Rc<UdpSocket>,
     shared: Arc<Shared>,
     forwarder: Rc<RefCell<UdpForwarder>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let fd = socket.as_raw_fd();
-    let mut received = RecvBatch::new();
+    let mut received = RecvBatch::new(QUERY_BUFFER);
     let mut answers = SendBatch::new();
     loop {
         tokio::select! {
@@ -85,14 +90,14 @@ async fn listen(
                 }
             };
             let table = shared.names.load();
+            let mut forwarder = forwarder.borrow_mut();
             for i in 0..n {
                 let Some((packet, client)) = received.get(i) else { continue };
                 let out = answers.buffer();
                 match request::handle(packet, Transport::Udp, &table, &shared.probe, out) {
-                    Action::Reply => answers.commit(client),
+                    Action::Reply => answers.commit(Some(client)),
                     Action::Forward { question_end, edns } => {
-                        let started = forwarder.borrow_mut().start(packet, question_end, edns, client, &socket);
-                        if started == Started::OverCapacity {
+                        if forwarder.start(packet, question_end, edns, client, index) == Started::OverCapacity {
                             wire::write_empty_answer(
                                 packet,
                                 Some(question_end),
@@ -101,25 +106,35 @@ async fn listen(
                                 false,
                                 out,
                             );
-                            answers.commit(client);
+                            answers.commit(Some(client));
                         }
                     }
                     Action::Drop => {}
                 }
             }
+            forwarder.flush();
             answers.flush(fd);
         }
     }
 }
 
 async fn receive_upstream(key: u32, socket: Rc<UdpSocket>, forwarder: Rc<RefCell<UdpForwarder>>) {
-    let mut buffer = vec![0u8; usize::from(u16::MAX)];
+    let fd = socket.as_raw_fd();
     loop {
-        match socket.recv(&mut buffer).await {
-            Ok(n) => forwarder.borrow_mut().on_reply(key, &mut buffer[..n]),
-            // ECONNREFUSED and the like: an upstream is down; the query's timeout moves it on.
-            Err(e) => debug!(error = %e, "upstream socket error"),
+        if socket.readable().await.is_err() {
+            continue;
         }
+        let mut forwarder = forwarder.borrow_mut();
+        loop {
+            match socket.try_io(Interest::READABLE, || forwarder.receive(key, fd)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ECONNREFUSED and the like: an upstream is down; the query's timeout moves it
+                // on. The error is consumed by this read, so the next one goes on.
+                Err(e) => debug!(error = %e, "upstream socket error"),
+            }
+        }
+        forwarder.flush();
     }
 }
 
@@ -128,6 +143,8 @@ async fn expire_timeouts(forwarder: Rc<RefCell<UdpForwarder>>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        forwarder.borrow_mut().expire(Instant::now());
+        let mut forwarder = forwarder.borrow_mut();
+        forwarder.expire(Instant::now());
+        forwarder.flush();
     }
 }

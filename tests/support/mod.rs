@@ -101,8 +101,9 @@ impl RegistryDns {
         let mut addr = None;
         let started = wait_until(Duration::from_secs(20), || {
             addr = logs.lock().unwrap().iter().find_map(|l| startup_field(l, "listen"));
-            addr.is_some()
+            addr.is_some() || matches!(child.try_wait(), Ok(Some(_)))
         });
+        let started = started && addr.is_some();
         if !started {
             let _ = child.kill();
             panic!("registry-dns did not start: {:?}", logs.lock().unwrap());

@@ -14,21 +14,24 @@ use socket2::SockAddr;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
-/// Receive buffer per datagram: larger than any query; a datagram that does not fit is dropped.
-const RECV_BUFFER: usize = 4096;
 
 /// Datagrams read by one `recvmmsg`.
 pub struct RecvBatch {
+    /// `BATCH` buffers of `buffer_size` bytes, one allocation. Large sizes cost little memory: the
+    /// kernel only makes the pages a datagram is written to resident.
     buffers: Vec<u8>,
+    buffer_size: usize,
     addrs: Vec<libc::sockaddr_storage>,
     lens: [usize; BATCH],
     truncated: [bool; BATCH],
 }
 
 impl RecvBatch {
-    pub fn new() -> Self {
+    /// A batch whose datagrams may be up to `buffer_size` bytes; longer ones are dropped.
+    pub fn new(buffer_size: usize) -> Self {
         Self {
-            buffers: vec![0; BATCH * RECV_BUFFER],
+            buffers: vec![0; BATCH * buffer_size],
+            buffer_size,
             // SAFETY: sockaddr_storage is plain data; all zeroes is a valid (AF_UNSPEC) value.
             addrs: vec![unsafe { zeroed() }; BATCH],
             lens: [0; BATCH],
@@ -39,8 +42,8 @@ impl RecvBatch {
     /// Reads up to [`BATCH`] datagrams without blocking; `WouldBlock` when there are none.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
-            iov_base: self.buffers[i * RECV_BUFFER..].as_mut_ptr().cast(),
-            iov_len: RECV_BUFFER,
+            iov_base: self.buffers[i * self.buffer_size..].as_mut_ptr().cast(),
+            iov_len: self.buffer_size,
         });
         // SAFETY: mmsghdr is plain data; the fields that matter are set below.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
@@ -66,6 +69,15 @@ impl RecvBatch {
         Ok(n)
     }
 
+    /// Datagram `i` of the last read, mutable (for patching in place), without its sender; `None`
+    /// for one that was cut short.
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+        if self.truncated[i] {
+            return None;
+        }
+        Some(&mut self.buffers[i * self.buffer_size..i * self.buffer_size + self.lens[i]])
+    }
+
     /// Datagram `i` of the last read and its sender; `None` for one that was cut short or came
     /// from an address family we do not serve.
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
@@ -73,7 +85,7 @@ impl RecvBatch {
             return None;
         }
         let from = to_socket_addr(&self.addrs[i])?;
-        Some((&self.buffers[i * RECV_BUFFER..i * RECV_BUFFER + self.lens[i]], from))
+        Some((&self.buffers[i * self.buffer_size..i * self.buffer_size + self.lens[i]], from))
     }
 }
 
@@ -100,40 +112,60 @@ fn to_socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Answers collected during one batch and sent by one `sendmmsg`.
+/// Datagrams collected during one batch and sent by one `sendmmsg`: answers to clients (each
+/// with its address) or queries to an upstream (on a connected socket, without one).
 pub struct SendBatch {
     buffers: Vec<Vec<u8>>,
-    addrs: Vec<SockAddr>,
+    addrs: Vec<Option<SockAddr>>,
     count: usize,
 }
 
 impl SendBatch {
     pub fn new() -> Self {
-        Self {
-            buffers: (0..BATCH).map(|_| Vec::with_capacity(1500)).collect(),
-            addrs: (0..BATCH).map(|_| SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)))).collect(),
-            count: 0,
-        }
+        Self { buffers: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(), addrs: vec![None; BATCH], count: 0 }
     }
 
-    /// The buffer the next answer is written into; it is sent only once [`SendBatch::commit`]ed.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.count == BATCH
+    }
+
+    /// The buffer the next datagram is written into; it is sent only once [`SendBatch::commit`]ed.
     pub fn buffer(&mut self) -> &mut Vec<u8> {
         &mut self.buffers[self.count]
     }
 
-    /// Queues the answer written into [`SendBatch::buffer`] for `to`.
-    pub fn commit(&mut self, to: SocketAddr) {
-        self.addrs[self.count] = SockAddr::from(to);
+    /// Queues the datagram written into [`SendBatch::buffer`], for `to` (`None` on a connected
+    /// socket).
+    pub fn commit(&mut self, to: Option<SocketAddr>) {
+        self.addrs[self.count] = to.map(SockAddr::from);
         self.count += 1;
     }
 
-    /// Sends every queued answer. UDP gives no delivery promise, so an answer the socket cannot
-    /// take right now (full buffer) is dropped and the client retries, as with any lost datagram.
-    pub fn flush(&mut self, fd: RawFd) {
+    /// Queues a copy of `datagram`.
+    pub fn push(&mut self, datagram: &[u8], to: Option<SocketAddr>) {
+        let buffer = self.buffer();
+        buffer.clear();
+        buffer.extend_from_slice(datagram);
+        self.commit(to);
+    }
+
+    /// Sends every queued datagram; returns the failed ones as bits (bit `i` for the `i`th queued).
+    /// A datagram the kernel refuses is skipped and the rest still go, so one unroutable address
+    /// cannot cost the others their answers; the batch is empty afterwards either way (UDP gives
+    /// no delivery promise: the caller decides whether a failed one is retried elsewhere).
+    pub fn flush(&mut self, fd: RawFd) -> u32 {
         let count = self.count;
         self.count = 0;
         if count == 0 {
-            return;
+            return 0;
         }
         let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
             iov_base: self.buffers[i].as_mut_ptr().cast(),
@@ -142,27 +174,27 @@ impl SendBatch {
         // SAFETY: mmsghdr is plain data; the fields that matter are set below.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
         for i in 0..count {
-            headers[i].msg_hdr.msg_name = self.addrs[i].as_ptr() as *mut libc::c_void;
-            headers[i].msg_hdr.msg_namelen = self.addrs[i].len();
+            if let Some(addr) = &self.addrs[i] {
+                headers[i].msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+                headers[i].msg_hdr.msg_namelen = addr.len();
+            }
             headers[i].msg_hdr.msg_iov = &mut iovecs[i];
             headers[i].msg_hdr.msg_iovlen = 1;
         }
+        let mut failed = 0u32;
         let mut sent = 0;
         while sent < count {
             // SAFETY: as in `RecvBatch::recv`; entries `sent..count` are initialized.
             let n = unsafe {
                 libc::sendmmsg(fd, headers[sent..].as_mut_ptr(), (count - sent) as libc::c_uint, libc::MSG_DONTWAIT)
             };
-            if n < 0 {
-                match io::Error::last_os_error().kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => return,
-                    // This one answer cannot be sent (say, an unroutable address): skip it.
-                    _ => sent += 1,
-                }
-            } else {
+            if n >= 0 {
                 sent += n as usize;
+            } else if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                failed |= 1 << sent;
+                sent += 1;
             }
         }
+        failed
     }
 }

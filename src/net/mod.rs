@@ -1,0 +1,3 @@
+//! Socket-level building blocks shared by the listeners and the forwarder.
+
+pub mod batch;
