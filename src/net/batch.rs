@@ -120,11 +120,13 @@ pub struct SendBatch {
     count: usize,
 }
 
-impl SendBatch {
-    pub fn new() -> Self {
+impl Default for SendBatch {
+    fn default() -> Self {
         Self { buffers: (0..BATCH).map(|_| Vec::with_capacity(512)).collect(), addrs: vec![None; BATCH], count: 0 }
     }
+}
 
+impl SendBatch {
     pub fn len(&self) -> usize {
         self.count
     }

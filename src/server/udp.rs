@@ -74,7 +74,7 @@ async fn listen(
 ) -> io::Result<()> {
     let fd = socket.as_raw_fd();
     let mut received = RecvBatch::new(QUERY_BUFFER);
-    let mut answers = SendBatch::new();
+    let mut answers = SendBatch::default();
     loop {
         tokio::select! {
             ready = socket.readable() => ready?,
