@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the support code
 
+pub mod apiserver;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -82,13 +84,13 @@ impl RegistryDns {
         if !args.contains(&"--ops-listen") {
             command.args(["--ops-listen", "127.0.0.1:0"]);
         }
-        let mut child = command
-            .args(args)
-            .env("RUST_LOG", std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting registry-dns");
+        // The default log filter, as users get it, unless TEST_RUST_LOG asks for more.
+        match std::env::var("TEST_RUST_LOG") {
+            Ok(filter) => command.env("RUST_LOG", filter),
+            Err(_) => command.env_remove("RUST_LOG"),
+        };
+        let mut child =
+            command.args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("starting registry-dns");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
@@ -193,7 +195,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 
 /// Runs the binary to completion (for startup failures): exit code and stderr.
 pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(RegistryDns::BIN).args(args).env("RUST_LOG", "info").output().unwrap();
+    let output = Command::new(RegistryDns::BIN).args(args).env_remove("RUST_LOG").output().unwrap();
     (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
