@@ -12,7 +12,6 @@
 //! random for that batch, each with its own random ID), replies are read with `recvmmsg`, and
 //! answers go back to clients in one `sendmmsg` per listener. Callers `flush` after each batch.
 
-use std::collections::VecDeque;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
@@ -23,12 +22,12 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 use rand::rngs::ThreadRng;
 use rustc_hash::FxHashMap;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 use tracing::debug;
 
 use super::{InFlight, Upstreams};
 use crate::dns::wire::{self, Edns, rcode};
-use crate::net::batch::{BATCH, RecvBatch, SendBatch};
+use crate::net::batch::{self, BATCH, RecvBatch, SendBatch};
 
 /// Sockets per upstream and worker: the source-port spread of RFC 5452 section 9.2, multiplied by
 /// the 16-bit ID.
@@ -37,8 +36,11 @@ pub const SOCKETS_PER_UPSTREAM: usize = 8;
 /// Largest upstream reply we relay: any UDP DNS message.
 const MAX_REPLY: usize = 65535;
 
+/// A non-blocking UDP socket registered with the worker's runtime.
+pub type Socket = Rc<AsyncFd<std::net::UdpSocket>>;
+
 /// An upstream socket and the key that identifies it in the in-flight table.
-pub type KeyedSocket = (u32, Rc<UdpSocket>);
+pub type KeyedSocket = (u32, Socket);
 
 /// One forwarded query waiting for an answer.
 struct Pending {
@@ -55,8 +57,8 @@ struct Pending {
     /// The upstream and socket of the current try, and the ID it was sent with.
     upstream: usize,
     key: (u32, u16),
-    /// Which try the current timeout entry belongs to.
-    attempt: u64,
+    /// When the current try times out.
+    deadline: Instant,
 }
 
 /// What [`UdpForwarder::start`] did with a query.
@@ -72,15 +74,13 @@ pub enum Started {
 pub struct UdpForwarder {
     upstreams: Arc<Upstreams>,
     /// `sockets[upstream][i]`, all connected to that upstream.
-    sockets: Vec<Vec<Rc<UdpSocket>>>,
+    sockets: Vec<Vec<Socket>>,
     /// The pool socket each upstream's queries leave on until the next flush.
     batch_socket: Vec<Option<usize>>,
-    listeners: Vec<Rc<UdpSocket>>,
+    listeners: Vec<Socket>,
     slots: Vec<Option<Pending>>,
     free: Vec<usize>,
     by_key: FxHashMap<(u32, u16), usize>,
-    /// Deadlines in send order; the timeout is the same for all, so this is sorted.
-    deadlines: VecDeque<(Instant, usize, u64)>,
     in_flight: Arc<InFlight>,
     timeout: Duration,
     spare_buffers: Vec<Vec<u8>>,
@@ -90,7 +90,6 @@ pub struct UdpForwarder {
     /// Answers waiting for [`UdpForwarder::flush`], one batch per listener.
     answers: Vec<SendBatch>,
     replies: Option<RecvBatch>,
-    attempts: u64,
     rng: ThreadRng,
 }
 
@@ -101,7 +100,7 @@ impl UdpForwarder {
         upstreams: Arc<Upstreams>,
         in_flight: Arc<InFlight>,
         timeout: Duration,
-        listeners: Vec<Rc<UdpSocket>>,
+        listeners: Vec<Socket>,
     ) -> io::Result<(Self, Vec<KeyedSocket>)> {
         let mut sockets = Vec::with_capacity(upstreams.len());
         let mut all = Vec::new();
@@ -124,14 +123,12 @@ impl UdpForwarder {
             slots: Vec::new(),
             free: Vec::new(),
             by_key: FxHashMap::default(),
-            deadlines: VecDeque::new(),
             in_flight,
             timeout,
             spare_buffers: Vec::new(),
             queued: Vec::new(),
             outgoing: SendBatch::default(),
             replies: Some(RecvBatch::new(MAX_REPLY)),
-            attempts: 0,
             rng: rand::rng(),
         };
         Ok((this, all))
@@ -167,7 +164,7 @@ impl UdpForwarder {
             tried: 0,
             upstream: 0,
             key: (0, 0),
-            attempt: 0,
+            deadline: Instant::now(),
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -201,12 +198,10 @@ impl UdpForwarder {
             }
         };
         wire::set_id(&mut pending.query, id);
-        self.attempts += 1;
         pending.upstream = upstream;
         pending.key = (key_socket, id);
-        pending.attempt = self.attempts;
+        pending.deadline = Instant::now() + self.timeout;
         self.by_key.insert(pending.key, slot);
-        self.deadlines.push_back((Instant::now() + self.timeout, slot, self.attempts));
         self.queued.push((key_socket, slot));
         true
     }
@@ -292,8 +287,8 @@ impl UdpForwarder {
         self.in_flight.release();
     }
 
-    /// Reads one batch of replies from upstream socket `key` and handles each; `WouldBlock` when
-    /// there are none.
+    /// Reads one batch of replies from upstream socket `key` and handles each; returns how many
+    /// datagrams were read (`WouldBlock` when there were none).
     pub fn receive(&mut self, key: u32, fd: RawFd) -> io::Result<usize> {
         let mut replies = self.replies.take().expect("not re-entered");
         let result = replies.recv(fd);
@@ -341,15 +336,13 @@ impl UdpForwarder {
         self.release(slot, pending);
     }
 
-    /// Moves every query whose try timed out to its next upstream (or SERVFAIL).
+    /// Moves every query whose try timed out to its next upstream (or SERVFAIL). A scan of the
+    /// live slots, which `--max-concurrent` bounds: memory stays proportional to the queries in
+    /// flight, whatever the query rate and the timeout.
     pub fn expire(&mut self, now: Instant) {
-        while let Some(&(deadline, slot, attempt)) = self.deadlines.front() {
-            if deadline > now {
-                break;
-            }
-            self.deadlines.pop_front();
+        for slot in 0..self.slots.len() {
             let Some(pending) = self.slots[slot].as_ref() else { continue };
-            if pending.attempt != attempt || !self.by_key.contains_key(&pending.key) {
+            if pending.deadline > now || !self.by_key.contains_key(&pending.key) {
                 continue;
             }
             self.by_key.remove(&pending.key);
@@ -360,11 +353,10 @@ impl UdpForwarder {
 }
 
 /// A UDP socket on a random port, connected to `upstream`.
-fn connected_socket(upstream: SocketAddr) -> io::Result<UdpSocket> {
+fn connected_socket(upstream: SocketAddr) -> io::Result<AsyncFd<std::net::UdpSocket>> {
     let local: SocketAddr =
         if upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
     let socket = std::net::UdpSocket::bind(local)?;
     socket.connect(upstream)?;
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket)
+    batch::register(socket)
 }

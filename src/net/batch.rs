@@ -2,18 +2,52 @@
 //!
 //! System calls dominate a UDP DNS server's cost per query (the benchmark's floor is a bare
 //! recvmmsg/sendmmsg loop), so the listeners read and answer in batches. This is the crate's only
-//! `unsafe` code: the buffers and addresses handed to the kernel live in this struct and outlive
-//! each call.
+//! `unsafe` code: the buffers and addresses handed to the kernel live in these structs and outlive
+//! each call, and registered sockets are owned by their `AsyncFd`.
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::SockAddr;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
+
+/// Registers a non-blocking UDP socket with the current runtime for readability (sends never wait:
+/// a full socket buffer drops the datagram, as the network may).
+pub fn register(socket: std::net::UdpSocket) -> io::Result<AsyncFd<std::net::UdpSocket>> {
+    socket.set_nonblocking(true)?;
+    // SAFETY: the AsyncFd owns the socket, so its descriptor stays open and the same for the
+    // AsyncFd's whole life.
+    unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }.map_err(|e| e.into_parts().1)
+}
+
+/// Waits until `socket` is readable, then calls `read_batch` (one `recvmmsg` and the handling of
+/// what it read; returns how many datagrams) until the socket is drained. A batch shorter than
+/// [`BATCH`] proves the queue was empty, so readiness is cleared without the extra call that would
+/// only return `EAGAIN`; a datagram arriving after that read raises a new edge and a new wakeup.
+pub async fn drain<T: AsRawFd>(
+    socket: &AsyncFd<T>,
+    mut read_batch: impl FnMut(RawFd) -> io::Result<usize>,
+) -> io::Result<()> {
+    let mut guard = socket.readable().await?;
+    loop {
+        match guard.try_io(|s| read_batch(s.as_raw_fd())) {
+            Ok(Ok(n)) if n < BATCH => {
+                guard.clear_ready();
+                return Ok(());
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            // WouldBlock: `try_io` has cleared the readiness.
+            Err(_) => return Ok(()),
+        }
+    }
+}
 
 /// Datagrams read by one `recvmmsg`.
 pub struct RecvBatch {

@@ -4,21 +4,18 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::task::LocalSet;
 use tracing::{debug, warn};
 
 use super::Shared;
 use crate::dns::wire::{self, rcode};
-use crate::forward::udp::{Started, UdpForwarder};
-use crate::net::batch::{RecvBatch, SendBatch};
+use crate::forward::udp::{Socket, Started, UdpForwarder};
+use crate::net::batch::{self, RecvBatch, SendBatch};
 use crate::request::{self, Action, Transport};
 
 /// Largest query we read; a longer datagram is not a query anyone sends, and is dropped.
@@ -31,8 +28,7 @@ const TIMEOUT_TICK: Duration = Duration::from_millis(20);
 pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) -> io::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     LocalSet::new().block_on(&runtime, async move {
-        let listeners =
-            sockets.into_iter().map(|s| UdpSocket::from_std(s).map(Rc::new)).collect::<io::Result<Vec<_>>>()?;
+        let listeners = sockets.into_iter().map(|s| batch::register(s).map(Rc::new)).collect::<io::Result<Vec<_>>>()?;
         let (forwarder, upstream_sockets) = UdpForwarder::new(
             shared.upstreams.clone(),
             shared.in_flight.clone(),
@@ -67,74 +63,55 @@ pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: wat
 /// Reads queries in batches, answers local ones in batches, hands the rest to the forwarder.
 async fn listen(
     index: usize,
-    socket: Rc<UdpSocket>,
+    socket: Socket,
     shared: Arc<Shared>,
     forwarder: Rc<RefCell<UdpForwarder>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let fd = socket.as_raw_fd();
     let mut received = RecvBatch::new(QUERY_BUFFER);
     let mut answers = SendBatch::default();
+    let mut read_batch = |fd| {
+        let n = received.recv(fd)?;
+        let table = shared.names.load();
+        let mut forwarder = forwarder.borrow_mut();
+        for i in 0..n {
+            let Some((packet, client)) = received.get(i) else { continue };
+            let out = answers.buffer();
+            match request::handle(packet, Transport::Udp, &table, &shared.probe, out) {
+                Action::Reply => answers.commit(Some(client)),
+                Action::Forward { question_end, edns } => {
+                    if forwarder.start(packet, question_end, edns, client, index) == Started::OverCapacity {
+                        wire::write_empty_answer(packet, Some(question_end), rcode::REFUSED, edns.as_ref(), false, out);
+                        answers.commit(Some(client));
+                    }
+                }
+                Action::Drop => {}
+            }
+        }
+        forwarder.flush();
+        answers.flush(fd);
+        Ok(n)
+    };
     loop {
         tokio::select! {
-            ready = socket.readable() => ready?,
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
-        }
-        loop {
-            let n = match socket.try_io(Interest::READABLE, || received.recv(fd)) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
+            drained = batch::drain(&socket, &mut read_batch) => {
+                if let Err(e) = drained {
                     debug!(error = %e, "UDP receive failed");
-                    break;
-                }
-            };
-            let table = shared.names.load();
-            let mut forwarder = forwarder.borrow_mut();
-            for i in 0..n {
-                let Some((packet, client)) = received.get(i) else { continue };
-                let out = answers.buffer();
-                match request::handle(packet, Transport::Udp, &table, &shared.probe, out) {
-                    Action::Reply => answers.commit(Some(client)),
-                    Action::Forward { question_end, edns } => {
-                        if forwarder.start(packet, question_end, edns, client, index) == Started::OverCapacity {
-                            wire::write_empty_answer(
-                                packet,
-                                Some(question_end),
-                                rcode::REFUSED,
-                                edns.as_ref(),
-                                false,
-                                out,
-                            );
-                            answers.commit(Some(client));
-                        }
-                    }
-                    Action::Drop => {}
                 }
             }
-            forwarder.flush();
-            answers.flush(fd);
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
         }
     }
 }
 
-async fn receive_upstream(key: u32, socket: Rc<UdpSocket>, forwarder: Rc<RefCell<UdpForwarder>>) {
-    let fd = socket.as_raw_fd();
+async fn receive_upstream(key: u32, socket: Socket, forwarder: Rc<RefCell<UdpForwarder>>) {
     loop {
-        if socket.readable().await.is_err() {
-            continue;
+        // ECONNREFUSED and the like: an upstream is down; the query's timeout moves it on. The
+        // error is consumed by the read that reported it, so the next read goes on.
+        if let Err(e) = batch::drain(&socket, |fd| forwarder.borrow_mut().receive(key, fd)).await {
+            debug!(error = %e, "upstream socket error");
         }
-        let mut forwarder = forwarder.borrow_mut();
-        loop {
-            match socket.try_io(Interest::READABLE, || forwarder.receive(key, fd)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ECONNREFUSED and the like: an upstream is down; the query's timeout moves it
-                // on. The error is consumed by this read, so the next one goes on.
-                Err(e) => debug!(error = %e, "upstream socket error"),
-            }
-        }
-        forwarder.flush();
+        forwarder.borrow_mut().flush();
     }
 }
 
