@@ -20,10 +20,11 @@
 //! };
 //! let server = Server::bind(config).await?;
 //! println!("serving on {:?}", server.local_addrs());
-//! server.run(registry_dns::server::shutdown::terminate_signal()).await
+//! server.run(registry_dns::server::shutdown::signal_shutdown()).await
 //! # }
 //! ```
 
+pub mod access;
 pub mod config;
 pub mod dns;
 pub mod forward;

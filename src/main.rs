@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use registry_dns::config::cli::Cli;
-use registry_dns::server::shutdown::terminate_signal;
+use registry_dns::server::shutdown::signal_shutdown;
 use registry_dns::{Server, logging};
 
 fn main() -> ExitCode {
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let server = Server::bind(config).await?;
-        server.run(terminate_signal()).await
+        server.run(signal_shutdown()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use support::{RegistryDns, dig, healthy_upstream, run_to_exit};
+use std::time::Instant;
+
+use support::{RegistryDns, dig, healthy_upstream, http_get, run_to_exit, wait_until};
 
 const LOCAL: &str = "knative-local-registry=10.0.0.10";
 
@@ -161,11 +163,47 @@ fn idle_tcp_connections_are_closed_at_the_idle_timeout() {
 }
 
 #[test]
-fn sigterm_finishes_cleanly_with_exit_status_zero() {
-    let (_up, s) = server();
-    assert_eq!(dig(s.addr, &["www.test"]).rdata("A"), ["192.0.2.1"]);
-    let status = s.terminate(Duration::from_secs(5)).expect("exits within 5 s");
+fn sigterm_reports_not_ready_keeps_answering_for_the_lame_duck_period_then_exits_zero() {
+    let up = healthy_upstream();
+    let s = RegistryDns::start(&["--record", LOCAL, "--upstream", &up.addr.to_string(), "--lameduck", "1500ms"]);
+    let ops = s.ops.unwrap();
+    assert_eq!(http_get(ops, "/readyz").unwrap().0, 200);
+    let pid = s.pid().to_string();
+    let signalled = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(wait_until(Duration::from_millis(500), || http_get(ops, "/readyz").is_some_and(|(code, _)| code == 503)));
+    assert_eq!(dig(s.addr, &["knative-local-registry"]).rdata("A"), ["10.0.0.10"], "still answering");
+    assert_eq!(dig(s.addr, &["www.test"]).rdata("A"), ["192.0.2.1"], "still forwarding");
+    let status = s.terminate(Duration::from_secs(5)).expect("exits after the lame-duck period");
     assert!(status.success(), "{status:?}");
+    assert!(signalled.elapsed() >= Duration::from_millis(1400), "{:?}", signalled.elapsed());
+}
+
+#[test]
+fn sigint_stops_at_once_with_exit_status_zero() {
+    let (_up, s) = server();
+    let pid = s.pid().to_string();
+    let signalled = Instant::now();
+    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = s.terminate(Duration::from_secs(5)).expect("exits");
+    assert!(status.success(), "{status:?}");
+    assert!(signalled.elapsed() < Duration::from_secs(2), "no lame-duck wait on SIGINT: {:?}", signalled.elapsed());
+}
+
+#[test]
+fn sources_outside_allow_from_get_refused() {
+    let up = healthy_upstream();
+    // Only 10.0.0.0/8 may query: loopback clients are outsiders here.
+    let s = RegistryDns::start(&["--record", LOCAL, "--upstream", &up.addr.to_string(), "--allow-from", "10.0.0.0/8"]);
+    for args in [&["knative-local-registry"][..], &["www.test"][..], &["+tcp", "www.test"][..]] {
+        let d = dig(s.addr, args);
+        assert_eq!(d.status, "REFUSED", "{args:?}");
+        assert!(d.answer.is_empty());
+    }
+    assert_eq!(exchange(s.addr, &[1, 2, 3]), None, "garbage from outsiders is dropped");
+    let open =
+        RegistryDns::start(&["--record", LOCAL, "--upstream", &up.addr.to_string(), "--allow-from", "127.0.0.0/8"]);
+    assert_eq!(dig(open.addr, &["knative-local-registry"]).rdata("A"), ["10.0.0.10"]);
 }
 
 #[test]
@@ -178,6 +216,7 @@ fn bad_flags_and_configs_exit_non_zero_with_one_line() {
         (&["--record", "a=10.0.0.1", "--record", "A=10.0.0.2", "--upstream", "127.0.0.1:53"], "twice"),
         (&["--record", "a=10.0.0.1", "--resolv-conf", "/nonexistent/resolv.conf"], "/nonexistent/resolv.conf"),
         (&["--record", "a=10.0.0.1", "--upstream-timeout", "soon"], "soon"),
+        (&["--record", "a=10.0.0.1", "--allow-from", "10.0.0.0/33"], "10.0.0.0/33"),
     ];
     for (args, needle) in cases {
         let (code, stderr) = run_to_exit(args);

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use ipnet::IpNet;
+
 use super::{Config, StaticRecord, parse_upstream};
+use crate::access::{AllowList, DEFAULT_ALLOWED};
 use crate::sources::kubernetes::{AnswerMode, ServiceName};
 
 /// registry-dns: answers a cluster registry's TLD-less name authoritatively and forwards every
@@ -83,6 +86,17 @@ pub struct Cli {
     #[arg(long, env = "REGISTRY_DNS_MAX_TCP_CONNECTIONS", value_name = "N", default_value_t = 512)]
     pub max_tcp_connections: usize,
 
+    /// A network allowed to query (repeatable); others get REFUSED. Default: loopback, RFC 1918,
+    /// link-local, 100.64.0.0/10, IPv6 ULA and link-local.
+    #[arg(long, env = "REGISTRY_DNS_ALLOW_FROM", value_name = "CIDR", value_delimiter = ' ',
+          default_values = DEFAULT_ALLOWED)]
+    pub allow_from: Vec<IpNet>,
+
+    /// After SIGTERM, keep answering this long (with /readyz at 503) so clients move away first.
+    #[arg(long, env = "REGISTRY_DNS_LAMEDUCK", value_name = "DURATION", default_value = "5s",
+          value_parser = humantime::parse_duration)]
+    pub lameduck: Duration,
+
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "REGISTRY_DNS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -122,6 +136,8 @@ impl Cli {
             workers: self.workers,
             tcp_idle_timeout: self.tcp_idle_timeout,
             max_tcp_connections: self.max_tcp_connections,
+            allow_from: AllowList::new(self.allow_from),
+            lameduck: self.lameduck,
         }
     }
 }

@@ -18,6 +18,7 @@ use tracing::warn;
 pub use record::{StaticRecord, parse_local_name};
 pub use upstream::{from_resolv_conf, parse_upstream};
 
+use crate::access::AllowList;
 use crate::forward::MAX_UPSTREAMS;
 use crate::sources::kubernetes::{AnswerMode, ServiceName};
 
@@ -51,6 +52,10 @@ pub struct Config {
     pub tcp_idle_timeout: Duration,
     /// Open TCP connections at most; more are closed at once.
     pub max_tcp_connections: usize,
+    /// Sources allowed to query; others get REFUSED.
+    pub allow_from: AllowList,
+    /// After SIGTERM, how long to keep answering (with `/readyz` at 503) before stopping.
+    pub lameduck: Duration,
 }
 
 impl Default for Config {
@@ -70,6 +75,8 @@ impl Default for Config {
             workers: 0,
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_connections: 512,
+            allow_from: AllowList::default(),
+            lameduck: Duration::from_secs(5),
         }
     }
 }
@@ -91,6 +98,7 @@ impl Config {
         ensure!(!self.upstream_timeout.is_zero(), "--upstream-timeout must be positive");
         ensure!(self.max_concurrent > 0, "--max-concurrent must be at least 1");
         ensure!(self.max_tcp_connections > 0, "--max-tcp-connections must be at least 1");
+        ensure!(!self.allow_from.networks().is_empty(), "--allow-from needs at least one network");
         for upstream in &self.upstreams {
             if let Some(listen) = self.own_address(*upstream) {
                 bail!("upstream {upstream} is this server's own listen address {listen}: that is a forwarding loop");

@@ -57,6 +57,19 @@ pub fn handle(packet: &[u8], transport: Transport, table: &NameTable, probe: &Lo
     }
 }
 
+/// Answers a query from a source outside `--allow-from`: REFUSED for a query, nothing for
+/// anything else (so we cannot be used to reflect garbage).
+pub fn refuse(packet: &[u8], out: &mut Vec<u8>) -> Action {
+    let mut lower = [0u8; wire::MAX_NAME_LEN];
+    match wire::parse_query(packet, &mut lower) {
+        Ok(query) => {
+            reply_with(packet, &query, rcode::REFUSED, out);
+            Action::Reply
+        }
+        Err(_) => Action::Drop,
+    }
+}
+
 fn reject(packet: &[u8], malformed: Malformed, out: &mut Vec<u8>) -> Action {
     debug!(%malformed, len = packet.len(), "rejecting packet");
     match malformed {

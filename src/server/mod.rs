@@ -4,7 +4,7 @@
 //! - `socket`: SO_REUSEPORT listening sockets;
 //! - `udp`: one worker thread per CPU;
 //! - `tcp`: the TCP listener;
-//! - `shutdown`: the signals that stop the server.
+//! - `shutdown`: the signals that stop the server, and how.
 
 pub mod shutdown;
 mod socket;
@@ -22,6 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{error, info};
 
+use self::shutdown::Shutdown;
+use crate::access::AllowList;
 use crate::config::{Config, parse_local_name};
 use crate::forward::{InFlight, LoopProbe, Upstreams};
 use crate::names::Names;
@@ -37,6 +39,7 @@ pub(crate) struct Shared {
     pub in_flight: Arc<InFlight>,
     pub upstream_timeout: Duration,
     pub tcp_idle_timeout: Duration,
+    pub allow: AllowList,
 }
 
 /// A server with its sockets bound, ready to [`run`](Server::run).
@@ -50,6 +53,7 @@ pub struct Server {
     readiness: Arc<Readiness>,
     kubernetes: Option<KubernetesSource>,
     ops: Option<std::net::TcpListener>,
+    lameduck: Duration,
 }
 
 impl Server {
@@ -103,6 +107,7 @@ impl Server {
             in_flight: Arc::new(InFlight::new(config.max_concurrent)),
             upstream_timeout: config.upstream_timeout,
             tcp_idle_timeout: config.tcp_idle_timeout,
+            allow: config.allow_from.clone(),
         });
         Ok(Self {
             shared,
@@ -113,6 +118,7 @@ impl Server {
             readiness,
             kubernetes,
             ops,
+            lameduck: config.lameduck,
         })
     }
 
@@ -126,9 +132,11 @@ impl Server {
         self.shared.names.clone()
     }
 
-    /// Serves until `shutdown` completes, then stops reading new queries, lets the ones in flight
-    /// finish (bounded by the upstream timeouts) and returns.
-    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    /// Serves until `shutdown` completes. A graceful shutdown first turns `/readyz` to 503 and
+    /// keeps answering for the lame-duck period, so that clients and CoreDNS move away; then the
+    /// server stops reading new queries, lets the ones in flight finish (bounded by the upstream
+    /// timeouts) and returns.
+    pub async fn run(self, shutdown: impl Future<Output = Shutdown>) -> anyhow::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let mut workers = Vec::new();
         for (index, sockets) in self.udp.into_iter().enumerate() {
@@ -174,9 +182,13 @@ impl Server {
         );
         tokio::spawn(self.shared.probe.clone().send(self.shared.upstream_timeout));
 
-        shutdown.await;
-        info!("shutting down: no new queries; finishing those in flight");
+        let how = shutdown.await;
         self.readiness.set_shutting_down();
+        if how == Shutdown::Graceful && !self.lameduck.is_zero() {
+            info!(lameduck = ?self.lameduck, "shutting down: not ready, still answering for the lame-duck period");
+            tokio::time::sleep(self.lameduck).await;
+        }
+        info!("shutting down: no new queries; finishing those in flight");
         let _ = stop.send(true);
         if let Some(task) = ops_task {
             let _ = task.await;

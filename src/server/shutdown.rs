@@ -1,13 +1,23 @@
-//! The signals that stop a server: SIGTERM (Kubernetes, systemd) and SIGINT (a terminal).
+//! How a server is asked to stop: SIGTERM (Kubernetes, systemd) means a graceful stop with a lame
+//! duck period first; SIGINT (a terminal's Ctrl-C) means now.
 
 use tokio::signal::unix::{SignalKind, signal};
 
-/// Completes at the first SIGTERM or SIGINT.
-pub async fn terminate_signal() {
+/// How to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Report not-ready, keep answering for the lame-duck period, then stop.
+    Graceful,
+    /// Stop at once (in-flight queries still finish).
+    Now,
+}
+
+/// Completes at the first SIGTERM (graceful) or SIGINT (now).
+pub async fn signal_shutdown() -> Shutdown {
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+        _ = term.recv() => Shutdown::Graceful,
+        _ = int.recv() => Shutdown::Now,
     }
 }

@@ -26,9 +26,9 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     debug!(error = %e, "TCP accept failed");
                     continue;
@@ -41,12 +41,15 @@ pub async fn serve(
             debug!("TCP connection cap reached");
             continue;
         };
-        tokio::spawn(connection(stream, shared.clone(), permit, shutdown.clone()));
+        let allowed = shared.allow.allows(peer.ip());
+        tokio::spawn(connection(stream, allowed, shared.clone(), permit, shutdown.clone()));
     }
 }
 
+/// Serves one connection; a client outside `--allow-from` gets REFUSED to each query.
 async fn connection(
     stream: TcpStream,
+    allowed: bool,
     shared: Arc<Shared>,
     _permit: OwnedSemaphorePermit,
     mut shutdown: watch::Receiver<bool>,
@@ -74,7 +77,11 @@ async fn connection(
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let mut out = Vec::new();
-        match request::handle(&query, Transport::Tcp, &shared.names.load(), &shared.probe, &mut out) {
+        let action = match allowed {
+            true => request::handle(&query, Transport::Tcp, &shared.names.load(), &shared.probe, &mut out),
+            false => request::refuse(&query, &mut out),
+        };
+        match action {
             Action::Reply => {
                 if answers.send(out).await.is_err() {
                     break;

@@ -77,7 +77,12 @@ async fn listen(
         for i in 0..n {
             let Some((packet, client)) = received.get(i) else { continue };
             let out = answers.buffer();
-            match request::handle(packet, Transport::Udp, &table, &shared.probe, out) {
+            let action = if shared.allow.allows(client.ip()) {
+                request::handle(packet, Transport::Udp, &table, &shared.probe, out)
+            } else {
+                request::refuse(packet, out)
+            };
+            match action {
                 Action::Reply => answers.commit(Some(client)),
                 Action::Forward { question_end, edns } => {
                     if forwarder.start(packet, question_end, edns, client, index) == Started::OverCapacity {
