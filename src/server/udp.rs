@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use tracing::{debug, warn};
 use super::Shared;
 use crate::dns::wire::{self, rcode};
 use crate::forward::udp::{Socket, Started, UdpForwarder};
-use crate::net::batch::{self, RecvBatch, SendBatch};
+use crate::net::batch::{self, BATCH, RecvBatch, SendBatch};
 use crate::request::{self, Action, Transport};
 
 /// Largest query we read; a longer datagram is not a query anyone sends, and is dropped.
@@ -104,9 +105,19 @@ async fn listen(
                     debug!(error = %e, "UDP receive failed");
                 }
             }
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+            _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
+    // The socket leaves the SO_REUSEPORT group when it is dropped, and the kernel discards what
+    // is still queued in it: answer that first, so a restart that overlaps a new instance on the
+    // same address loses nothing.
+    let fd = socket.get_ref().as_raw_fd();
+    while let Ok(n) = read_batch(fd) {
+        if n < BATCH {
+            break;
+        }
+    }
+    Ok(())
 }
 
 async fn receive_upstream(key: u32, socket: Socket, forwarder: Rc<RefCell<UdpForwarder>>) {
