@@ -6,6 +6,7 @@ mod support;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
+use support::bad_upstream::{BadUpstream, FORGED, Forgery, GENUINE};
 use support::{Nsd, RegistryDns, dig, free_port, healthy_upstream, test_zone};
 
 const LOCAL: &str = "knative-local-registry=10.0.0.10";
@@ -233,4 +234,17 @@ fn a_forwarding_loop_through_another_resolver_is_detected_and_dropped() {
     assert_eq!(dig(s.addr, &["knative-local-registry"]).rdata("A"), ["10.0.0.10"]);
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();
+}
+
+#[test]
+fn only_genuine_replies_are_accepted() {
+    for forgery in [Forgery::WrongId, Forgery::WrongQuestion, Forgery::OtherSource, Forgery::Garbage] {
+        // The forged reply arrives first; the genuine one 100 ms later.
+        let bad = BadUpstream::start(forgery, Duration::from_millis(100));
+        let s = RegistryDns::start(&["--record", LOCAL, "--upstream", &bad.addr.to_string()]);
+        for transport in ["+notcp", "+notcp"] {
+            let d = dig(s.addr, &[transport, "www.test", "A"]);
+            assert_eq!(d.rdata("A"), [GENUINE], "{forgery:?}: a forged reply must not be relayed ({FORGED})");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own part of the support code
 
 pub mod apiserver;
+pub mod bad_upstream;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
