@@ -28,6 +28,7 @@ pub mod access;
 pub mod config;
 pub mod dns;
 pub mod forward;
+pub mod interface;
 pub mod logging;
 pub mod names;
 pub mod net;

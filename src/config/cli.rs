@@ -1,7 +1,7 @@
 //! The command line. Every flag can also come from the environment as `REGISTRY_DNS_<FLAG>`
 //! (repeatable flags take a space-separated list there), which is how the DaemonSet sets them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -97,6 +97,23 @@ pub struct Cli {
           value_parser = humantime::parse_duration)]
     pub lameduck: Duration,
 
+    /// Create (or reuse) this dummy interface with the --interface-address before listening, so
+    /// that the node and its pods use one link-local address (needs CAP_NET_ADMIN). It is left in
+    /// place on exit for the next instance; remove it with `ip link del NAME`.
+    #[arg(long, env = "REGISTRY_DNS_INTERFACE_NAME", value_name = "NAME")]
+    pub interface_name: Option<String>,
+
+    /// Address of --interface-name, IPv4 (as /32) or IPv6 (as /128) (repeatable).
+    #[arg(
+        long,
+        env = "REGISTRY_DNS_INTERFACE_ADDRESS",
+        value_name = "IP",
+        default_value = "169.254.20.25",
+        value_delimiter = ' ',
+        requires = "interface_name"
+    )]
+    pub interface_address: Vec<IpAddr>,
+
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "REGISTRY_DNS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -138,6 +155,8 @@ impl Cli {
             max_tcp_connections: self.max_tcp_connections,
             allow_from: AllowList::new(self.allow_from),
             lameduck: self.lameduck,
+            interface_name: self.interface_name,
+            interface_addresses: self.interface_address,
         }
     }
 }
@@ -170,5 +189,28 @@ mod tests {
         assert_eq!(config.records.len(), 2);
         assert_eq!(config.upstreams, vec!["10.0.0.53:53".parse().unwrap()]);
         assert_eq!(config.upstream_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn interface_flags() {
+        let config = Cli::try_parse_from(["registry-dns"]).unwrap().into_config();
+        assert_eq!(config.interface_name, None);
+        let config = Cli::try_parse_from(["registry-dns", "--interface-name", "registry-dns0"]).unwrap().into_config();
+        assert_eq!(config.interface_name.as_deref(), Some("registry-dns0"));
+        assert_eq!(config.interface_addresses, ["169.254.20.25".parse::<IpAddr>().unwrap()]);
+        let config = Cli::try_parse_from([
+            "registry-dns",
+            "--interface-name",
+            "rdns0",
+            "--interface-address",
+            "169.254.20.26",
+            "--interface-address",
+            "fd00::53",
+        ])
+        .unwrap()
+        .into_config();
+        assert_eq!(config.interface_addresses.len(), 2);
+        let alone = Cli::try_parse_from(["registry-dns", "--interface-address", "169.254.20.26"]).unwrap_err();
+        assert!(alone.to_string().contains("--interface-name"), "{alone}");
     }
 }

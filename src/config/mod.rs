@@ -8,7 +8,7 @@ mod record;
 mod upstream;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -56,6 +56,12 @@ pub struct Config {
     pub allow_from: AllowList,
     /// After SIGTERM, how long to keep answering (with `/readyz` at 503) before stopping.
     pub lameduck: Duration,
+    /// A dummy interface to create (or reuse) with `interface_addresses` before binding, so the
+    /// node and its pods reach the server on one link-local address; `None` leaves the node's
+    /// interfaces alone. Never removed on exit.
+    pub interface_name: Option<String>,
+    /// The addresses of `interface_name` (each /32 or /128); unused without it.
+    pub interface_addresses: Vec<IpAddr>,
 }
 
 impl Default for Config {
@@ -77,6 +83,8 @@ impl Default for Config {
             max_tcp_connections: 512,
             allow_from: AllowList::default(),
             lameduck: Duration::from_secs(5),
+            interface_name: None,
+            interface_addresses: vec![crate::interface::DEFAULT_ADDRESS],
         }
     }
 }
@@ -99,6 +107,10 @@ impl Config {
         ensure!(self.max_concurrent > 0, "--max-concurrent must be at least 1");
         ensure!(self.max_tcp_connections > 0, "--max-tcp-connections must be at least 1");
         ensure!(!self.allow_from.networks().is_empty(), "--allow-from needs at least one network");
+        if let Some(name) = &self.interface_name {
+            crate::interface::validate_name(name).map_err(anyhow::Error::msg)?;
+            crate::interface::validate_addresses(&self.interface_addresses).map_err(anyhow::Error::msg)?;
+        }
         for upstream in &self.upstreams {
             if let Some(listen) = self.own_address(*upstream) {
                 bail!("upstream {upstream} is this server's own listen address {listen}: that is a forwarding loop");
@@ -168,5 +180,18 @@ mod tests {
         let mut c = config();
         c.services.push("KNATIVE-local-registry=registry/knative".parse().unwrap());
         assert!(c.validate().unwrap_err().to_string().contains("twice"));
+    }
+
+    #[test]
+    fn checks_the_interface_only_when_one_is_managed() {
+        let mut c = config();
+        c.interface_addresses = vec![];
+        assert!(c.validate().is_ok(), "no --interface-name: the addresses are unused");
+        c.interface_name = Some("registry-dns0".into());
+        assert!(c.validate().unwrap_err().to_string().contains("at least one --interface-address"));
+        c.interface_addresses = vec!["169.254.20.25".parse().unwrap()];
+        assert!(c.validate().is_ok());
+        c.interface_name = Some("a-name-far-too-long".into());
+        assert!(c.validate().unwrap_err().to_string().contains("interface name"));
     }
 }

@@ -20,7 +20,7 @@ use anyhow::Context;
 use hickory_proto::rr::Name;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use self::shutdown::Shutdown;
 use crate::access::AllowList;
@@ -61,6 +61,13 @@ impl Server {
     /// config, an address in use) surface here, before anything is served.
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
         config.validate()?;
+        // The node-local interface first: its addresses must exist before they can be bound.
+        if let Some(name) = &config.interface_name {
+            crate::interface::ensure(name, &config.interface_addresses).await?;
+            for address in crate::interface::unserved(&config.interface_addresses, &config.listen) {
+                warn!(interface = %name, %address, "no --listen address serves this interface address");
+            }
+        }
         let upstreams = Upstreams::new(&config.resolve_upstreams()?);
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
