@@ -163,6 +163,25 @@ fn idle_tcp_connections_are_closed_at_the_idle_timeout() {
 }
 
 #[test]
+fn the_tcp_connection_cap_holds_and_frees_up() {
+    let up = healthy_upstream();
+    let s = RegistryDns::start(&["--record", LOCAL, "--upstream", &up.addr.to_string(), "--max-tcp-connections", "2"]);
+    let held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(s.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(s.addr).unwrap();
+    third.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut buf = [0u8; 8];
+    assert!(matches!(third.read(&mut buf), Ok(0)), "over the cap: closed at once");
+    assert_eq!(dig(s.addr, &["knative-local-registry"]).rdata("A"), ["10.0.0.10"], "UDP unaffected");
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(2), || dig(s.addr, &["+tcp", "knative-local-registry"]).rdata("A")
+            == ["10.0.0.10"]),
+        "a freed slot serves a new connection"
+    );
+}
+
+#[test]
 fn sigterm_reports_not_ready_keeps_answering_for_the_lame_duck_period_then_exits_zero() {
     let up = healthy_upstream();
     let s = RegistryDns::start(&["--record", LOCAL, "--upstream", &up.addr.to_string(), "--lameduck", "1500ms"]);
