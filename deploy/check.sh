@@ -14,6 +14,7 @@
 #   6. every kustomization rendered and validated against the Kubernetes schemas.
 # Exits non-zero on the first failure.
 set -euo pipefail
+export PYTHONDONTWRITEBYTECODE=1
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 step() { printf '\n== %s (%ss)\n' "$1" "$(( $(date +%s) - start ))"; }

@@ -72,8 +72,15 @@ esac
 remove_all() {
     resolved_remove
     resolvconf_remove
-    # The dummy interface that registry-dns keeps across restarts (delete deploy/base first).
-    if host ip link show registry-dns0 >/dev/null 2>&1; then host ip link del registry-dns0 && echo "deleted registry-dns0"; fi
+    # The dummy interface that registry-dns keeps across restarts: only once registry-dns is gone
+    # from this node (delete its DaemonSet first; this loop comes back every 5 minutes).
+    if host ip link show registry-dns0 >/dev/null 2>&1; then
+        if host sh -c 'command -v pgrep >/dev/null && ! pgrep -x registry-dns >/dev/null'; then
+            host ip link del registry-dns0 && echo "deleted registry-dns0"
+        else
+            echo "registry-dns still runs here (or the node has no pgrep): registry-dns0 left in place"
+        fi
+    fi
 }
 
 while :; do
