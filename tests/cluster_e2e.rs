@@ -350,12 +350,8 @@ impl Overlap {
         )
     }
 
-    /// The failures other than the known gap: SERVFAIL from the new instance for a query sent
-    /// after it bound the address and before it had synced (see the ignored test below).
-    fn unexpected_failures(&self) -> Vec<&Failure> {
-        let ready = self.new_ready.unwrap_or_else(Instant::now);
-        let known_gap = |f: &Failure| f.status == "SERVFAIL" && f.sent >= self.new_started && f.sent <= ready;
-        self.node.1.iter().chain(&self.pod.1).filter(|f| !known_gap(f)).collect()
+    fn failures(&self) -> Vec<&Failure> {
+        self.node.1.iter().chain(&self.pod.1).collect()
     }
 }
 
@@ -400,7 +396,7 @@ fn nodes_and_pods_resolve_through_the_link_local_interface_and_a_restart_loses_n
     assert!(logged(new, &["interface ready", "created=false", "added=0"]), "reused: {:?}", new.logs());
     assert!(overlap.old_exit.is_some_and(|s| s.success()), "old instance: {:?}", overlap.old_exit);
     assert!(overlap.node.0 > 30 && overlap.pod.0 > 30, "{}", overlap.describe());
-    assert!(overlap.unexpected_failures().is_empty(), "{}", overlap.describe());
+    assert!(overlap.failures().is_empty(), "{}", overlap.describe());
 
     // The new instance follows the Service too, and the interface outlives every instance.
     c.api.apply(slice(&["10.244.4.4"]));
@@ -411,14 +407,11 @@ fn nodes_and_pods_resolve_through_the_link_local_interface_and_a_restart_loses_n
     assert!(c.interface_addresses().contains(&format!("inet {LINK_LOCAL}/32")), "left in place");
 }
 
-/// KNOWN GAP, ignored until fixed: a new instance joins the SO_REUSEPORT group as soon as it
-/// binds, before its Kubernetes source has synced, and answers its share of the queries with
-/// SERVFAIL until then. Here the API server refuses the new instance's requests (the old one's
-/// watch goes on), as during an API outage in a rolling update: about half the queries fail for
-/// as long as it lasts, although the old instance still has the answers.
-/// Run with `cargo test --test cluster_e2e -- --ignored`.
+/// A new instance joins the SO_REUSEPORT group only once its Kubernetes source has synced:
+/// before that it would answer its share of the queries with SERVFAIL. Here the API server
+/// refuses the new instance's requests (the old one's watch goes on), as during an API outage in
+/// a rolling update: every query is still answered, by the old instance.
 #[test]
-#[ignore = "known gap: a new instance takes queries before its first sync"]
 fn a_new_instance_takes_no_queries_before_its_first_sync() {
     let c = Cluster::new(&["10.244.1.5"]);
     let old = c.start_registry_dns();

@@ -26,6 +26,11 @@ impl Readiness {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
 
+    /// Whether every source has synced once (whatever the shutdown state).
+    pub fn sources_synced(&self) -> bool {
+        self.unsynced.lock().unwrap().is_empty()
+    }
+
     /// `Ok` when ready, else the reason, for the `/readyz` body.
     pub fn check(&self) -> Result<(), String> {
         if self.shutting_down.load(Ordering::Relaxed) {

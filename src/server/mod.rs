@@ -45,10 +45,7 @@ pub(crate) struct Shared {
 /// A server with its sockets bound, ready to [`run`](Server::run).
 pub struct Server {
     shared: Arc<Shared>,
-    /// One socket per listen address for each UDP worker.
-    udp: Vec<Vec<std::net::UdpSocket>>,
-    tcp: Vec<std::net::TcpListener>,
-    local_addrs: Vec<SocketAddr>,
+    listeners: Listeners,
     max_tcp_connections: usize,
     readiness: Arc<Readiness>,
     kubernetes: Option<KubernetesSource>,
@@ -74,20 +71,16 @@ impl Server {
             n => n,
         };
 
-        let mut udp: Vec<Vec<std::net::UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
-        let mut tcp = Vec::new();
-        let mut local_addrs = Vec::new();
-        for &addr in &config.listen {
-            let (first, listener) = bind_udp_and_tcp(addr)?;
-            // With port 0 the kernel picks one; every other socket of this address shares it.
-            let actual = first.local_addr()?;
-            udp[0].push(first);
-            for sockets in udp.iter_mut().skip(1) {
-                sockets.push(socket::udp(actual).with_context(|| format!("cannot listen on {actual}/udp"))?);
-            }
-            tcp.push(listener);
-            local_addrs.push(actual);
-        }
+        // In a rolling update another instance already serves our addresses. Joining its
+        // SO_REUSEPORT group at once would hand us a share of its queries while our sources are
+        // not synced yet, and those would get SERVFAIL: then we bind only once they have synced
+        // (see `run`). Otherwise bind now, so that forwarding works from the first second.
+        let peer_serving = config.listen.iter().any(|&addr| address_in_use(addr));
+        let listeners = if peer_serving && !config.services.is_empty() {
+            Listeners::Deferred { addrs: config.listen.clone(), workers }
+        } else {
+            Listeners::Bound(Bound::bind(&config.listen, workers)?)
+        };
 
         let ops = match config.ops_listen {
             Some(addr) => Some(ops::bind(addr).with_context(|| format!("cannot serve the ops endpoint on {addr}"))?),
@@ -118,9 +111,7 @@ impl Server {
         });
         Ok(Self {
             shared,
-            udp,
-            tcp,
-            local_addrs,
+            listeners,
             max_tcp_connections: config.max_tcp_connections,
             readiness,
             kubernetes,
@@ -129,9 +120,12 @@ impl Server {
         })
     }
 
-    /// The addresses actually listened on (port 0 resolved).
+    /// The addresses listened on (port 0 resolved).
     pub fn local_addrs(&self) -> &[SocketAddr] {
-        &self.local_addrs
+        match &self.listeners {
+            Listeners::Bound(bound) => &bound.local_addrs,
+            Listeners::Deferred { addrs, .. } => addrs,
+        }
     }
 
     /// The local names, for sources to publish into.
@@ -144,31 +138,10 @@ impl Server {
     /// server stops reading new queries, lets the ones in flight finish (bounded by the upstream
     /// timeouts) and returns.
     pub async fn run(self, shutdown: impl Future<Output = Shutdown>) -> anyhow::Result<()> {
-        let (stop, stopped) = watch::channel(false);
-        let mut workers = Vec::new();
-        for (index, sockets) in self.udp.into_iter().enumerate() {
-            let shared = self.shared.clone();
-            let stopped = stopped.clone();
-            let worker = std::thread::Builder::new()
-                .name(format!("udp-{index}"))
-                .spawn(move || udp::run(sockets, shared, stopped))?;
-            workers.push(worker);
-        }
-        let connections = Arc::new(Semaphore::new(self.max_tcp_connections));
-        let mut listeners = Vec::new();
-        for listener in self.tcp {
-            let listener = TcpListener::from_std(listener)?;
-            listeners.push(tokio::spawn(tcp::serve(
-                listener,
-                self.shared.clone(),
-                connections.clone(),
-                stopped.clone(),
-            )));
-        }
-
         if let Some(kubernetes) = self.kubernetes {
             kubernetes.spawn(self.shared.names.clone(), self.readiness.clone());
         }
+        let (stop, stopped) = watch::channel(false);
         let mut ops_addr = String::from("off");
         let ops_task = match self.ops {
             Some(listener) => {
@@ -178,9 +151,49 @@ impl Server {
             None => None,
         };
 
+        let mut shutdown = std::pin::pin!(shutdown);
+        let Bound { udp, tcp, local_addrs } = match self.listeners {
+            Listeners::Bound(bound) => bound,
+            Listeners::Deferred { addrs, workers } => {
+                info!(
+                    listen = %list(&addrs),
+                    ops = %ops_addr,
+                    "another instance serves these addresses: joining once our sources have synced"
+                );
+                tokio::select! {
+                    () = joinable(&addrs, &self.readiness) => {}
+                    _ = &mut shutdown => {
+                        let _ = stop.send(true);
+                        return Ok(());
+                    }
+                }
+                Bound::bind(&addrs, workers)?
+            }
+        };
+        let mut workers = Vec::new();
+        for (index, sockets) in udp.into_iter().enumerate() {
+            let shared = self.shared.clone();
+            let stopped = stopped.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("udp-{index}"))
+                .spawn(move || udp::run(sockets, shared, stopped))?;
+            workers.push(worker);
+        }
+        let connections = Arc::new(Semaphore::new(self.max_tcp_connections));
+        let mut listeners = Vec::new();
+        for listener in tcp {
+            let listener = TcpListener::from_std(listener)?;
+            listeners.push(tokio::spawn(tcp::serve(
+                listener,
+                self.shared.clone(),
+                connections.clone(),
+                stopped.clone(),
+            )));
+        }
+
         let upstreams = &self.shared.upstreams;
         info!(
-            listen = %list(&self.local_addrs),
+            listen = %list(&local_addrs),
             ops = %ops_addr,
             names = %self.shared.names.describe().await,
             upstreams = %list(&(0..upstreams.len()).map(|i| upstreams.addr(i)).collect::<Vec<_>>()),
@@ -218,6 +231,57 @@ impl Server {
         joined.await?;
         info!("stopped");
         Ok(())
+    }
+}
+
+/// The DNS sockets: bound, or waiting to be bound (see `Server::bind`).
+enum Listeners {
+    Bound(Bound),
+    Deferred { addrs: Vec<SocketAddr>, workers: usize },
+}
+
+/// Bound DNS sockets.
+struct Bound {
+    /// One socket per listen address for each UDP worker.
+    udp: Vec<Vec<std::net::UdpSocket>>,
+    tcp: Vec<std::net::TcpListener>,
+    local_addrs: Vec<SocketAddr>,
+}
+
+impl Bound {
+    fn bind(addrs: &[SocketAddr], workers: usize) -> anyhow::Result<Self> {
+        let mut udp: Vec<Vec<std::net::UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
+        let mut tcp = Vec::new();
+        let mut local_addrs = Vec::new();
+        for &addr in addrs {
+            let (first, listener) = bind_udp_and_tcp(addr)?;
+            // With port 0 the kernel picks one; every other socket of this address shares it.
+            let actual = first.local_addr()?;
+            udp[0].push(first);
+            for sockets in udp.iter_mut().skip(1) {
+                sockets.push(socket::udp(actual).with_context(|| format!("cannot listen on {actual}/udp"))?);
+            }
+            tcp.push(listener);
+            local_addrs.push(actual);
+        }
+        Ok(Self { udp, tcp, local_addrs })
+    }
+}
+
+/// Whether some socket is bound to `addr` already (a plain bind, without SO_REUSEPORT, fails).
+fn address_in_use(addr: SocketAddr) -> bool {
+    addr.port() != 0 && matches!(std::net::UdpSocket::bind(addr), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+/// Completes once every source has synced, or once no other instance holds `addrs` any more (it
+/// stopped, or died: then serving with unsynced names beats not serving at all).
+async fn joinable(addrs: &[SocketAddr], readiness: &Readiness) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        tick.tick().await;
+        if readiness.sources_synced() || !addrs.iter().any(|&addr| address_in_use(addr)) {
+            return;
+        }
     }
 }
 

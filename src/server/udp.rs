@@ -108,9 +108,15 @@ async fn listen(
             _ = shutdown.wait_for(|stop| *stop) => break,
         }
     }
-    // The socket leaves the SO_REUSEPORT group when it is dropped, and the kernel discards what
-    // is still queued in it: answer that first, so a restart that overlaps a new instance on the
-    // same address loses nothing.
+    // Until this socket is dropped it stays in the SO_REUSEPORT group and the kernel keeps giving
+    // it a share of the queries, so stopping to read would lose them. Keep answering while the
+    // forwarded queries finish (bounded by their tries), then answer what is still queued: the
+    // kernel discards that with the socket. A restart that overlaps a new instance on the same
+    // address then loses nothing.
+    let deadline = Instant::now() + shared.upstream_timeout * shared.upstreams.len().max(1) as u32 + TIMEOUT_TICK * 2;
+    while forwarder.borrow().pending() > 0 && Instant::now() < deadline {
+        let _ = tokio::time::timeout(TIMEOUT_TICK, batch::drain(&socket, &mut read_batch)).await;
+    }
     let fd = socket.get_ref().as_raw_fd();
     while let Ok(n) = read_batch(fd) {
         if n < BATCH {

@@ -153,9 +153,10 @@ impl Drop for RegistryDns {
     }
 }
 
-/// The first address in a field (`listen=`, `ops=`) of the startup line (text log format).
+/// The first address in a field (`listen=`, `ops=`) of a startup line (text log format).
 fn startup_field(line: &str, field: &str) -> Option<SocketAddr> {
-    if !line.contains("registry-dns serving") {
+    // The startup line, or the one a new instance logs while another still serves its address.
+    if !line.contains("registry-dns serving") && !line.contains("joining once our sources have synced") {
         return None;
     }
     let plain = strip_ansi(line);
