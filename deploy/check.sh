@@ -150,16 +150,13 @@ wait "$server" || fail "the static binary did not exit cleanly on SIGINT"
 
 step "as the pod runs it (uid 65532, drop ALL + NET_BIND_SERVICE,NET_ADMIN, no_new_privs, read-only root)"
 if [ "$is_root" = 1 ]; then
-    pod_args=(--record=knative-local-registry=10.11.12.13 --ops-listen=127.0.0.1:8099 --resolv-conf=/host/resolv.conf)
-    if "$bin" --help | grep -q -- '--interface-name'; then
-        pod_args+=(--listen=169.254.20.25:53 --interface-name=registry-dns0 --interface-address=169.254.20.25)
-    else
-        echo "  NOTE: this build has no --interface-name yet: listening on 127.0.0.1:53 instead of the dummy interface"
-        pod_args+=(--listen=127.0.0.1:53)
-    fi
-    python3 deploy/check/run_as_pod.py "$bin" -- "${pod_args[@]}" || fail "the binary does not run as the pod runs it"
+    # The DaemonSet's own flags, but a static name instead of --service (no API server here).
+    python3 deploy/check/run_as_pod.py "$bin" -- --record=knative-local-registry=10.11.12.13 \
+        --listen=169.254.20.25:53 --interface-name=registry-dns0 --interface-address=169.254.20.25 \
+        --ops-listen=127.0.0.1:8099 --resolv-conf=/host/resolv.conf || fail "the binary does not run as the pod runs it"
     cp "$bin" "$t/no-caps"   # cp drops the security.capability xattr
-    python3 deploy/check/run_as_pod.py "$t/no-caps" --expect-bind-failure -- "${pod_args[@]}" \
+    python3 deploy/check/run_as_pod.py "$t/no-caps" --expect-bind-failure -- \
+        --listen=127.0.0.1:53 --record=knative-local-registry=10.11.12.13 --ops-listen=127.0.0.1:8099 --resolv-conf=/host/resolv.conf \
         || fail "without file capabilities the binary should not be able to bind :53 as non-root"
     echo "  (without its file capabilities the same binary cannot: they are what makes the pod work)"
 else

@@ -176,13 +176,9 @@ def check_daemonset(where, ds, binary_help):
             err(name, "the systemd-resolved stub resolv.conf (127.0.0.53) loops")
     if args.get("listen", "").split(":")[0] != args.get("interface-address"):
         err(name, "--listen is not on --interface-address")
-    pending = {"interface-name", "interface-address"}  # the dummy-interface feature, being added
     for flag in args:
         if f"--{flag}" not in binary_help:
-            if flag in pending:
-                print(f"WARN  {name}: this build of registry-dns has no --{flag} yet; the DaemonSet needs a build that has")
-            else:
-                err(name, f"--{flag} is not a flag of registry-dns (--help)")
+            err(name, f"--{flag} is not a flag of registry-dns (--help)")
 
 
 def main():
