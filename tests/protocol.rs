@@ -199,6 +199,21 @@ fn sigterm_reports_not_ready_keeps_answering_for_the_lame_duck_period_then_exits
 }
 
 #[test]
+fn two_instances_share_the_dns_and_ops_addresses_as_in_a_rolling_update() {
+    let up = healthy_upstream();
+    let listen = format!("127.0.0.1:{}", support::free_port());
+    let ops = format!("127.0.0.1:{}", support::free_port());
+    let args = ["--listen", &listen, "--ops-listen", &ops, "--record", LOCAL, "--upstream", &up.addr.to_string()];
+    let old = RegistryDns::start(&args);
+    let new = RegistryDns::start(&args);
+    assert_eq!((old.addr, new.addr), (listen.parse().unwrap(), listen.parse().unwrap()));
+    assert_eq!(http_get(ops.parse().unwrap(), "/healthz").unwrap().0, 200);
+    drop(old);
+    assert_eq!(dig(new.addr, &["knative-local-registry"]).rdata("A"), ["10.0.0.10"]);
+    assert_eq!(http_get(ops.parse().unwrap(), "/readyz").unwrap().0, 200, "the new instance answers probes");
+}
+
+#[test]
 fn sigint_stops_at_once_with_exit_status_zero() {
     let (_up, s) = server();
     let pid = s.pid().to_string();

@@ -11,15 +11,22 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
 pub use readiness::Readiness;
 
-/// Binds the ops listener (errors surface at startup, like the DNS sockets').
+/// Binds the ops listener (errors surface at startup, like the DNS sockets'). With SO_REUSEPORT,
+/// as the DNS sockets: on `hostNetwork` an old and a new pod overlap on one node during a rolling
+/// update, and both need the port. While they overlap, a probe may reach either instance.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    Ok(socket.into())
 }
 
 pub fn router(readiness: Arc<Readiness>) -> Router {
