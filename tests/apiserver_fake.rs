@@ -392,8 +392,9 @@ async fn compaction_then_dropped_watch_gives_410_and_a_relist() {
     assert_eq!(slices.errors(), [("WatchError", Some(410))]);
 }
 
-#[tokio::test]
-async fn outage_resumes_the_watch_from_history() {
+/// A fake API server with two slices of the registry Service, and a reflector that has listed
+/// them and is watching.
+async fn two_slices_watched() -> (FakeApiServer, Reflected<EndpointSlice>) {
     let server = FakeApiServer::start();
     server.apply(endpoint_slice(NS, "registry", "registry-a", "IPv4", &[("10.0.0.1", Some(true))]));
     server.apply(endpoint_slice(NS, "registry", "registry-b", "IPv4", &[("10.0.0.2", Some(true))]));
@@ -402,6 +403,12 @@ async fn outage_resumes_the_watch_from_history() {
         Reflected::start(Api::<EndpointSlice>::namespaced(client, NS), watcher::Config::default().labels(SVC_LABEL));
     tokio::time::timeout(Duration::from_secs(10), slices.store.wait_until_ready()).await.unwrap().unwrap();
     eventually("the watch to open", || server.active_watches() == 1).await;
+    (server, slices)
+}
+
+#[tokio::test]
+async fn outage_resumes_the_watch_from_history() {
+    let (server, slices) = two_slices_watched().await;
 
     server.stop();
     assert!(std::net::TcpStream::connect(server.addr()).is_err(), "stopped means connection refused");
@@ -420,14 +427,7 @@ async fn outage_resumes_the_watch_from_history() {
 
 #[tokio::test]
 async fn outage_past_compaction_relists_to_the_right_state() {
-    let server = FakeApiServer::start();
-    server.apply(endpoint_slice(NS, "registry", "registry-a", "IPv4", &[("10.0.0.1", Some(true))]));
-    server.apply(endpoint_slice(NS, "registry", "registry-b", "IPv4", &[("10.0.0.2", Some(true))]));
-    let client = client(&server).await;
-    let slices =
-        Reflected::start(Api::<EndpointSlice>::namespaced(client, NS), watcher::Config::default().labels(SVC_LABEL));
-    tokio::time::timeout(Duration::from_secs(10), slices.store.wait_until_ready()).await.unwrap().unwrap();
-    eventually("the watch to open", || server.active_watches() == 1).await;
+    let (server, slices) = two_slices_watched().await;
 
     server.stop();
     server.delete("discovery.k8s.io/v1", "EndpointSlice", NS, "registry-b");
