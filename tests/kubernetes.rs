@@ -199,3 +199,31 @@ fn a_missing_kubeconfig_is_a_one_line_error_unless_only_static_records_are_confi
     assert!(ready(&s));
     assert!(c.api.requests().is_empty(), "{:?}", c.api.requests());
 }
+
+#[test]
+fn a_service_with_thousands_of_endpoints_gets_small_rotating_answers() {
+    let c = Cluster::new();
+    // 30 slices of 100 endpoints, as the EndpointSlice controller would split 3000.
+    let all: Vec<String> =
+        (0..3000).map(|i| format!("10.{}.{}.{}", 100 + i / 65025, (i / 255) % 255, i % 255 + 1)).collect();
+    for (n, chunk) in all.chunks(100).enumerate() {
+        let endpoints: Vec<(&str, Option<bool>)> = chunk.iter().map(|ip| (ip.as_str(), Some(true))).collect();
+        c.api.apply(knative_slice(&format!("knative-{n:02}"), &endpoints));
+    }
+    let s = c.start(&["--service", &format!("{NAME}=registry/knative")]);
+    assert!(wait_until(Duration::from_secs(20), || ready(&s)), "{:?}", s.logs());
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let d = dig(s.addr, &["+noedns", NAME, "A"]);
+        assert!(!d.has_flag("tc"), "{:?}", d.flags);
+        assert_eq!(d.rdata("A").len(), 16);
+        seen.extend(d.rdata("A"));
+    }
+    assert_eq!(seen.len(), 20 * 16, "20 queries, 20 different windows");
+    assert!(seen.iter().all(|ip| all.contains(ip)));
+    // A change in one slice still shows at once.
+    c.api.apply(knative_slice("knative-00", &[("10.250.0.1", Some(true))]));
+    assert!(wait_until(Duration::from_secs(3), || {
+        (0..200).any(|_| dig(s.addr, &[NAME, "A"]).rdata("A").contains(&"10.250.0.1".to_string()))
+    }));
+}

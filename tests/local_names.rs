@@ -111,7 +111,7 @@ fn a_large_local_answer_truncates_over_udp_and_arrives_whole_over_tcp() {
     let upstream = healthy_upstream();
     let ips: Vec<String> = (1..=60).map(|i| format!("10.1.0.{i}")).collect();
     let record = format!("many={}", ips.join(","));
-    let s = RegistryDns::start(&["--record", &record, "--upstream", &upstream.addr.to_string()]);
+    let s = RegistryDns::start(&["--record", &record, "--upstream", &upstream.addr.to_string(), "--max-answers", "60"]);
     let udp = dig(s.addr, &["+noedns", "+ignore", "many", "A"]);
     assert!(udp.has_flag("tc"), "{:?}", udp.flags);
     assert!(udp.answer.is_empty());
@@ -131,4 +131,33 @@ fn static_records_come_from_the_environment_too() {
     let s = RegistryDns::start_with(command, &[]);
     assert_eq!(dig(s.addr, &["a-name"]).rdata("A"), ["10.9.0.1"]);
     assert_eq!(dig(s.addr, &["b-name"]).rdata("A"), ["10.9.0.2"]);
+}
+
+#[test]
+fn many_addresses_are_capped_per_answer_and_rotate_through_all() {
+    let upstream = healthy_upstream();
+    let ips: Vec<String> = (1..=40).map(|i| format!("10.2.0.{i}")).collect();
+    let v6: Vec<String> = (1..=20).map(|i| format!("fd00::{i:x}")).collect();
+    let record = format!("many={},{}", ips.join(","), v6.join(","));
+    let s = RegistryDns::start(&["--record", &record, "--upstream", &upstream.addr.to_string()]);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut first_of_each = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let d = dig(s.addr, &["+noedns", "many", "A"]);
+        assert!(!d.has_flag("tc"), "16 A records fit 512 bytes: {:?}", d.flags);
+        assert_eq!(d.rdata("A").len(), 16, "capped at --max-answers (default 16)");
+        first_of_each.insert(d.rdata("A")[0].clone());
+        seen.extend(d.rdata("A"));
+    }
+    assert_eq!(seen.len(), 40, "three windows of 16 cover all 40 addresses");
+    assert_eq!(first_of_each.len(), 3, "each query gets the next window");
+    let aaaa = dig(s.addr, &["+noedns", "many", "AAAA"]);
+    assert!(!aaaa.has_flag("tc"), "16 AAAA records fit 512 bytes too");
+    assert_eq!(aaaa.rdata("AAAA").len(), 16);
+
+    let few =
+        RegistryDns::start(&["--record", "few=10.3.0.1,10.3.0.2,10.3.0.3", "--upstream", &upstream.addr.to_string()]);
+    let firsts: std::collections::BTreeSet<String> =
+        (0..3).map(|_| dig(few.addr, &["few", "A"]).rdata("A")[0].clone()).collect();
+    assert_eq!(firsts.len(), 3, "a few addresses rotate their order");
 }

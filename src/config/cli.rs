@@ -64,6 +64,11 @@ pub struct Cli {
     #[arg(long, env = "REGISTRY_DNS_TTL", value_name = "SECONDS", default_value_t = 5)]
     pub ttl: u32,
 
+    /// At most this many A (or AAAA) records in one local answer; a name with more answers them a
+    /// window at a time, rotating. 16 AAAA records still fit a 512-byte UDP answer.
+    #[arg(long, env = "REGISTRY_DNS_MAX_ANSWERS", value_name = "N", default_value_t = 16)]
+    pub max_answers: usize,
+
     /// How long each upstream gets to answer before the next one is tried.
     #[arg(long, env = "REGISTRY_DNS_UPSTREAM_TIMEOUT", value_name = "DURATION", default_value = "2s",
           value_parser = humantime::parse_duration)]
@@ -148,6 +153,7 @@ impl Cli {
             upstreams: self.upstream,
             resolv_conf: self.resolv_conf,
             ttl: self.ttl,
+            max_answers: self.max_answers,
             upstream_timeout: self.upstream_timeout,
             max_concurrent: self.max_concurrent,
             workers: self.workers,

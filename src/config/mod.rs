@@ -42,6 +42,8 @@ pub struct Config {
     pub resolv_conf: PathBuf,
     /// TTL of local answers.
     pub ttl: u32,
+    /// At most this many A (or AAAA) records in one local answer; more rotate across answers.
+    pub max_answers: usize,
     /// How long one upstream gets to answer before the next is tried.
     pub upstream_timeout: Duration,
     /// Forwarded queries in flight at most; more get REFUSED.
@@ -76,6 +78,7 @@ impl Default for Config {
             upstreams: Vec::new(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             ttl: 5,
+            max_answers: 16,
             upstream_timeout: Duration::from_secs(2),
             max_concurrent: 1000,
             workers: 0,
@@ -103,6 +106,7 @@ impl Config {
         }
         ensure!(self.upstreams.len() <= MAX_UPSTREAMS, "at most {MAX_UPSTREAMS} upstreams");
         ensure!(self.ttl > 0, "--ttl must be at least 1");
+        ensure!(self.max_answers > 0, "--max-answers must be at least 1");
         ensure!(!self.upstream_timeout.is_zero(), "--upstream-timeout must be positive");
         ensure!(self.max_concurrent > 0, "--max-concurrent must be at least 1");
         ensure!(self.max_tcp_connections > 0, "--max-tcp-connections must be at least 1");

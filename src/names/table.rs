@@ -95,14 +95,27 @@ pub struct Names {
     states: Mutex<BTreeMap<Name, NameState>>,
     ttl: u32,
     ns_name: Name,
+    max_answers: usize,
 }
 
 impl Names {
     /// Declares the local names, all [`NameState::Pending`] until their source publishes them.
-    pub async fn new(names: impl IntoIterator<Item = Name>, ttl: u32, ns_name: Name) -> anyhow::Result<Arc<Self>> {
+    /// Answers carry the names' records with `ttl`, `ns_name` as NS, and at most `max_answers`
+    /// addresses of a family each.
+    pub async fn new(
+        names: impl IntoIterator<Item = Name>,
+        ttl: u32,
+        ns_name: Name,
+        max_answers: usize,
+    ) -> anyhow::Result<Arc<Self>> {
         let states: BTreeMap<Name, NameState> = names.into_iter().map(|n| (n, NameState::Pending)).collect();
-        let this =
-            Self { table: ArcSwap::from_pointee(NameTable::default()), states: Mutex::new(states), ttl, ns_name };
+        let this = Self {
+            table: ArcSwap::from_pointee(NameTable::default()),
+            states: Mutex::new(states),
+            ttl,
+            ns_name,
+            max_answers,
+        };
         {
             let states = this.states.lock().await;
             this.rebuild(&states).await?;
@@ -142,7 +155,12 @@ impl Names {
     }
 
     async fn rebuild(&self, states: &BTreeMap<Name, NameState>) -> anyhow::Result<()> {
-        let settings = ZoneSettings { ttl: self.ttl, ns_name: self.ns_name.clone(), serial: serial_now() };
+        let settings = ZoneSettings {
+            ttl: self.ttl,
+            ns_name: self.ns_name.clone(),
+            serial: serial_now(),
+            max_answers: self.max_answers,
+        };
         let table = NameTable::build(states, &settings).await?;
         self.table.store(Arc::new(table));
         Ok(())
@@ -165,7 +183,8 @@ mod tests {
 
     #[tokio::test]
     async fn finds_names_and_names_below_them_case_folded_keys_only() {
-        let names = Names::new([name("knative-local-registry."), name("reg.example.")], 5, name("ns.")).await.unwrap();
+        let names =
+            Names::new([name("knative-local-registry."), name("reg.example.")], 5, name("ns."), 16).await.unwrap();
         names.publish(&name("reg.example."), NameState::Addresses(vec![])).await.unwrap();
         let table = names.load();
         let key = |s: &str| name(s).to_bytes().unwrap();
@@ -179,7 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn publishing_an_undeclared_name_is_refused() {
-        let names = Names::new([name("a.")], 5, name("ns.")).await.unwrap();
+        let names = Names::new([name("a.")], 5, name("ns."), 16).await.unwrap();
         assert!(names.publish(&name("b."), NameState::Pending).await.is_err());
     }
 }

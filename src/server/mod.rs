@@ -98,7 +98,7 @@ impl Server {
         };
         let declared =
             config.records.iter().map(|r| r.name.clone()).chain(config.services.iter().map(|s| s.name.clone()));
-        let names = Names::new(declared, config.ttl, server_name()).await?;
+        let names = Names::new(declared, config.ttl, server_name(), config.max_answers).await?;
         static_records::publish(&names, &config.records).await?;
         let shared = Arc::new(Shared {
             names,
