@@ -247,7 +247,7 @@ mod tests {
         let apex = Name::from_ascii("knative-local-registry.").unwrap();
         let answers = Answers::build(&apex, &["10.0.0.10".parse().unwrap()], &settings()).await.unwrap();
 
-        let a = Message::from_vec(&answers.for_type(wire::types::A)).unwrap();
+        let a = Message::from_vec(answers.for_type(wire::types::A)).unwrap();
         assert!(a.metadata.authoritative);
         assert_eq!(a.answers.len(), 1);
         let question_end = wire::HEADER_LEN + apex.len() + 1 + 4;
@@ -258,14 +258,14 @@ mod tests {
         );
         assert_eq!(a.answers[0].ttl, 5);
 
-        let aaaa = Message::from_vec(&answers.for_type(wire::types::AAAA)).unwrap();
+        let aaaa = Message::from_vec(answers.for_type(wire::types::AAAA)).unwrap();
         assert_eq!(aaaa.metadata.response_code, ResponseCode::NoError);
         assert!(aaaa.answers.is_empty());
         assert_eq!(aaaa.authorities[0].record_type(), RecordType::SOA);
 
-        let soa = Message::from_vec(&answers.for_type(wire::types::SOA)).unwrap();
+        let soa = Message::from_vec(answers.for_type(wire::types::SOA)).unwrap();
         assert_eq!(soa.answers[0].record_type(), RecordType::SOA);
-        let ns = Message::from_vec(&answers.for_type(wire::types::NS)).unwrap();
+        let ns = Message::from_vec(answers.for_type(wire::types::NS)).unwrap();
         assert_eq!(ns.answers[0].data, RData::NS(NS(settings().ns_name)));
     }
 
@@ -298,7 +298,7 @@ mod tests {
     async fn a_name_without_addresses_gets_nodata_with_a_short_ttl() {
         let apex = Name::from_ascii("registry.example.").unwrap();
         let answers = Answers::build(&apex, &[], &settings()).await.unwrap();
-        let a = Message::from_vec(&answers.for_type(wire::types::A)).unwrap();
+        let a = Message::from_vec(answers.for_type(wire::types::A)).unwrap();
         assert!(a.answers.is_empty());
         assert_eq!(a.authorities[0].ttl, EMPTY_NAME_NEGATIVE_TTL);
     }
