@@ -40,8 +40,4 @@ impl InFlight {
     pub fn release(&self) {
         self.count.fetch_sub(1, Ordering::Relaxed);
     }
-
-    pub fn current(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
-    }
 }

@@ -161,14 +161,6 @@ impl Default for SendBatch {
 }
 
 impl SendBatch {
-    pub fn len(&self) -> usize {
-        self.count
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
     pub fn is_full(&self) -> bool {
         self.count == BATCH
     }
