@@ -16,6 +16,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub use loop_probe::LoopProbe;
 pub use upstream::{MAX_UPSTREAMS, Upstreams};
 
+use crate::dns::wire::rcode;
+
+/// Whether an upstream's answer with `code` counts as that upstream failing, so that the query
+/// moves on to the next upstream: SERVFAIL and REFUSED say "not from me", not "no such name".
+fn moves_on(code: u16) -> bool {
+    code == rcode::SERVFAIL || code == rcode::REFUSED
+}
+
 /// The cap on forwarded queries in flight across all workers and transports (`--max-concurrent`):
 /// beyond it clients get REFUSED at once, so memory stays bounded when upstreams stall.
 #[derive(Debug)]

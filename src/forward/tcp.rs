@@ -7,8 +7,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::Upstreams;
-use crate::dns::wire::{self, rcode};
+use super::{Upstreams, moves_on};
+use crate::dns::wire;
 
 /// Relays `packet` to the upstreams in turn; returns the first acceptable answer with the
 /// client's ID, or the last SERVFAIL/REFUSED when every upstream gave one, or `None` when none
@@ -26,8 +26,7 @@ pub async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, 
         match tokio::time::timeout(timeout, exchange(addr, &query)).await {
             Ok(Ok(mut answer)) if wire::id(&answer) == id && wire::same_question(&query, question_end, &answer) => {
                 wire::set_id(&mut answer, client_id);
-                let code = wire::rcode_of(&answer);
-                if code == rcode::SERVFAIL || code == rcode::REFUSED {
+                if moves_on(wire::rcode_of(&answer)) {
                     upstreams.record_failure(upstream);
                     last_refusal = Some(answer);
                     continue;
@@ -54,7 +53,7 @@ async fn exchange(addr: std::net::SocketAddr, query: &[u8]) -> std::io::Result<V
     let len = stream.read_u16().await?;
     let mut answer = vec![0u8; usize::from(len)];
     stream.read_exact(&mut answer).await?;
-    if answer.len() < wire::HEADER_LEN || !wire::is_response(&answer) {
+    if !wire::is_response(&answer) {
         return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a DNS response"));
     }
     Ok(answer)

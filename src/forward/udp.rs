@@ -25,7 +25,7 @@ use rustc_hash::FxHashMap;
 use tokio::io::unix::AsyncFd;
 use tracing::debug;
 
-use super::{InFlight, Upstreams};
+use super::{InFlight, Upstreams, moves_on};
 use crate::dns::wire::{self, Edns, rcode};
 use crate::net::batch::{self, BATCH, RecvBatch, SendBatch};
 
@@ -251,22 +251,19 @@ impl UdpForwarder {
         self.queue_next(slot);
     }
 
-    /// Queues an answer for the client of a query.
-    fn answer(&mut self, listener: usize, datagram: &[u8], client: SocketAddr) {
+    /// The answer batch of `listener`, with room for one more answer.
+    fn answers_for(&mut self, listener: usize) -> &mut SendBatch {
         let answers = &mut self.answers[listener];
         if answers.is_full() {
             answers.flush(self.listeners[listener].as_raw_fd());
         }
-        answers.push(datagram, Some(client));
+        answers
     }
 
     /// Answers SERVFAIL to the client of `slot` and frees it.
     fn fail(&mut self, slot: usize) {
         let pending = self.slots[slot].take().expect("live slot");
-        let answers = &mut self.answers[pending.listener];
-        if answers.is_full() {
-            answers.flush(self.listeners[pending.listener].as_raw_fd());
-        }
+        let answers = self.answers_for(pending.listener);
         let answer = answers.buffer();
         wire::write_empty_answer(
             &pending.query,
@@ -306,7 +303,7 @@ impl UdpForwarder {
     /// Handles a datagram from upstream socket `key`. Anything that is not the answer to a
     /// query in flight on that socket, with its ID and question, is ignored (RFC 5452).
     fn on_reply(&mut self, key: u32, reply: &mut [u8]) {
-        if reply.len() < wire::HEADER_LEN || !wire::is_response(reply) {
+        if !wire::is_response(reply) {
             return;
         }
         let Some(&slot) = self.by_key.get(&(key, wire::id(reply))) else {
@@ -320,8 +317,7 @@ impl UdpForwarder {
         }
         self.by_key.remove(&(key, wire::id(reply)));
         let upstream = pending.upstream;
-        let rcode = wire::rcode_of(reply);
-        if rcode == rcode::SERVFAIL || rcode == rcode::REFUSED {
+        if moves_on(wire::rcode_of(reply)) {
             self.upstreams.record_failure(upstream);
             if self.upstreams.next(pending.tried).is_some() {
                 self.queue_next(slot);
@@ -332,7 +328,7 @@ impl UdpForwarder {
         }
         let pending = self.slots[slot].take().expect("live slot");
         wire::set_id(reply, pending.client_id);
-        self.answer(pending.listener, reply, pending.client);
+        self.answers_for(pending.listener).push(reply, Some(pending.client));
         self.release(slot, pending);
     }
 
