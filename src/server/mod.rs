@@ -42,6 +42,14 @@ pub(crate) struct Shared {
     pub allow: AllowList,
 }
 
+impl Shared {
+    /// How long a forwarded query can still take once it has been started: every upstream's try.
+    /// Shutdown waits this long (plus a margin) for the queries in flight.
+    pub fn forwarding_bound(&self) -> Duration {
+        self.upstream_timeout * self.upstreams.len().max(1) as u32
+    }
+}
+
 /// A server with its sockets bound, ready to [`run`](Server::run).
 pub struct Server {
     shared: Arc<Shared>,
@@ -216,7 +224,7 @@ impl Server {
         for listener in listeners {
             let _ = listener.await;
         }
-        let drain = self.shared.upstream_timeout * upstreams.len().max(1) as u32 + Duration::from_secs(1);
+        let drain = self.shared.forwarding_bound() + Duration::from_secs(1);
         let all = u32::try_from(self.max_tcp_connections).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(drain, connections.acquire_many(all)).await;
         let joined = tokio::task::spawn_blocking(move || {

@@ -53,7 +53,7 @@ pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: wat
             }
         }
         // Stopped accepting; give the queries already forwarded the time their tries can take.
-        let deadline = Instant::now() + shared.upstream_timeout * shared.upstreams.len() as u32 + TIMEOUT_TICK * 2;
+        let deadline = Instant::now() + shared.forwarding_bound() + TIMEOUT_TICK * 2;
         while forwarder.borrow().pending() > 0 && Instant::now() < deadline {
             tokio::time::sleep(TIMEOUT_TICK).await;
         }
@@ -113,7 +113,7 @@ async fn listen(
     // forwarded queries finish (bounded by their tries), then answer what is still queued: the
     // kernel discards that with the socket. A restart that overlaps a new instance on the same
     // address then loses nothing.
-    let deadline = Instant::now() + shared.upstream_timeout * shared.upstreams.len().max(1) as u32 + TIMEOUT_TICK * 2;
+    let deadline = Instant::now() + shared.forwarding_bound() + TIMEOUT_TICK * 2;
     while forwarder.borrow().pending() > 0 && Instant::now() < deadline {
         let _ = tokio::time::timeout(TIMEOUT_TICK, batch::drain(&socket, &mut read_batch)).await;
     }
