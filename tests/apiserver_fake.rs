@@ -370,13 +370,7 @@ async fn reflector_follows_slices_and_a_service_by_name() {
 
 #[tokio::test]
 async fn compaction_then_dropped_watch_gives_410_and_a_relist() {
-    let server = FakeApiServer::start();
-    server.apply(endpoint_slice(NS, "registry", "registry-a", "IPv4", &[("10.0.0.1", Some(true))]));
-    let client = client(&server).await;
-    let slices =
-        Reflected::start(Api::<EndpointSlice>::namespaced(client, NS), watcher::Config::default().labels(SVC_LABEL));
-    tokio::time::timeout(Duration::from_secs(10), slices.store.wait_until_ready()).await.unwrap().unwrap();
-    eventually("the watch to open", || server.active_watches() == 1).await;
+    let (server, slices) = watched(&[("registry-a", "10.0.0.1")]).await;
     assert_eq!(server.list_requests().len(), 1);
 
     server.compact();
@@ -392,12 +386,13 @@ async fn compaction_then_dropped_watch_gives_410_and_a_relist() {
     assert_eq!(slices.errors(), [("WatchError", Some(410))]);
 }
 
-/// A fake API server with two slices of the registry Service, and a reflector that has listed
-/// them and is watching.
-async fn two_slices_watched() -> (FakeApiServer, Reflected<EndpointSlice>) {
+/// A fake API server with the given `(slice, ip)` slices of the registry Service, and a
+/// reflector that has listed them and is watching.
+async fn watched(slices: &[(&str, &str)]) -> (FakeApiServer, Reflected<EndpointSlice>) {
     let server = FakeApiServer::start();
-    server.apply(endpoint_slice(NS, "registry", "registry-a", "IPv4", &[("10.0.0.1", Some(true))]));
-    server.apply(endpoint_slice(NS, "registry", "registry-b", "IPv4", &[("10.0.0.2", Some(true))]));
+    for (slice, ip) in slices {
+        server.apply(endpoint_slice(NS, "registry", slice, "IPv4", &[(ip, Some(true))]));
+    }
     let client = client(&server).await;
     let slices =
         Reflected::start(Api::<EndpointSlice>::namespaced(client, NS), watcher::Config::default().labels(SVC_LABEL));
@@ -408,7 +403,7 @@ async fn two_slices_watched() -> (FakeApiServer, Reflected<EndpointSlice>) {
 
 #[tokio::test]
 async fn outage_resumes_the_watch_from_history() {
-    let (server, slices) = two_slices_watched().await;
+    let (server, slices) = watched(&[("registry-a", "10.0.0.1"), ("registry-b", "10.0.0.2")]).await;
 
     server.stop();
     assert!(std::net::TcpStream::connect(server.addr()).is_err(), "stopped means connection refused");
@@ -427,7 +422,7 @@ async fn outage_resumes_the_watch_from_history() {
 
 #[tokio::test]
 async fn outage_past_compaction_relists_to_the_right_state() {
-    let (server, slices) = two_slices_watched().await;
+    let (server, slices) = watched(&[("registry-a", "10.0.0.1"), ("registry-b", "10.0.0.2")]).await;
 
     server.stop();
     server.delete("discovery.k8s.io/v1", "EndpointSlice", NS, "registry-b");
@@ -443,13 +438,7 @@ async fn outage_past_compaction_relists_to_the_right_state() {
 
 #[tokio::test]
 async fn watch_timeout_ends_cleanly_and_the_watcher_rewatches() {
-    let server = FakeApiServer::start();
-    server.apply(endpoint_slice(NS, "registry", "registry-a", "IPv4", &[("10.0.0.1", Some(true))]));
-    let client = client(&server).await;
-    let slices =
-        Reflected::start(Api::<EndpointSlice>::namespaced(client, NS), watcher::Config::default().labels(SVC_LABEL));
-    tokio::time::timeout(Duration::from_secs(10), slices.store.wait_until_ready()).await.unwrap().unwrap();
-    eventually("the watch to open", || server.active_watches() == 1).await;
+    let (server, slices) = watched(&[("registry-a", "10.0.0.1")]).await;
 
     // Applies to the open watch too.
     server.set_watch_timeout(Duration::from_millis(400));
