@@ -30,6 +30,7 @@ pub mod dns;
 pub mod forward;
 pub mod interface;
 pub mod logging;
+pub mod metrics;
 pub mod names;
 pub mod net;
 pub mod ops;

@@ -24,4 +24,7 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 
+# The Prometheus project's Python client parses /metrics in tests/metrics.rs.
+python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check prometheus-client==0.21.1
+
 cargo test --locked "$@"

@@ -48,4 +48,13 @@ impl InFlight {
     pub fn release(&self) {
         self.count.fetch_sub(1, Ordering::Relaxed);
     }
+
+    /// Queries in flight now (for metrics).
+    pub fn current(&self) -> usize {
+        self.count.load(Ordering::Relaxed).min(self.max)
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
 }

@@ -9,6 +9,7 @@ use tracing::debug;
 
 use super::{Upstreams, moves_on};
 use crate::dns::wire;
+use crate::metrics::Proto;
 
 /// Relays `packet` to the upstreams in turn; returns the first acceptable answer with the
 /// client's ID, or the last SERVFAIL/REFUSED when every upstream gave one, or `None` when none
@@ -23,6 +24,7 @@ pub async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, 
         let id: u16 = rand::random();
         wire::set_id(&mut query, id);
         let addr = upstreams.addr(upstream);
+        upstreams.record_request(upstream, Proto::Tcp);
         match tokio::time::timeout(timeout, exchange(addr, &query)).await {
             Ok(Ok(mut answer)) if wire::id(&answer) == id && wire::same_question(&query, question_end, &answer) => {
                 wire::set_id(&mut answer, client_id);
@@ -34,11 +36,19 @@ pub async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, 
                 upstreams.record_success(upstream);
                 return Some(answer);
             }
-            Ok(Ok(_)) => debug!(upstream = %addr, "ignoring a TCP answer for another query"),
-            Ok(Err(e)) => debug!(upstream = %addr, error = %e, "TCP upstream failed"),
-            Err(_) => debug!(upstream = %addr, "TCP upstream timed out"),
+            Ok(Ok(_)) => {
+                debug!(upstream = %addr, "ignoring a TCP answer for another query");
+                upstreams.record_failure(upstream);
+            }
+            Ok(Err(e)) => {
+                debug!(upstream = %addr, error = %e, "TCP upstream failed");
+                upstreams.record_failure(upstream);
+            }
+            Err(_) => {
+                debug!(upstream = %addr, "TCP upstream timed out");
+                upstreams.record_timeout(upstream);
+            }
         }
-        upstreams.record_failure(upstream);
     }
     last_refusal
 }

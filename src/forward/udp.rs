@@ -27,6 +27,7 @@ use tracing::debug;
 
 use super::{InFlight, Upstreams, moves_on};
 use crate::dns::wire::{self, Edns, rcode};
+use crate::metrics::{Path, Proto, Traffic};
 use crate::net::batch::{self, BATCH, RecvBatch, SendBatch};
 
 /// Sockets per upstream and worker: the source-port spread of RFC 5452 section 9.2, multiplied by
@@ -59,6 +60,8 @@ struct Pending {
     key: (u32, u16),
     /// When the current try times out.
     deadline: Instant,
+    /// When the client's query arrived, for the latency histogram.
+    started: Instant,
 }
 
 /// What [`UdpForwarder::start`] did with a query.
@@ -91,6 +94,7 @@ pub struct UdpForwarder {
     answers: Vec<SendBatch>,
     replies: Option<RecvBatch>,
     rng: ThreadRng,
+    traffic: Arc<Traffic>,
 }
 
 impl UdpForwarder {
@@ -101,6 +105,7 @@ impl UdpForwarder {
         in_flight: Arc<InFlight>,
         timeout: Duration,
         listeners: Vec<Socket>,
+        traffic: Arc<Traffic>,
     ) -> io::Result<(Self, Vec<KeyedSocket>)> {
         let mut sockets = Vec::with_capacity(upstreams.len());
         let mut all = Vec::new();
@@ -130,6 +135,7 @@ impl UdpForwarder {
             outgoing: SendBatch::default(),
             replies: Some(RecvBatch::new(MAX_REPLY)),
             rng: rand::rng(),
+            traffic,
         };
         Ok((this, all))
     }
@@ -154,6 +160,7 @@ impl UdpForwarder {
         let mut query = self.spare_buffers.pop().unwrap_or_default();
         query.clear();
         query.extend_from_slice(packet);
+        let now = Instant::now();
         let pending = Pending {
             client,
             listener,
@@ -164,7 +171,8 @@ impl UdpForwarder {
             tried: 0,
             upstream: 0,
             key: (0, 0),
-            deadline: Instant::now(),
+            deadline: now,
+            started: now,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -202,6 +210,7 @@ impl UdpForwarder {
         pending.key = (key_socket, id);
         pending.deadline = Instant::now() + self.timeout;
         self.by_key.insert(pending.key, slot);
+        self.upstreams.record_request(upstream, Proto::Udp);
         self.queued.push((key_socket, slot));
         true
     }
@@ -275,6 +284,8 @@ impl UdpForwarder {
         );
         wire::set_id(answer, pending.client_id);
         answers.commit(Some(pending.client));
+        self.traffic.response(Path::Forwarded, rcode::SERVFAIL);
+        self.traffic.latency(Path::Forwarded, pending.started.elapsed(), 1);
         self.release(slot, pending);
     }
 
@@ -290,9 +301,10 @@ impl UdpForwarder {
         let mut replies = self.replies.take().expect("not re-entered");
         let result = replies.recv(fd);
         if let Ok(n) = result {
+            let now = Instant::now();
             for i in 0..n {
                 if let Some(reply) = replies.get_mut(i) {
-                    self.on_reply(key, reply);
+                    self.on_reply(key, reply, now);
                 }
             }
         }
@@ -302,7 +314,7 @@ impl UdpForwarder {
 
     /// Handles a datagram from upstream socket `key`. Anything that is not the answer to a
     /// query in flight on that socket, with its ID and question, is ignored (RFC 5452).
-    fn on_reply(&mut self, key: u32, reply: &mut [u8]) {
+    fn on_reply(&mut self, key: u32, reply: &mut [u8], now: Instant) {
         if !wire::is_response(reply) {
             return;
         }
@@ -329,6 +341,8 @@ impl UdpForwarder {
         let pending = self.slots[slot].take().expect("live slot");
         wire::set_id(reply, pending.client_id);
         self.answers_for(pending.listener).push(reply, Some(pending.client));
+        self.traffic.response(Path::Forwarded, wire::rcode_of(reply));
+        self.traffic.latency(Path::Forwarded, now.saturating_duration_since(pending.started), 1);
         self.release(slot, pending);
     }
 
@@ -342,7 +356,7 @@ impl UdpForwarder {
                 continue;
             }
             self.by_key.remove(&pending.key);
-            self.upstreams.record_failure(pending.upstream);
+            self.upstreams.record_timeout(pending.upstream);
             self.queue_next(slot);
         }
     }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
+use crate::metrics::{Metrics, Proto, UpstreamStats};
+
 /// Consecutive failures after which an upstream is tried last (CoreDNS's `max_fails`).
 const MAX_FAILS: u32 = 2;
 /// How long an upstream that reached `MAX_FAILS` stays at the back of the line.
@@ -26,6 +28,7 @@ pub struct Upstream {
     /// Milliseconds since [`Upstreams::epoch`] until which this upstream is penalized.
     penalized_until: AtomicU64,
     looped: AtomicBool,
+    stats: Arc<UpstreamStats>,
 }
 
 /// The upstream list shared by every worker.
@@ -36,7 +39,8 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(addrs: &[SocketAddr]) -> Arc<Self> {
+    /// The upstreams at `addrs`, in order, counting into `metrics`.
+    pub fn new(addrs: &[SocketAddr], metrics: &Metrics) -> Arc<Self> {
         assert!(addrs.len() <= MAX_UPSTREAMS, "config validation caps the upstream count");
         let list = addrs
             .iter()
@@ -45,6 +49,7 @@ impl Upstreams {
                 failures: AtomicU32::new(0),
                 penalized_until: AtomicU64::new(0),
                 looped: AtomicBool::new(false),
+                stats: metrics.upstream(addr),
             })
             .collect();
         Arc::new(Self { list, epoch: Instant::now() })
@@ -82,6 +87,29 @@ impl Upstreams {
         fallback
     }
 
+    /// Whether upstream `index` is tried in its turn: not demoted after failures, not looped.
+    pub fn is_healthy(&self, index: usize) -> bool {
+        let u = &self.list[index];
+        !u.looped.load(Relaxed) && u.penalized_until.load(Relaxed) <= self.now_ms()
+    }
+
+    /// A try leaves for upstream `index`.
+    pub fn record_request(&self, index: usize, proto: Proto) {
+        self.list[index].stats.request(proto);
+    }
+
+    /// A try at upstream `index` got no answer in time.
+    pub fn record_timeout(&self, index: usize) {
+        self.list[index].stats.timeout();
+        self.demote_on_repeat(index);
+    }
+
+    /// A try at upstream `index` failed otherwise (SERVFAIL, REFUSED, a send or TCP error).
+    pub fn record_failure(&self, index: usize) {
+        self.list[index].stats.failure();
+        self.demote_on_repeat(index);
+    }
+
     pub fn record_success(&self, index: usize) {
         let u = &self.list[index];
         if u.failures.swap(0, Relaxed) >= MAX_FAILS {
@@ -90,7 +118,7 @@ impl Upstreams {
         u.penalized_until.store(0, Relaxed);
     }
 
-    pub fn record_failure(&self, index: usize) {
+    fn demote_on_repeat(&self, index: usize) {
         let u = &self.list[index];
         let failures = u.failures.fetch_add(1, Relaxed) + 1;
         if failures >= MAX_FAILS {
@@ -120,14 +148,17 @@ mod tests {
 
     #[test]
     fn prefers_healthy_upstreams_and_skips_looped_ones() {
-        let ups = Upstreams::new(&["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()]);
+        let metrics = Metrics::default();
+        let ups = Upstreams::new(&["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()], &metrics);
         assert_eq!(ups.next(0), Some(0));
         assert_eq!(ups.next(0b01), Some(1));
         assert_eq!(ups.next(0b11), None);
         ups.record_failure(0);
         assert_eq!(ups.next(0), Some(0), "one failure is not enough to demote");
-        ups.record_failure(0);
+        ups.record_timeout(0);
         assert_eq!(ups.next(0), Some(1));
+        assert!(!ups.is_healthy(0) && ups.is_healthy(1));
+        assert_eq!((metrics.upstream(ups.addr(0)).failures(), metrics.upstream(ups.addr(0)).timeouts()), (1, 1));
         assert_eq!(ups.next(0b10), Some(0), "a penalized upstream is still tried last");
         ups.record_success(0);
         assert_eq!(ups.next(0), Some(0));

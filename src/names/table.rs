@@ -49,6 +49,8 @@ pub enum Lookup<'t> {
 #[derive(Debug, Default)]
 pub struct NameTable {
     entries: FxHashMap<Box<[u8]>, Entry>,
+    /// Every name with its address count (`None` while pending), for metrics.
+    summary: Vec<(String, Option<usize>)>,
 }
 
 impl NameTable {
@@ -72,16 +74,27 @@ impl NameTable {
         Lookup::Elsewhere
     }
 
+    /// Every name (presentation form) with its address count, `None` while pending.
+    pub fn summary(&self) -> &[(String, Option<usize>)] {
+        &self.summary
+    }
+
     async fn build(states: &BTreeMap<Name, NameState>, settings: &ZoneSettings) -> anyhow::Result<Self> {
         let mut entries = FxHashMap::default();
+        let mut summary = Vec::with_capacity(states.len());
         for (name, state) in states {
             let entry = match state {
                 NameState::Pending => Entry::Pending,
                 NameState::Addresses(addresses) => Entry::Ready(Answers::build(name, addresses, settings).await?),
             };
             entries.insert(wire_key(name)?, entry);
+            let count = match state {
+                NameState::Pending => None,
+                NameState::Addresses(addresses) => Some(addresses.len()),
+            };
+            summary.push((name.to_string(), count));
         }
-        Ok(Self { entries })
+        Ok(Self { entries, summary })
     }
 }
 
@@ -90,6 +103,7 @@ fn wire_key(name: &Name) -> anyhow::Result<Box<[u8]>> {
 }
 
 /// The published local names: where sources write and the hot path reads.
+#[derive(Debug)]
 pub struct Names {
     table: ArcSwap<NameTable>,
     states: Mutex<BTreeMap<Name, NameState>>,

@@ -1,6 +1,6 @@
 //! The operations endpoint (`--ops-listen`, default `127.0.0.1:8080`): `/healthz` says the
 //! process is alive, `/readyz` whether it should get traffic (see `readiness`). Plain HTTP/1.1
-//! through axum; later endpoints (metrics) are routes added to [`router`].
+//! through axum; `/metrics` serves the Prometheus metrics (see `crate::metrics`).
 
 mod readiness;
 
@@ -9,10 +9,17 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::registry::Registry;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
+
+use crate::metrics;
+
+/// The content type of prometheus-client's text encoding (OpenMetrics 1.0).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub use readiness::Readiness;
 
@@ -29,8 +36,15 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-pub fn router(readiness: Arc<Readiness>) -> Router {
-    Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(ready)).with_state(readiness)
+/// `/healthz`, `/readyz` and `/metrics` (the text exposition of `registry`).
+pub fn router(readiness: Arc<Readiness>, registry: Arc<Registry>) -> Router {
+    let health = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(ready));
+    let metrics = Router::new().route("/metrics", get(scrape));
+    health.with_state(readiness).merge(metrics.with_state(registry))
+}
+
+async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, OPENMETRICS)], metrics::render(&registry))
 }
 
 async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, String) {
@@ -43,11 +57,11 @@ async fn ready(State(readiness): State<Arc<Readiness>>) -> (StatusCode, String) 
 /// Serves until `stopped` turns true.
 pub async fn serve(
     listener: std::net::TcpListener,
-    readiness: Arc<Readiness>,
+    router: Router,
     mut stopped: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    axum::serve(listener, router(readiness))
+    axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         })

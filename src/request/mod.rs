@@ -20,11 +20,12 @@ pub enum Transport {
 /// What to do with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// The answer is in the output buffer.
-    Reply,
+    /// The answer is in the output buffer. `qtype` is the question's type, when it could be read
+    /// (for metrics).
+    Reply { qtype: Option<u16> },
     /// Not ours: relay the packet upstream as it is. The question's end and the client's EDNS
     /// are what a SERVFAIL needs if no upstream answers.
-    Forward { question_end: usize, edns: Option<Edns> },
+    Forward { question_end: usize, edns: Option<Edns>, qtype: u16 },
     /// Send nothing.
     Drop,
 }
@@ -40,7 +41,7 @@ pub fn handle(packet: &[u8], transport: Transport, table: &NameTable, probe: &Lo
         && edns.version > 0
     {
         wire::write_empty_answer(packet, Some(query.question_end), rcode::BADVERS, Some(edns), false, out);
-        return Action::Reply;
+        return Action::Reply { qtype: Some(query.qtype) };
     }
     let name = &lower[..query.name_len];
     match table.lookup(name) {
@@ -48,11 +49,11 @@ pub fn handle(packet: &[u8], transport: Transport, table: &NameTable, probe: &Lo
         Lookup::Below(entry) => answer_below(packet, &query, entry, out),
         Lookup::Elsewhere if probe.is_own_probe(name) => {
             reply_with(packet, &query, rcode::REFUSED, out);
-            Action::Reply
+            Action::Reply { qtype: Some(query.qtype) }
         }
         Lookup::Elsewhere => {
             debug!(qtype = query.qtype, "forwarding");
-            Action::Forward { question_end: query.question_end, edns: query.edns }
+            Action::Forward { question_end: query.question_end, edns: query.edns, qtype: query.qtype }
         }
     }
 }
@@ -64,7 +65,7 @@ pub fn refuse(packet: &[u8], out: &mut Vec<u8>) -> Action {
     match wire::parse_query(packet, &mut lower) {
         Ok(query) => {
             reply_with(packet, &query, rcode::REFUSED, out);
-            Action::Reply
+            Action::Reply { qtype: Some(query.qtype) }
         }
         Err(_) => Action::Drop,
     }
@@ -76,11 +77,11 @@ fn reject(packet: &[u8], malformed: Malformed, out: &mut Vec<u8>) -> Action {
         Malformed::Drop => Action::Drop,
         Malformed::NotImp => {
             wire::write_empty_answer(packet, None, rcode::NOTIMP, None, false, out);
-            Action::Reply
+            Action::Reply { qtype: None }
         }
         Malformed::FormErr { question_end } => {
             wire::write_empty_answer(packet, question_end, rcode::FORMERR, None, false, out);
-            Action::Reply
+            Action::Reply { qtype: None }
         }
     }
 }
@@ -105,7 +106,7 @@ fn answer_apex(packet: &[u8], query: &Query, entry: &Entry, transport: Transport
             wire::write_from_template(packet, query, answers.for_type(query.qtype), limit(query, transport), out)
         }
     }
-    Action::Reply
+    Action::Reply { qtype: Some(query.qtype) }
 }
 
 fn answer_below(packet: &[u8], query: &Query, entry: &Entry, out: &mut Vec<u8>) -> Action {
@@ -114,7 +115,7 @@ fn answer_below(packet: &[u8], query: &Query, entry: &Entry, out: &mut Vec<u8>) 
         Entry::Ready(_) if !serves_class(query.qclass) => reply_with(packet, query, rcode::REFUSED, out),
         Entry::Ready(answers) => wire::write_with_authority(packet, query, rcode::NXDOMAIN, &answers.soa_record, out),
     }
-    Action::Reply
+    Action::Reply { qtype: Some(query.qtype) }
 }
 
 /// Local zones are class IN; a question in another class (CHAOS, HESIOD) is not ours to answer.

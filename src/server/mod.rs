@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use hickory_proto::rr::Name;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{error, info, warn};
@@ -26,27 +28,30 @@ use self::shutdown::Shutdown;
 use crate::access::AllowList;
 use crate::config::{Config, parse_local_name};
 use crate::forward::{InFlight, LoopProbe, Upstreams};
+use crate::metrics::{self, Collector, Metrics};
 use crate::names::Names;
 use crate::ops::{self, Readiness};
-use crate::sources::kubernetes::KubernetesSource;
+use crate::sources::kubernetes::{self, KubernetesSource};
 use crate::sources::static_records;
 
 /// What every worker and connection reads.
+/// The swappable parts (`ArcSwap`) are the ones a reload replaces; each is loaded once per batch.
 pub(crate) struct Shared {
     pub names: Arc<Names>,
-    pub probe: Arc<LoopProbe>,
-    pub upstreams: Arc<Upstreams>,
+    pub probe: ArcSwap<LoopProbe>,
+    pub upstreams: Arc<ArcSwap<Upstreams>>,
     pub in_flight: Arc<InFlight>,
     pub upstream_timeout: Duration,
     pub tcp_idle_timeout: Duration,
-    pub allow: AllowList,
+    pub allow: ArcSwap<AllowList>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
     /// How long a forwarded query can still take once it has been started: every upstream's try.
     /// Shutdown waits this long (plus a margin) for the queries in flight.
     pub fn forwarding_bound(&self) -> Duration {
-        self.upstream_timeout * self.upstreams.len().max(1) as u32
+        self.upstream_timeout * self.upstreams.load().len().max(1) as u32
     }
 }
 
@@ -58,6 +63,7 @@ pub struct Server {
     readiness: Arc<Readiness>,
     kubernetes: Option<KubernetesSource>,
     ops: Option<std::net::TcpListener>,
+    registry: Arc<Registry>,
     lameduck: Duration,
 }
 
@@ -73,7 +79,8 @@ impl Server {
                 warn!(interface = %name, %address, "no --listen address serves this interface address");
             }
         }
-        let upstreams = Upstreams::new(&config.resolve_upstreams()?);
+        let metrics = Arc::new(Metrics::default());
+        let upstreams = Upstreams::new(&config.resolve_upstreams()?, &metrics);
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -110,13 +117,32 @@ impl Server {
         static_records::publish(&names, &config.records).await?;
         let shared = Arc::new(Shared {
             names,
-            probe: LoopProbe::new(upstreams.clone()),
-            upstreams,
+            probe: ArcSwap::new(LoopProbe::new(upstreams.clone())),
+            upstreams: Arc::new(ArcSwap::new(upstreams)),
             in_flight: Arc::new(InFlight::new(config.max_concurrent)),
             upstream_timeout: config.upstream_timeout,
             tcp_idle_timeout: config.tcp_idle_timeout,
-            allow: config.allow_from.clone(),
+            allow: ArcSwap::from_pointee(config.allow_from.clone()),
+            metrics,
         });
+        let name_sources = config
+            .records
+            .iter()
+            .map(|r| (r.name.to_string(), "static".to_string()))
+            .chain(
+                config
+                    .services
+                    .iter()
+                    .map(|s| (s.name.to_string(), kubernetes::source_label(config.answer, &s.namespace, &s.service))),
+            )
+            .collect();
+        let registry = Arc::new(metrics::registry(Collector {
+            metrics: shared.metrics.clone(),
+            names: shared.names.clone(),
+            name_sources,
+            upstreams: shared.upstreams.clone(),
+            in_flight: shared.in_flight.clone(),
+        }));
         Ok(Self {
             shared,
             listeners,
@@ -124,6 +150,7 @@ impl Server {
             readiness,
             kubernetes,
             ops,
+            registry,
             lameduck: config.lameduck,
         })
     }
@@ -147,14 +174,15 @@ impl Server {
     /// timeouts) and returns.
     pub async fn run(self, shutdown: impl Future<Output = Shutdown>) -> anyhow::Result<()> {
         if let Some(kubernetes) = self.kubernetes {
-            kubernetes.spawn(self.shared.names.clone(), self.readiness.clone());
+            kubernetes.spawn(self.shared.names.clone(), self.readiness.clone(), &self.shared.metrics);
         }
         let (stop, stopped) = watch::channel(false);
         let mut ops_addr = String::from("off");
         let ops_task = match self.ops {
             Some(listener) => {
                 ops_addr = listener.local_addr()?.to_string();
-                Some(tokio::spawn(ops::serve(listener, self.readiness.clone(), stopped.clone())))
+                let router = ops::router(self.readiness.clone(), self.registry.clone());
+                Some(tokio::spawn(ops::serve(listener, router, stopped.clone())))
             }
             None => None,
         };
@@ -188,6 +216,7 @@ impl Server {
             workers.push(worker);
         }
         let connections = Arc::new(Semaphore::new(self.max_tcp_connections));
+        let tcp_traffic = self.shared.metrics.traffic();
         let mut listeners = Vec::new();
         for listener in tcp {
             let listener = TcpListener::from_std(listener)?;
@@ -195,11 +224,12 @@ impl Server {
                 listener,
                 self.shared.clone(),
                 connections.clone(),
+                tcp_traffic.clone(),
                 stopped.clone(),
             )));
         }
 
-        let upstreams = &self.shared.upstreams;
+        let upstreams = self.shared.upstreams.load();
         info!(
             listen = %list(&local_addrs),
             ops = %ops_addr,
@@ -208,7 +238,7 @@ impl Server {
             workers = workers.len(),
             "registry-dns serving"
         );
-        tokio::spawn(self.shared.probe.clone().send(self.shared.upstream_timeout));
+        tokio::spawn(self.shared.probe.load_full().send(self.shared.upstream_timeout));
 
         let how = shutdown.await;
         self.readiness.set_shutting_down();

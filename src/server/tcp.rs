@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -12,6 +13,7 @@ use tracing::debug;
 use super::Shared;
 use crate::dns::wire::{self, rcode};
 use crate::forward::tcp;
+use crate::metrics::{Path, Proto, Refusal, Traffic};
 use crate::request::{self, Action, Transport};
 
 /// Answers waiting to be written on one connection.
@@ -23,6 +25,7 @@ pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     connections: Arc<Semaphore>,
+    traffic: Arc<Traffic>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -41,8 +44,8 @@ pub async fn serve(
             debug!("TCP connection cap reached");
             continue;
         };
-        let allowed = shared.allow.allows(peer.ip());
-        tokio::spawn(connection(stream, allowed, shared.clone(), permit, shutdown.clone()));
+        let allowed = shared.allow.load().allows(peer.ip());
+        tokio::spawn(connection(stream, allowed, shared.clone(), traffic.clone(), permit, shutdown.clone()));
     }
 }
 
@@ -51,6 +54,7 @@ async fn connection(
     stream: TcpStream,
     allowed: bool,
     shared: Arc<Shared>,
+    traffic: Arc<Traffic>,
     _permit: OwnedSemaphorePermit,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -76,19 +80,34 @@ async fn connection(
             },
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
+        let arrived = Instant::now();
         let mut out = Vec::new();
         let action = match allowed {
-            true => request::handle(&query, Transport::Tcp, &shared.names.load(), &shared.probe, &mut out),
+            true => request::handle(&query, Transport::Tcp, &shared.names.load(), &shared.probe.load(), &mut out),
             false => request::refuse(&query, &mut out),
         };
         match action {
-            Action::Reply => {
+            Action::Reply { qtype } => {
+                traffic.query(Proto::Tcp, qtype);
+                let path = match allowed {
+                    true => Path::Local,
+                    false => {
+                        traffic.refused(Refusal::NotAllowed);
+                        Path::Refused
+                    }
+                };
+                traffic.response(path, wire::rcode_of(&out));
+                traffic.latency(path, arrived.elapsed(), 1);
                 if answers.send(out).await.is_err() {
                     break;
                 }
             }
-            Action::Forward { question_end, edns } => {
+            Action::Forward { question_end, edns, qtype } => {
+                traffic.query(Proto::Tcp, Some(qtype));
                 if !shared.in_flight.try_acquire() {
+                    traffic.refused(Refusal::OverCapacity);
+                    traffic.response(Path::Refused, rcode::REFUSED);
+                    traffic.latency(Path::Refused, arrived.elapsed(), 1);
                     wire::write_empty_answer(
                         &query,
                         Some(question_end),
@@ -102,8 +121,10 @@ async fn connection(
                 }
                 let shared = shared.clone();
                 let answers = answers.clone();
+                let traffic = traffic.clone();
                 tokio::spawn(async move {
-                    let answer = tcp::forward(&shared.upstreams, &query, question_end, shared.upstream_timeout)
+                    let upstreams = shared.upstreams.load_full();
+                    let answer = tcp::forward(&upstreams, &query, question_end, shared.upstream_timeout)
                         .await
                         .unwrap_or_else(|| {
                             wire::write_empty_answer(
@@ -117,11 +138,16 @@ async fn connection(
                             out
                         });
                     shared.in_flight.release();
+                    traffic.response(Path::Forwarded, wire::rcode_of(&answer));
+                    traffic.latency(Path::Forwarded, arrived.elapsed(), 1);
                     let _ = answers.send(answer).await;
                 });
             }
             // Not a query at all: whatever is on the other end is not a DNS client.
-            Action::Drop => break,
+            Action::Drop => {
+                traffic.dropped();
+                break;
+            }
         }
     }
     // Forwards still running hold clones of `answers`; the writer ends after their answers.

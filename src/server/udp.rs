@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 use super::Shared;
 use crate::dns::wire::{self, rcode};
 use crate::forward::udp::{Socket, Started, UdpForwarder};
+use crate::metrics::{Path, Proto, Refusal, Traffic};
 use crate::net::batch::{self, BATCH, RecvBatch, SendBatch};
 use crate::request::{self, Action, Transport};
 
@@ -30,11 +31,13 @@ pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: wat
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     LocalSet::new().block_on(&runtime, async move {
         let listeners = sockets.into_iter().map(|s| batch::register(s).map(Rc::new)).collect::<io::Result<Vec<_>>>()?;
+        let traffic = shared.metrics.traffic();
         let (forwarder, upstream_sockets) = UdpForwarder::new(
-            shared.upstreams.clone(),
+            shared.upstreams.load_full(),
             shared.in_flight.clone(),
             shared.upstream_timeout,
             listeners.clone(),
+            traffic.clone(),
         )?;
         let forwarder = Rc::new(RefCell::new(forwarder));
         for (key, socket) in upstream_sockets {
@@ -44,7 +47,7 @@ pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: wat
 
         let mut tasks = Vec::new();
         for (index, socket) in listeners.into_iter().enumerate() {
-            let task = listen(index, socket, shared.clone(), forwarder.clone(), shutdown.clone());
+            let task = listen(index, socket, shared.clone(), forwarder.clone(), traffic.clone(), shutdown.clone());
             tasks.push(tokio::task::spawn_local(task));
         }
         for task in tasks {
@@ -67,35 +70,59 @@ async fn listen(
     socket: Socket,
     shared: Arc<Shared>,
     forwarder: Rc<RefCell<UdpForwarder>>,
+    traffic: Arc<Traffic>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let mut received = RecvBatch::new(QUERY_BUFFER);
     let mut answers = SendBatch::default();
     let mut read_batch = |fd| {
         let n = received.recv(fd)?;
+        // One clock read per batch: every answer of the batch leaves with the final sendmmsg.
+        let arrived = Instant::now();
+        let (mut local, mut refused) = (0, 0);
         let table = shared.names.load();
+        let allow = shared.allow.load();
+        let probe = shared.probe.load();
         let mut forwarder = forwarder.borrow_mut();
         for i in 0..n {
             let Some((packet, client)) = received.get(i) else { continue };
             let out = answers.buffer();
-            let action = if shared.allow.allows(client.ip()) {
-                request::handle(packet, Transport::Udp, &table, &shared.probe, out)
-            } else {
-                request::refuse(packet, out)
+            let allowed = allow.allows(client.ip());
+            let action = match allowed {
+                true => request::handle(packet, Transport::Udp, &table, &probe, out),
+                false => request::refuse(packet, out),
             };
             match action {
-                Action::Reply => answers.commit(Some(client)),
-                Action::Forward { question_end, edns } => {
+                Action::Reply { qtype } => {
+                    traffic.query(Proto::Udp, qtype);
+                    if allowed {
+                        traffic.response(Path::Local, wire::rcode_of(out));
+                        local += 1;
+                    } else {
+                        traffic.response(Path::Refused, rcode::REFUSED);
+                        traffic.refused(Refusal::NotAllowed);
+                        refused += 1;
+                    }
+                    answers.commit(Some(client));
+                }
+                Action::Forward { question_end, edns, qtype } => {
+                    traffic.query(Proto::Udp, Some(qtype));
                     if forwarder.start(packet, question_end, edns, client, index) == Started::OverCapacity {
                         wire::write_empty_answer(packet, Some(question_end), rcode::REFUSED, edns.as_ref(), false, out);
                         answers.commit(Some(client));
+                        traffic.response(Path::Refused, rcode::REFUSED);
+                        traffic.refused(Refusal::OverCapacity);
+                        refused += 1;
                     }
                 }
-                Action::Drop => {}
+                Action::Drop => traffic.dropped(),
             }
         }
         forwarder.flush();
         answers.flush(fd);
+        let elapsed = arrived.elapsed();
+        traffic.latency(Path::Local, elapsed, local);
+        traffic.latency(Path::Refused, elapsed, refused);
         Ok(n)
     };
     loop {

@@ -31,6 +31,7 @@ use kube::{Api, Client};
 
 use self::watch::Watch;
 use crate::config::parse_local_name;
+use crate::metrics::Metrics;
 use crate::names::Names;
 use crate::ops::Readiness;
 
@@ -104,10 +105,10 @@ impl KubernetesSource {
     }
 
     /// Starts one watch per Service; they run until the process ends.
-    pub fn spawn(self, table: Arc<Names>, readiness: Arc<Readiness>) {
+    pub fn spawn(self, table: Arc<Names>, readiness: Arc<Readiness>, metrics: &Metrics) {
         for ((namespace, service), names) in self.services {
             let source = source_label(self.mode, &namespace, &service);
-            let (table, readiness) = (table.clone(), readiness.clone());
+            let (table, readiness, stats) = (table.clone(), readiness.clone(), metrics.source(&source));
             match self.mode {
                 AnswerMode::Endpoints => {
                     let watch = Watch::<EndpointSlice> {
@@ -116,6 +117,7 @@ impl KubernetesSource {
                         source,
                         names,
                         addresses: endpoints::addresses,
+                        stats,
                     };
                     tokio::spawn(watch.run(table, readiness));
                 }
@@ -126,6 +128,7 @@ impl KubernetesSource {
                         source,
                         names,
                         addresses: cluster_ip::addresses,
+                        stats,
                     };
                     tokio::spawn(watch.run(table, readiness));
                 }
@@ -134,7 +137,8 @@ impl KubernetesSource {
     }
 }
 
-fn source_label(mode: AnswerMode, namespace: &str, service: &str) -> String {
+/// How a watched Service is named in logs, `/readyz` and metrics.
+pub fn source_label(mode: AnswerMode, namespace: &str, service: &str) -> String {
     match mode {
         AnswerMode::Endpoints => format!("endpointslices {namespace}/{service}"),
         AnswerMode::ClusterIp => format!("service {namespace}/{service}"),

@@ -21,6 +21,7 @@ use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
+use crate::metrics::SourceStats;
 use crate::names::{NameState, Names};
 use crate::ops::Readiness;
 
@@ -34,6 +35,8 @@ pub struct Watch<K: Resource> {
     pub names: Vec<Name>,
     /// The addresses of the current objects.
     pub addresses: fn(&[Arc<K>]) -> Vec<IpAddr>,
+    /// Sync state, last event and restarts, for metrics.
+    pub stats: Arc<SourceStats>,
 }
 
 impl<K> Watch<K>
@@ -49,8 +52,12 @@ where
         let mut synced = false;
         let mut failing = false;
         while let Some(event) = stream.next().await {
+            if event.is_ok() {
+                self.stats.event();
+            }
             match event {
                 Ok(Event::InitDone) => {
+                    self.stats.synced();
                     if !synced {
                         info!(source = %self.source, "synced");
                         readiness.mark_synced(&self.source);
@@ -61,6 +68,7 @@ where
                 Ok(_) => continue,
                 Err(e) => {
                     warn!(source = %self.source, error = %e, "watch failed: serving the last known addresses; retrying with backoff");
+                    self.stats.restart();
                     failing = true;
                     continue;
                 }
