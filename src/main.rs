@@ -1,24 +1,24 @@
-//! The `registry-dns` binary: parse the flags, set up logging, run the server until SIGTERM.
+//! The `registry-dns` binary: parse the flags (and `--config`), set up logging, run the server
+//! until SIGTERM, reloading on SIGHUP.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use registry_dns::config::cli::Cli;
+use registry_dns::config::cli::{CommandLine, one_line};
 use registry_dns::server::shutdown::signal_shutdown;
 use registry_dns::{Server, logging};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let command_line = match CommandLine::parse() {
+        Ok(command_line) => command_line,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
-            return fail(
-                e.render().to_string().lines().next().unwrap_or("bad arguments").trim_start_matches("error: "),
-            );
-        }
+        Err(e) => return fail(&one_line(&e)),
+    };
+    let cli = match command_line.load() {
+        Ok(cli) => cli,
+        Err(e) => return fail(&format!("{e:#}")),
     };
     logging::init(cli.log_format);
     let config = cli.into_config();
@@ -28,6 +28,12 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let server = Server::bind(config).await?;
+        // SIGHUP re-reads --config (and the resolv.conf) under the same flags.
+        let load = move || {
+            let command_line = command_line.clone();
+            async move { Ok(command_line.load()?.into_config()) }
+        };
+        tokio::spawn(server.reloader().on_sighup(load));
         server.run(signal_shutdown()).await
     });
     match result {

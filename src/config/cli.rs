@@ -1,11 +1,16 @@
 //! The command line. Every flag can also come from the environment as `REGISTRY_DNS_<FLAG>`
-//! (repeatable flags take a space-separated list there), which is how the DaemonSet sets them.
+//! (repeatable flags take a space-separated list there), which is how the DaemonSet sets them,
+//! and from `--config FILE` (see `file`). Precedence: flag, then environment, then the file,
+//! then the default. [`CommandLine`] keeps what was given explicitly, so that a reload re-reads
+//! the file under the same flags.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use std::ffi::OsString;
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use ipnet::IpNet;
 
@@ -18,6 +23,11 @@ use crate::sources::kubernetes::{AnswerMode, ServiceName};
 #[derive(Debug, Parser)]
 #[command(name = "registry-dns", version, about, long_about = None)]
 pub struct Cli {
+    /// A YAML or TOML file with any of these settings (keys are the flag names); flags and
+    /// environment variables override it. SIGHUP re-reads it.
+    #[arg(long, env = "REGISTRY_DNS_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
     /// Address to serve DNS on, over UDP and TCP (repeatable).
     #[arg(
         long,
@@ -141,6 +151,49 @@ pub enum LogFormat {
     Json,
 }
 
+/// The command line and environment as given, without defaults, so that the config file can
+/// fill what they leave unset, now and at every reload.
+#[derive(Debug, Clone)]
+pub struct CommandLine {
+    explicit: ArgMatches,
+}
+
+impl CommandLine {
+    /// Parses the process's arguments (and `REGISTRY_DNS_*` variables).
+    pub fn parse() -> Result<Self, clap::Error> {
+        Self::parse_from(std::env::args_os())
+    }
+
+    pub fn parse_from(args: impl IntoIterator<Item = impl Into<OsString> + Clone>) -> Result<Self, clap::Error> {
+        let command = Cli::command().mut_args(|arg| arg.default_value(None));
+        Ok(Self { explicit: command.try_get_matches_from(args)? })
+    }
+
+    /// The settings: the file's (when `--config` is given), overridden by the command line and
+    /// environment, with defaults for the rest. Each error is one line.
+    pub fn load(&self) -> anyhow::Result<Cli> {
+        let mut args = vec![OsString::from("registry-dns")];
+        if let Some(path) = self.explicit.get_one::<PathBuf>("config") {
+            let from_file = super::file::read_args(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            args.extend(from_file);
+        }
+        // Only the file's settings and the defaults here: the environment is in `explicit`.
+        let base = Cli::command()
+            .mut_args(|arg| arg.env(None))
+            .try_get_matches_from(args)
+            .map_err(|e| anyhow::anyhow!("config file: {}", one_line(&e)))?;
+        let mut cli = Cli::from_arg_matches(&base).map_err(|e| anyhow::anyhow!("{}", one_line(&e)))?;
+        cli.update_from_arg_matches(&self.explicit).map_err(|e| anyhow::anyhow!("{}", one_line(&e)))?;
+        Ok(cli)
+    }
+}
+
+/// The first line of a clap error, without its `error: ` prefix.
+pub fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ").to_string()
+}
+
 impl Cli {
     pub fn into_config(self) -> Config {
         Config {
@@ -195,6 +248,46 @@ mod tests {
         assert_eq!(config.records.len(), 2);
         assert_eq!(config.upstreams, vec!["10.0.0.53:53".parse().unwrap()]);
         assert_eq!(config.upstream_timeout, Duration::from_millis(500));
+    }
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("registry-dns-cli-{}-{name}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn the_config_file_fills_what_flags_leave_unset() {
+        let path = write("c.yaml", "record: [a=10.0.0.1]\nttl: 30\nupstream-timeout: 750ms\nupstream: [10.0.0.53]\n");
+        let config_flag = path.to_str().unwrap();
+        let line = CommandLine::parse_from(["registry-dns", "--config", config_flag, "--ttl", "7"]).unwrap();
+        let config = line.load().unwrap().into_config();
+        assert_eq!(config.ttl, 7, "a flag beats the file");
+        assert_eq!(config.upstream_timeout, Duration::from_millis(750), "the file beats the default");
+        assert_eq!(config.records.len(), 1);
+        assert_eq!(config.max_answers, 16, "defaults fill the rest");
+        let line =
+            CommandLine::parse_from(["registry-dns", "--config", config_flag, "--record", "b=10.0.0.2"]).unwrap();
+        let records = line.load().unwrap().into_config().records;
+        assert_eq!(records, vec!["b=10.0.0.2".parse().unwrap()], "a repeatable flag replaces the file's list");
+
+        std::fs::write(&path, "ttl: 60\n").unwrap();
+        assert_eq!(line.load().unwrap().into_config().ttl, 60, "a reload sees the file's new content");
+        std::fs::write(&path, "tll: 60\n").unwrap();
+        assert!(line.load().unwrap_err().to_string().contains("--tll"), "a misspelt key names itself");
+        std::fs::write(&path, "ttl: sixty\n").unwrap();
+        assert!(line.load().unwrap_err().to_string().contains("sixty"));
+        let _ = std::fs::remove_file(&path);
+        let missing = CommandLine::parse_from(["registry-dns", "--config", "/nonexistent.yaml"]).unwrap();
+        assert!(missing.load().unwrap_err().to_string().contains("/nonexistent.yaml"));
+    }
+
+    #[test]
+    fn without_a_config_file_the_defaults_apply() {
+        let config = CommandLine::parse_from(["registry-dns"]).unwrap().load().unwrap().into_config();
+        assert_eq!(config.listen, vec!["127.0.0.1:5353".parse().unwrap()]);
+        assert_eq!(config.ttl, 5);
+        assert!(!config.allow_from.networks().is_empty());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Configuration: what the server serves, where it listens and where it forwards.
 //!
-//! [`Config`] is the one description of a server; the command line (`cli`) is only one way to
-//! fill it, and a program embedding registry-dns fills it directly.
+//! [`Config`] is the one description of a server; the command line (`cli`, with the config file
+//! of `file`) is only one way to fill it, and a program embedding registry-dns fills it directly.
 
 pub mod cli;
+mod file;
 mod record;
 mod upstream;
 

@@ -156,6 +156,23 @@ impl Names {
         Ok(true)
     }
 
+    /// Replaces a set of names in one step (one rebuild, one swap, so a query sees all of the
+    /// change or none of it): `remove` are undeclared, `set` are declared if new and published.
+    /// On error nothing changes. Used by a reload that changes the static records.
+    pub async fn replace(&self, remove: &[Name], set: &[(Name, NameState)]) -> anyhow::Result<()> {
+        let mut states = self.states.lock().await;
+        let mut next = states.clone();
+        for name in remove {
+            next.remove(name);
+        }
+        for (name, state) in set {
+            next.insert(name.clone(), state.clone());
+        }
+        self.rebuild(&next).await?;
+        *states = next;
+        Ok(())
+    }
+
     /// One line for the logs: every name with its addresses, or `pending`.
     pub async fn describe(&self) -> String {
         let states = self.states.lock().await;
@@ -208,6 +225,20 @@ mod tests {
         assert!(matches!(table.lookup(&key("example.")), Lookup::Elsewhere));
         assert!(matches!(table.lookup(&key("registry.")), Lookup::Elsewhere));
         assert!(matches!(table.lookup(&[0]), Lookup::Elsewhere));
+    }
+
+    #[tokio::test]
+    async fn replace_swaps_names_in_and_out_at_once() {
+        let names = Names::new([name("a."), name("b.")], 5, name("ns."), 16).await.unwrap();
+        let ip = "10.0.0.1".parse().unwrap();
+        names.replace(&[name("a.")], &[(name("c."), NameState::Addresses(vec![ip]))]).await.unwrap();
+        let table = names.load();
+        let key = |s: &str| name(s).to_bytes().unwrap();
+        assert!(matches!(table.lookup(&key("a.")), Lookup::Elsewhere));
+        assert!(matches!(table.lookup(&key("b.")), Lookup::Apex(Entry::Pending)));
+        assert!(matches!(table.lookup(&key("c.")), Lookup::Apex(Entry::Ready(_))));
+        assert!(names.publish(&name("c."), NameState::Addresses(vec![])).await.unwrap());
+        assert!(names.publish(&name("a."), NameState::Pending).await.is_err());
     }
 
     #[tokio::test]

@@ -4,8 +4,10 @@
 //! - `socket`: SO_REUSEPORT listening sockets;
 //! - `udp`: one worker thread per CPU;
 //! - `tcp`: the TCP listener;
+//! - `reload`: applying a new configuration, or a changed resolv.conf, while serving;
 //! - `shutdown`: the signals that stop the server, and how.
 
+mod reload;
 pub mod shutdown;
 mod socket;
 mod tcp;
@@ -24,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{error, info, warn};
 
+pub use self::reload::Reloader;
 use self::shutdown::Shutdown;
 use crate::access::AllowList;
 use crate::config::{Config, parse_local_name};
@@ -64,6 +67,7 @@ pub struct Server {
     kubernetes: Option<KubernetesSource>,
     ops: Option<std::net::TcpListener>,
     registry: Arc<Registry>,
+    reloader: Arc<Reloader>,
     lameduck: Duration,
 }
 
@@ -144,14 +148,15 @@ impl Server {
             in_flight: shared.in_flight.clone(),
         }));
         Ok(Self {
-            shared,
             listeners,
             max_tcp_connections: config.max_tcp_connections,
             readiness,
             kubernetes,
             ops,
             registry,
+            reloader: Reloader::new(shared.clone(), config.clone()),
             lameduck: config.lameduck,
+            shared,
         })
     }
 
@@ -161,6 +166,11 @@ impl Server {
             Listeners::Bound(bound) => &bound.local_addrs,
             Listeners::Deferred { addrs, .. } => addrs,
         }
+    }
+
+    /// Applies new configurations while the server runs (see [`Reloader`]).
+    pub fn reloader(&self) -> Arc<Reloader> {
+        self.reloader.clone()
     }
 
     /// The local names, for sources to publish into.
@@ -239,8 +249,10 @@ impl Server {
             "registry-dns serving"
         );
         tokio::spawn(self.shared.probe.load_full().send(self.shared.upstream_timeout));
+        let resolv_conf_watch = tokio::spawn(self.reloader.clone().watch_resolv_conf());
 
         let how = shutdown.await;
+        resolv_conf_watch.abort();
         self.readiness.set_shutting_down();
         if how == Shutdown::Graceful && !self.lameduck.is_zero() {
             info!(lameduck = ?self.lameduck, "shutting down: not ready, still answering for the lame-duck period");

@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod bad_upstream;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -288,6 +289,9 @@ pub struct Nsd {
 }
 
 impl Nsd {
+    /// nsd serving `zones` (name, zone file text; `None` for a zone that fails to load) on a
+    /// loopback port. Response rate limiting is off: tests that keep querying one name would
+    /// otherwise get nsd's truncated "slip" answers and drops, which are not registry-dns's doing.
     pub fn start(zones: &[(&str, Option<&str>)]) -> Self {
         let dir = TempDir::new("nsd");
         let port = free_port();
@@ -296,7 +300,7 @@ impl Nsd {
             "server:\n  ip-address: 127.0.0.1@{port}\n  port: {port}\n  username: \"\"\n  chroot: \"\"\n  \
              zonesdir: \"{d}\"\n  pidfile: \"{d}/nsd.pid\"\n  database: \"\"\n  xfrdfile: \"{d}/xfrd.state\"\n  \
              zonelistfile: \"{d}/zone.list\"\n  server-count: 1\n  verbosity: 1\n  \
-             tcp-count: 64\nremote-control:\n  control-enable: no\n"
+             tcp-count: 64\n  rrl-ratelimit: 0\nremote-control:\n  control-enable: no\n"
         );
         for (name, content) in zones {
             let file = format!("{}.zone", name.trim_end_matches('.'));

@@ -1,0 +1,68 @@
+//! Network namespaces for tests that need their own addresses, port 53 or resolver files: each
+//! has its own loopback and, through `ip netns exec`, its own /etc/resolv.conf and /etc/hosts
+//! (bind-mounted from /etc/netns/NAME/). Needs root (CI runs as root).
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{Dig, parse_dig};
+
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// A new namespace with `lo` up and the given resolv.conf; deleted on drop.
+    pub fn new(role: &str, resolv_conf: &str) -> Self {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("rdns-{role}-{}-{n}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success()).unwrap_or(false);
+        assert!(ok, "`ip netns add` failed: this test needs root and iproute2 (tests/run.sh runs as root in CI)");
+        let this = Self { name };
+        std::fs::create_dir_all(this.etc()).unwrap();
+        this.write_etc("resolv.conf", resolv_conf);
+        this.write_etc("hosts", "127.0.0.1 localhost\n");
+        this.ip(&["link", "set", "lo", "up"]);
+        this
+    }
+
+    /// The directory whose files `ip netns exec` mounts over /etc.
+    pub fn etc(&self) -> String {
+        format!("/etc/netns/{}", self.name)
+    }
+
+    pub fn write_etc(&self, file: &str, content: &str) {
+        std::fs::write(format!("{}/{file}", self.etc()), content).unwrap();
+    }
+
+    /// `argv` as a command inside the namespace.
+    pub fn exec(&self, argv: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name]).args(argv);
+        command
+    }
+
+    /// `ip ARGS` inside the namespace, which must succeed.
+    pub fn ip(&self, args: &[&str]) {
+        let out = Command::new("ip").arg("-n").arg(&self.name).args(args).output().unwrap();
+        assert!(out.status.success(), "ip -n {} {args:?}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// `dig @server args...` from inside the namespace (one try, short timeout).
+    pub fn dig(&self, server: &str, args: &[&str]) -> Dig {
+        let at = format!("@{server}");
+        let mut argv = vec!["dig", &at, "+time=2", "+tries=1"];
+        argv.extend_from_slice(args);
+        let output = self.exec(&argv).output().expect("running dig (tests/run.sh installs it)");
+        parse_dig(&String::from_utf8_lossy(&output.stdout))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = std::fs::remove_dir_all(self.etc());
+    }
+}
