@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_proto::op::{Message, Query};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::op::ResponseCode;
 use support::netns::Netns;
-use support::{Nsd, RegistryDns, TempDir, dig, run_to_exit, test_zone, wait_until};
+use support::{Nsd, RegistryDns, TempDir, ask_a, dig, run_to_exit, test_zone, wait_until};
 
 const NAME: &str = "knative-local-registry";
 
@@ -24,35 +23,6 @@ fn hangup(s: &RegistryDns) {
 /// An upstream whose `www.test.` answers `address`.
 fn upstream_answering(address: &str) -> Nsd {
     Nsd::start(&[("test.", Some(&test_zone().replace("192.0.2.1", address)))])
-}
-
-/// Asks `name` A over UDP; the addresses, or why not.
-fn ask(socket: &UdpSocket, server: SocketAddr, name: &str) -> Result<Vec<String>, String> {
-    let id: u16 = rand::random();
-    let mut query = Message::query();
-    query.metadata.id = id;
-    query.metadata.recursion_desired = true;
-    query.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
-    socket.send_to(&query.to_vec().unwrap(), server).map_err(|e| e.to_string())?;
-    let mut buf = [0u8; 4096];
-    loop {
-        let (n, _) = socket.recv_from(&mut buf).map_err(|e| format!("{name}: {e}"))?;
-        let reply = Message::from_vec(&buf[..n]).map_err(|e| e.to_string())?;
-        if reply.metadata.id != id {
-            continue; // a late answer to an earlier query that timed out
-        }
-        if reply.metadata.response_code != hickory_proto::op::ResponseCode::NoError {
-            return Err(format!("{name}: {}", reply.metadata.response_code));
-        }
-        return Ok(reply
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::A(a) => Some(a.0.to_string()),
-                _ => None,
-            })
-            .collect());
-    }
 }
 
 /// Per name, the answers a client may get right now.
@@ -78,12 +48,10 @@ impl Client {
             while !stop2.load(Ordering::Relaxed) {
                 for name in [format!("{NAME}."), "www.test.".to_string()] {
                     asked += 1;
-                    let answer = ask(&socket, server, &name);
-                    let ok = allowed2
-                        .lock()
-                        .unwrap()
-                        .iter()
-                        .any(|(n, addresses)| *n == name && answer.as_ref().is_ok_and(|a| a == addresses));
+                    let answer = ask_a(&socket, server, &name);
+                    let ok = allowed2.lock().unwrap().iter().any(|(n, addresses)| {
+                        *n == name && matches!(&answer, Some((ResponseCode::NoError, a)) if a == addresses)
+                    });
                     if !ok {
                         failures.push(format!("{name}: {answer:?}"));
                     }

@@ -14,6 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use hickory_proto::op::{Message, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -325,6 +328,25 @@ impl Nsd {
     }
 }
 
+impl Nsd {
+    /// An outage: nsd is killed; [`Nsd::restart`] brings it back on the same port.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Command::new(nsd_binary())
+            .args(["-d", "-c"])
+            .arg(self._dir.path("nsd.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restarting nsd");
+    }
+}
+
 impl Drop for Nsd {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -378,4 +400,33 @@ pub fn signed_zone() -> &'static str {
 /// An nsd serving `test.` and `signed.test.`: the usual healthy upstream.
 pub fn healthy_upstream() -> Nsd {
     Nsd::start(&[("test.", Some(&test_zone())), ("signed.test.", Some(signed_zone()))])
+}
+
+/// Asks `name` A over `socket` (its read timeout bounds the wait): the rcode and the sorted
+/// addresses, or `None` when no answer came. Answers to earlier queries are skipped by ID.
+pub fn ask_a(socket: &UdpSocket, server: SocketAddr, name: &str) -> Option<(ResponseCode, Vec<String>)> {
+    let id: u16 = rand::random();
+    let mut query = Message::query();
+    query.metadata.id = id;
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+    socket.send_to(&query.to_vec().ok()?, server).ok()?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, _) = socket.recv_from(&mut buf).ok()?;
+        let Ok(reply) = Message::from_vec(&buf[..n]) else { continue };
+        if reply.metadata.id != id {
+            continue;
+        }
+        let mut addresses: Vec<String> = reply
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect();
+        addresses.sort();
+        return Some((reply.metadata.response_code, addresses));
+    }
 }
