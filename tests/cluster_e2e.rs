@@ -20,100 +20,19 @@
 
 mod support;
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use support::apiserver::{FakeApiServer, endpoint_slice};
+use support::netns::Netns;
 use support::{RegistryDns, TempDir, dig, http_get, wait_until};
 
 const NAME: &str = "knative-local-registry";
 const LINK_LOCAL: &str = "169.254.20.25";
 const NODE_VETH: &str = "10.199.0.1";
 const POD_IP: &str = "10.199.0.2";
-
-/// A network namespace with its own /etc/resolv.conf (bind-mounted by `ip netns exec` from
-/// /etc/netns/NAME/), deleted with that directory on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(role: &str, resolv_conf: &str) -> Self {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = format!("rdns-{role}-{}-{n}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success()).unwrap_or(false);
-        assert!(ok, "`ip netns add` failed: this test needs root and iproute2 (tests/run.sh runs as root in CI)");
-        let this = Self { name };
-        let etc = format!("/etc/netns/{}", this.name);
-        std::fs::create_dir_all(&etc).unwrap();
-        std::fs::write(format!("{etc}/resolv.conf"), resolv_conf).unwrap();
-        std::fs::write(format!("{etc}/hosts"), "127.0.0.1 localhost\n").unwrap();
-        this.ip(&["link", "set", "lo", "up"]);
-        this
-    }
-
-    /// `argv` as a command inside the namespace.
-    fn exec(&self, argv: &[&str]) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).args(argv);
-        command
-    }
-
-    /// `ip ARGS` inside the namespace, which must succeed.
-    fn ip(&self, args: &[&str]) {
-        let out = Command::new("ip").arg("-n").arg(&self.name).args(args).output().unwrap();
-        assert!(out.status.success(), "ip -n {} {args:?}: {}", self.name, String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// Runs `f` on a thread that has joined this namespace: sockets it makes, and processes it
-    /// starts, live there.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let ns = File::open(format!("/run/netns/{}", self.name)).expect("namespace file");
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    // SAFETY: setns changes the network namespace of this thread only.
-                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                    f()
-                })
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-    }
-
-    /// `getent ahosts NAME` in the namespace (glibc's resolver with the namespace's resolv.conf):
-    /// the IPv4 addresses found, sorted, or the failure.
-    fn getent(&self, name: &str) -> Result<Vec<String>, String> {
-        let out = self.exec(&["getent", "ahosts", name]).output().unwrap();
-        if !out.status.success() {
-            return Err(format!("getent exit {:?}", out.status.code()));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut v4: Vec<String> = text
-            .lines()
-            .filter(|l| l.contains("STREAM"))
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
-            .map(String::from)
-            .collect();
-        v4.sort();
-        Ok(v4)
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
-        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
-    }
-}
 
 /// A process killed on drop.
 struct Process(Child);

@@ -2,6 +2,8 @@
 //! has its own loopback and, through `ip netns exec`, its own /etc/resolv.conf and /etc/hosts
 //! (bind-mounted from /etc/netns/NAME/). Needs root (CI runs as root).
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -48,6 +50,42 @@ impl Netns {
     pub fn ip(&self, args: &[&str]) {
         let out = Command::new("ip").arg("-n").arg(&self.name).args(args).output().unwrap();
         assert!(out.status.success(), "ip -n {} {args:?}: {}", self.name, String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Runs `f` on a thread that has joined this namespace: sockets it makes, and processes it
+    /// starts, live there.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let ns = File::open(format!("/run/netns/{}", self.name)).expect("namespace file");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns changes the network namespace of this thread only.
+                    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// `getent ahosts NAME` in the namespace (glibc's resolver with the namespace's resolv.conf):
+    /// the IPv4 addresses found, sorted, or the failure.
+    pub fn getent(&self, name: &str) -> Result<Vec<String>, String> {
+        let out = self.exec(&["getent", "ahosts", name]).output().unwrap();
+        if !out.status.success() {
+            return Err(format!("getent exit {:?}", out.status.code()));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut v4: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("STREAM"))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok())
+            .map(String::from)
+            .collect();
+        v4.sort();
+        Ok(v4)
     }
 
     /// `dig @server args...` from inside the namespace (one try, short timeout).
