@@ -37,7 +37,8 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 SELF="$BENCH_DIR/$(basename "${BASH_SOURCE[0]}")"
 WORK=${BENCH_WORK:-/tmp/registry-dns-bench}   # generated data, configs, raw logs
-RDNS_BIN="$REPO_DIR/target/release/registry-dns"
+# RDNS_BIN=PATH measures another build of registry-dns (a before/after comparison).
+RDNS_BIN=${RDNS_BIN:-"$REPO_DIR/target/release/registry-dns"}
 NULLRESP_BIN="$WORK/nullresp"
 
 # ------------------------------------------------------------- settings -----
@@ -68,6 +69,7 @@ usage: bench/run.sh [options]
   --report DIR   measure nothing: rebuild results.md and results.svg from the raw
                  logs of an earlier invocation (DIR = \$BENCH_WORK/logs/<stamp>)
 Raw logs, configs and generated data: \$BENCH_WORK (default /tmp/registry-dns-bench).
+RDNS_BIN=PATH measures that registry-dns binary instead of the repository's release build.
 EOF
 }
 
