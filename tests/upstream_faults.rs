@@ -103,6 +103,12 @@ fn forged_and_broken_replies_are_ignored_and_the_healthy_upstream_answers() {
         assert_eq!(d.status, "NOERROR", "{forgery:?}: {}", d.raw);
         assert_eq!(d.rdata("A"), [HEALTHY], "{forgery:?}: never the forged reply ({FORGED})");
         assert!(took >= TRY - CLOCK && took < TRY + MARGIN, "{forgery:?}: took {took:?}");
+        if forgery == Forgery::Cut {
+            // Over TCP the cut answer is the whole exchange: the next upstream is asked at once.
+            let (d, took) = timed(&s, &["+tcp", "www.test", "A"]);
+            assert_eq!(d.rdata("A"), [HEALTHY], "{forgery:?} over TCP: {}", d.raw);
+            assert!(took < TRY, "{forgery:?} over TCP: took {took:?}");
+        }
     }
 }
 

@@ -304,6 +304,27 @@ pub fn write_with_authority(packet: &[u8], query: &Query, rcode: u16, authority:
     }
 }
 
+/// Whether `reply`, whose question ends at `question_end` (see [`same_question`]), is a whole
+/// message: every record its header counts lies within it. A cut-off reply (a broken upstream, a
+/// forgery) is not an answer the client could parse. A truncated one (TC) counts as whole
+/// whatever it holds, since the client retries over TCP anyway.
+pub fn is_whole(reply: &[u8], question_end: usize) -> bool {
+    if reply[2] & TC != 0 {
+        return true;
+    }
+    let records = count(reply, 1) + count(reply, 2) + count(reply, 3);
+    let mut at = question_end;
+    for _ in 0..records {
+        let Some((after_name, _)) = skip_name(reply, at) else { return false };
+        let Some(rdlen) = get_u16(reply, after_name + 8) else { return false };
+        at = after_name + 10 + usize::from(rdlen);
+        if at > reply.len() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Compares the question of `reply` with that of `query` (case-insensitively, as resolvers may
 /// change case): RFC 5452 section 9.1 accepts a reply only for the question that was asked.
 pub fn same_question(query: &[u8], question_end: usize, reply: &[u8]) -> bool {
@@ -391,6 +412,26 @@ mod tests {
         set_count(&mut twice, 3, 2);
         let err = parse_query(&twice, &mut [0; MAX_NAME_LEN]).unwrap_err();
         assert!(matches!(err, Malformed::FormErr { question_end: Some(_) }));
+    }
+
+    #[test]
+    fn a_reply_cut_inside_a_record_is_not_whole_unless_truncated() {
+        let q = query("a.example.", RecordType::A, None);
+        let question_end = parse_query(&q, &mut [0; MAX_NAME_LEN]).unwrap().question_end;
+        let mut whole = q.clone();
+        whole[2] |= QR;
+        set_count(&mut whole, 1, 1);
+        whole.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        assert!(is_whole(&whole, question_end));
+        let mut trailing = whole.clone();
+        trailing.push(0);
+        assert!(is_whole(&trailing, question_end), "bytes after the last record are not our business");
+        for cut in [whole.len() - 2, whole.len() - 5, question_end + 3] {
+            assert!(!is_whole(&whole[..cut], question_end), "cut at {cut}");
+        }
+        let mut truncated = whole[..whole.len() - 2].to_vec();
+        truncated[2] |= TC;
+        assert!(is_whole(&truncated, question_end), "TC: the client retries over TCP");
     }
 
     #[test]

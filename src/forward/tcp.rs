@@ -24,7 +24,11 @@ pub async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, 
         wire::set_id(&mut query, id);
         let addr = upstreams.addr(upstream);
         match tokio::time::timeout(timeout, exchange(addr, &query)).await {
-            Ok(Ok(mut answer)) if wire::id(&answer) == id && wire::same_question(&query, question_end, &answer) => {
+            Ok(Ok(mut answer))
+                if wire::id(&answer) == id
+                    && wire::same_question(&query, question_end, &answer)
+                    && wire::is_whole(&answer, question_end) =>
+            {
                 wire::set_id(&mut answer, client_id);
                 if moves_on(wire::rcode_of(&answer)) {
                     upstreams.record_failure(upstream);
@@ -34,7 +38,7 @@ pub async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, 
                 upstreams.record_success(upstream);
                 return Some(answer);
             }
-            Ok(Ok(_)) => debug!(upstream = %addr, "ignoring a TCP answer for another query"),
+            Ok(Ok(_)) => debug!(upstream = %addr, "ignoring a TCP answer for another query, or a cut-off one"),
             Ok(Err(e)) => debug!(upstream = %addr, error = %e, "TCP upstream failed"),
             Err(_) => debug!(upstream = %addr, "TCP upstream timed out"),
         }

@@ -315,6 +315,10 @@ impl UdpForwarder {
             debug!("ignoring an upstream reply for another question");
             return;
         }
+        if !wire::is_whole(reply, pending.question_end) {
+            debug!("ignoring a cut-off upstream reply");
+            return;
+        }
         self.by_key.remove(&(key, wire::id(reply)));
         let upstream = pending.upstream;
         if moves_on(wire::rcode_of(reply)) {

@@ -42,8 +42,14 @@ pub enum Forgery {
 }
 
 impl Forgery {
-    pub const ALL: [Forgery; 5] =
-        [Forgery::WrongId, Forgery::WrongQuestion, Forgery::OtherSource, Forgery::OtherAddress, Forgery::Garbage];
+    pub const ALL: [Forgery; 6] = [
+        Forgery::WrongId,
+        Forgery::WrongQuestion,
+        Forgery::OtherSource,
+        Forgery::OtherAddress,
+        Forgery::Garbage,
+        Forgery::Cut,
+    ];
 }
 
 /// What the upstream does with each query.
