@@ -1,7 +1,7 @@
 //! A misbehaving first upstream in front of a healthy second one (nsd): whatever the first does
 //! (silence, slowness, SERVFAIL/REFUSED, forged or broken replies), the client gets the healthy
-//! answer within the per-try timeout plus a margin, never a forged one; a TC answer reaches it
-//! as is, for it to retry over TCP; and a failing upstream is
+//! answer within the per-try timeout plus a margin, never a forged one; a TC answer and one too
+//! large for the client reach it in a form it can retry over TCP; and a failing upstream is
 //! skipped for later queries, then used again once it answers.
 
 mod support;
@@ -47,6 +47,12 @@ fn timed(s: &RegistryDns, args: &[&str]) -> (Dig, Duration) {
         d.raw.lines().find(|l| l.starts_with(";; Query time:")).unwrap_or_else(|| panic!("no answer:\n{}", d.raw));
     let ms = line.split_whitespace().nth(3).unwrap().parse().unwrap();
     (d, Duration::from_millis(ms))
+}
+
+/// The size of the answer as dig received it.
+fn received_size(d: &Dig) -> usize {
+    let line = d.raw.lines().find(|l| l.contains("MSG SIZE")).unwrap_or_else(|| panic!("no answer:\n{}", d.raw));
+    line.split_whitespace().last().unwrap().parse().unwrap()
 }
 
 #[test]
@@ -123,6 +129,25 @@ fn a_tc_answer_reaches_udp_clients_as_is_and_the_tcp_retry_gets_the_whole_answer
     let retried = dig(s.addr, &["www.test", "A"]);
     assert_eq!(retried.rdata("A").len(), BIG_ANSWERS, "dig retries over TCP, relayed over TCP:\n{}", retried.raw);
     assert!(retried.raw.contains("(TCP)"));
+}
+
+#[test]
+fn an_answer_larger_than_the_clients_buffer_reaches_it_truncated() {
+    let healthy = healthy_upstream();
+    let bad = BadUpstream::with(Behaviour::Oversized);
+    let s = relay(&bad, &healthy);
+    for (args, limit) in [(&["+noedns"][..], 512), (&["+bufsize=512"], 512), (&["+bufsize=1232"], 1232)] {
+        let d = dig(s.addr, &[args, &["+notcp", "+ignore", "www.test", "A"]].concat());
+        assert!(received_size(&d) <= limit, "{args:?}: {} bytes over a {limit}-byte buffer", received_size(&d));
+        assert!(d.has_flag("tc"), "{args:?}: {:?}", d.flags);
+        assert_eq!(d.status, "NOERROR", "{args:?}");
+        assert_eq!(d.edns.is_some(), args != ["+noedns"], "{args:?}: OPT only when the query had one");
+        let retried = dig(s.addr, &[args, &["www.test", "A"]].concat());
+        assert_eq!(retried.rdata("A").len(), BIG_ANSWERS, "{args:?}: the TCP retry gets it whole");
+    }
+    let roomy = dig(s.addr, &["+bufsize=4096", "+notcp", "www.test", "A"]);
+    assert!(!roomy.has_flag("tc"), "a client with room gets the answer as the upstream sent it");
+    assert_eq!(roomy.rdata("A").len(), BIG_ANSWERS);
 }
 
 #[test]

@@ -245,6 +245,28 @@ pub fn push_opt(out: &mut Vec<u8>, edns: &Edns, extended_rcode: u16) {
     set_count(out, 3, ar);
 }
 
+/// Largest relayed answer a UDP client takes: the payload size it advertised (RFC 6891 section
+/// 6.2.5), or 512 without EDNS. Upstreams size their answers by the client's OPT record, which
+/// they get unchanged; one that ignores it must not make us send an oversized datagram.
+pub fn relay_udp_limit(edns: Option<&Edns>) -> usize {
+    edns.map_or(CLASSIC_UDP_PAYLOAD, |e| e.payload.max(CLASSIC_UDP_PAYLOAD)) as usize
+}
+
+/// Writes `reply` cut down to its header and question with TC set, plus our OPT record when the
+/// client sent one: what a UDP client gets for an upstream answer larger than its buffer, so that
+/// it retries over TCP.
+pub fn write_truncated(reply: &[u8], question_end: usize, edns: Option<&Edns>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&reply[..question_end]);
+    out[2] |= TC;
+    for section in 1..4 {
+        set_count(out, section, 0);
+    }
+    if let Some(e) = edns {
+        push_opt(out, e, rcode_of(reply));
+    }
+}
+
 /// Writes an answer with no records: the query's header and (when given) question, an rcode,
 /// and an OPT record when the query had one. Used for errors, SERVFAIL and truncation alike.
 pub fn write_empty_answer(
@@ -432,6 +454,28 @@ mod tests {
         let mut truncated = whole[..whole.len() - 2].to_vec();
         truncated[2] |= TC;
         assert!(is_whole(&truncated, question_end), "TC: the client retries over TCP");
+    }
+
+    #[test]
+    fn an_oversized_relayed_answer_is_cut_to_header_and_question_with_tc() {
+        let q = query("a.example.", RecordType::A, None);
+        let question_end = parse_query(&q, &mut [0; MAX_NAME_LEN]).unwrap().question_end;
+        let mut reply = q.clone();
+        reply[2] |= QR | AA;
+        set_count(&mut reply, 1, 1);
+        reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        let edns = Edns { payload: 1232, version: 0, dnssec_ok: true };
+        let mut out = Vec::new();
+        write_truncated(&reply, question_end, Some(&edns), &mut out);
+        let m = Message::from_vec(&out).unwrap();
+        assert!(m.metadata.truncation && m.metadata.authoritative);
+        assert_eq!((m.queries.len(), m.answers.len()), (1, 0));
+        assert!(m.edns.as_ref().unwrap().flags().dnssec_ok);
+        write_truncated(&reply, question_end, None, &mut out);
+        assert_eq!(out.len(), question_end, "no OPT for a client without EDNS");
+        assert_eq!(relay_udp_limit(None), 512);
+        assert_eq!(relay_udp_limit(Some(&Edns { payload: 100, ..edns })), 512);
+        assert_eq!(relay_udp_limit(Some(&Edns { payload: 4096, ..edns })), 4096);
     }
 
     #[test]

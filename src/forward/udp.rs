@@ -332,7 +332,13 @@ impl UdpForwarder {
         }
         let pending = self.slots[slot].take().expect("live slot");
         wire::set_id(reply, pending.client_id);
-        self.answers_for(pending.listener).push(reply, Some(pending.client));
+        let answers = self.answers_for(pending.listener);
+        if reply.len() <= wire::relay_udp_limit(pending.edns.as_ref()) {
+            answers.push(reply, Some(pending.client));
+        } else {
+            wire::write_truncated(reply, pending.question_end, pending.edns.as_ref(), answers.buffer());
+            answers.commit(Some(pending.client));
+        }
         self.release(slot, pending);
     }
 
