@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use support::bad_upstream::{BadUpstream, Behaviour};
-use support::{RegistryDns, healthy_upstream, wait_until};
+use support::{RegistryDns, dig, healthy_upstream, wait_until};
 
 const LOCAL: &str = "knative-local-registry=10.0.0.10";
 const REFUSED: u8 = 5;
@@ -290,4 +290,41 @@ fn tcp_idle_time_counts_from_the_last_query_and_a_slow_sender_gets_no_extension(
     let closed = closed_after(&mut stream, started, limit).expect("a slow sender is closed");
     assert!(closed < idle * 2, "closed after {closed:?}, not extended by each byte");
     trickler.join().unwrap();
+}
+
+#[test]
+fn a_tcp_client_that_never_reads_its_answers_gives_its_connection_back_at_the_idle_timeout() {
+    let ips: Vec<String> = (1..=60).map(|i| format!("10.1.0.{i}")).collect();
+    let record = format!("many={}", ips.join(","));
+    let (_up, s) = tcp_server(&[
+        "--record",
+        &record,
+        "--max-answers",
+        "60",
+        "--tcp-idle-timeout",
+        "1s",
+        "--max-tcp-connections",
+        "1",
+    ]);
+    // A receive buffer as small as the kernel allows, and never read: the server's writes stall
+    // once some hundred kB of ~1 kB answers are queued.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(1).unwrap();
+    socket.set_send_buffer_size(1).unwrap();
+    socket.connect(&s.addr.into()).unwrap();
+    let mut stuck: TcpStream = socket.into();
+    stuck.set_write_timeout(Some(Duration::from_millis(500))).unwrap();
+    let connected = Instant::now();
+    let mut written = 0;
+    let frames: Vec<u8> = (0..1000).flat_map(|i| tcp_frame(&query(i, "many"))).collect();
+    while written < 20_000 && stuck.write_all(&frames).is_ok() {
+        written += 1000;
+    }
+    assert!(written < 20_000, "the server stopped reading a client that does not read");
+    // The one connection slot comes back once the stalled writes hit the idle timeout.
+    let served =
+        wait_until(Duration::from_secs(5), || dig(s.addr, &["+tcp", "+time=1", "many", "A"]).rdata("A").len() == 60);
+    assert!(served, "a client that never reads holds the only connection slot for good");
+    println!("{written} queries written; the slot came back {:?} after connecting", connected.elapsed());
+    drop(stuck);
 }

@@ -1,5 +1,6 @@
 //! The TCP listener (RFC 7766): length-prefixed queries, several per connection and answered as
-//! they complete (pipelining), an idle timeout, and a cap on open connections.
+//! they complete (pipelining), an idle timeout (for reads and for writes), and a cap on open
+//! connections.
 
 use std::io;
 use std::sync::Arc;
@@ -57,12 +58,16 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (answers, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let idle_timeout = shared.tcp_idle_timeout;
     let write_loop = tokio::spawn(async move {
         while let Some(answer) = queue.recv().await {
             let mut framed = Vec::with_capacity(answer.len() + 2);
             framed.extend_from_slice(&(answer.len() as u16).to_be_bytes());
             framed.extend_from_slice(&answer);
-            if writer.write_all(&framed).await.is_err() {
+            // A client that stops reading its answers is as idle as one that stops sending: once
+            // a write has stalled this long the connection ends (the reader's next answer finds
+            // the queue closed), so that it cannot hold a connection slot for good.
+            if !matches!(tokio::time::timeout(idle_timeout, writer.write_all(&framed)).await, Ok(Ok(()))) {
                 return;
             }
         }
