@@ -216,7 +216,8 @@ fn serve_tcp(mut stream: TcpStream, behaviour: &Mutex<Behaviour>, arrivals: &Mut
             let message: Vec<u8> = pending.drain(..2 + len).skip(2).collect();
             arrivals.lock().unwrap().push(Instant::now());
             let Ok(query) = Message::from_vec(&message) else { return };
-            let answer = match *behaviour.lock().unwrap() {
+            let current = *behaviour.lock().unwrap();
+            let answer = match current {
                 Behaviour::Silent => continue,
                 Behaviour::Slow(delay) => {
                     std::thread::sleep(delay);
