@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use support::bad_upstream::{BadUpstream, Behaviour};
-use support::{RegistryDns, dig, healthy_upstream, wait_until};
+use support::{Dig, RegistryDns, dig, healthy_upstream, wait_until};
 
 const LOCAL: &str = "knative-local-registry=10.0.0.10";
 const REFUSED: u8 = 5;
@@ -327,4 +327,41 @@ fn a_tcp_client_that_never_reads_its_answers_gives_its_connection_back_at_the_id
     assert!(served, "a client that never reads holds the only connection slot for good");
     println!("{written} queries written; the slot came back {:?} after connecting", connected.elapsed());
     drop(stuck);
+}
+
+#[test]
+fn one_tcp_client_pipelining_many_queries_cannot_starve_another() {
+    const CAP: usize = 300;
+    let slow = BadUpstream::with(Behaviour::Slow(Duration::from_secs(1)));
+    let s = RegistryDns::start(&[
+        "--record",
+        LOCAL,
+        "--upstream",
+        &slow.addr.to_string(),
+        "--upstream-timeout",
+        "3s",
+        "--max-concurrent",
+        &CAP.to_string(),
+    ]);
+    // One client pipelines many forwarded queries on one connection and reads nothing meanwhile.
+    let mut greedy = TcpStream::connect(s.addr).unwrap();
+    greedy.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let frames: Vec<u8> = (0..2000u16).flat_map(|i| tcp_frame(&query(i, &format!("g{i}.test")))).collect();
+    let _ = greedy.write_all(&frames);
+    std::thread::sleep(Duration::from_millis(300));
+    // Another client still gets its forwarded queries through (slowly: the upstream takes 1 s),
+    // over UDP and TCP, and its local names at once.
+    let started = Instant::now();
+    let other = std::thread::spawn({
+        let addr = s.addr;
+        move || dig(addr, &["+tcp", "www.test", "A"])
+    });
+    let udp = dig(s.addr, &["+time=3", "www.test", "A"]);
+    assert_eq!(udp.status, "NOERROR", "UDP: {}", udp.raw);
+    let tcp: Dig = other.join().unwrap();
+    assert_eq!(tcp.status, "NOERROR", "TCP: {}", tcp.raw);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    let local = dig(s.addr, &["+tcp", "knative-local-registry"]);
+    assert_eq!(local.rdata("A"), ["10.0.0.10"]);
+    drop(greedy);
 }

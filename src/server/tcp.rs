@@ -18,6 +18,12 @@ use crate::request::{self, Action, Transport};
 /// Answers waiting to be written on one connection.
 const WRITE_QUEUE: usize = 32;
 
+/// Forwarded queries one connection may have in progress at once (Knot Resolver's default
+/// pipelining limit). Past it the connection is not read until one completes, so TCP flow control
+/// slows the client down instead of one client taking every `--max-concurrent` slot from the
+/// others. Stub resolvers and CoreDNS send one query at a time per connection, far below it.
+const MAX_PIPELINED: usize = 100;
+
 /// Accepts connections until `shutdown`; the returned semaphore has every permit back once all
 /// connections are done.
 pub async fn serve(
@@ -73,6 +79,7 @@ async fn connection(
         }
         let _ = writer.shutdown().await;
     });
+    let pipeline = Arc::new(Semaphore::new(MAX_PIPELINED));
     loop {
         let query = tokio::select! {
             read = tokio::time::timeout(shared.tcp_idle_timeout, read_message(&mut reader)) => match read {
@@ -93,6 +100,7 @@ async fn connection(
                 }
             }
             Action::Forward { question_end, edns } => {
+                let Ok(pipelined) = pipeline.clone().acquire_owned().await else { break };
                 if !shared.in_flight.try_acquire() {
                     wire::write_empty_answer(
                         &query,
@@ -123,6 +131,7 @@ async fn connection(
                         });
                     shared.in_flight.release();
                     let _ = answers.send(answer).await;
+                    drop(pipelined);
                 });
             }
             // Not a query at all: whatever is on the other end is not a DNS client.
