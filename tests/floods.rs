@@ -365,3 +365,90 @@ fn one_tcp_client_pipelining_many_queries_cannot_starve_another() {
     assert_eq!(local.rdata("A"), ["10.0.0.10"]);
     drop(greedy);
 }
+
+/// dig's received message size.
+fn received_size(d: &Dig) -> usize {
+    let line = d.raw.lines().find(|l| l.contains("MSG SIZE")).unwrap_or_else(|| panic!("no answer:\n{}", d.raw));
+    line.split_whitespace().last().unwrap().parse().unwrap()
+}
+
+/// 3000 addresses, as a Service with 3000 ready endpoints publishes them (the Kubernetes source
+/// fills the same name table; `tests/kubernetes.rs` covers that path with the default cap).
+fn three_thousand() -> String {
+    let ips: Vec<String> =
+        (0..3000).map(|i| format!("10.{}.{}.{}", 100 + i / 65025, (i / 255) % 255, i % 255 + 1)).collect();
+    format!("big={}", ips.join(","))
+}
+
+#[test]
+fn thousands_of_addresses_truncate_correctly_over_udp_at_512_and_1232() {
+    let record = three_thousand();
+    for (cap, fits_1232) in [(100usize, false), (60, true)] {
+        let (_up, s) = tcp_server(&["--record", &record, "--max-answers", &cap.to_string()]);
+        for (args, limit, fits) in [
+            (&["+noedns"][..], 512, false),
+            (&["+bufsize=512"], 512, false),
+            (&["+bufsize=1232"], 1232, fits_1232),
+            (&["+bufsize=4096"], 1232, fits_1232),
+        ] {
+            let d = dig(s.addr, &[args, &["+notcp", "+ignore", "big", "A"]].concat());
+            let size = received_size(&d);
+            assert!(size <= limit, "cap {cap} {args:?}: {size} bytes over a {limit}-byte limit");
+            assert_eq!(d.status, "NOERROR", "cap {cap} {args:?}");
+            if fits {
+                assert!(!d.has_flag("tc"), "cap {cap} {args:?}: {size} bytes");
+                assert_eq!(d.rdata("A").len(), cap, "cap {cap} {args:?}");
+            } else {
+                assert!(d.has_flag("tc") && d.answer.is_empty(), "cap {cap} {args:?}: {:?}", d.flags);
+            }
+        }
+        // Over TCP the whole window, and the next query the next window.
+        let first = dig(s.addr, &["+tcp", "big", "A"]).rdata("A");
+        let second = dig(s.addr, &["+tcp", "big", "A"]).rdata("A");
+        assert_eq!((first.len(), second.len()), (cap, cap));
+        assert!(first.iter().all(|ip| !second.contains(ip)), "cap {cap}: consecutive windows do not overlap");
+    }
+}
+
+#[test]
+fn a_name_with_thousands_of_addresses_answers_as_fast_as_a_name_with_one() {
+    let record = three_thousand();
+    let (_up, s) = tcp_server(&["--record", &record, "--record", "one=10.9.9.9"]);
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 1232];
+    let mut latencies = [Vec::new(), Vec::new()];
+    let mut firsts = std::collections::BTreeSet::new();
+    // Interleaved, so that both names see the same machine load.
+    for i in 0..4000u16 {
+        let (which, name) = if i % 2 == 0 { (0, "big") } else { (1, "one") };
+        let started = Instant::now();
+        socket.send_to(&query(i, name), s.addr).unwrap();
+        let n = socket.recv(&mut buf).expect("answered");
+        latencies[which].push(started.elapsed());
+        assert_eq!(u16::from_be_bytes([buf[0], buf[1]]), i);
+        assert_eq!(u16::from_be_bytes([buf[6], buf[7]]), if which == 0 { 16 } else { 1 }, "answer count");
+        if which == 0 {
+            firsts.insert(buf[n - 4..n].to_vec());
+        }
+    }
+    for l in &mut latencies {
+        l.sort();
+    }
+    let [big, one] = &latencies;
+    println!(
+        "3000-address name: p50 {:?} p99 {:?}; 1-address name: p50 {:?} p99 {:?}; {} distinct windows in 2000 answers",
+        percentile(big, 0.5),
+        percentile(big, 0.99),
+        percentile(one, 0.5),
+        percentile(one, 0.99),
+        firsts.len()
+    );
+    assert!(firsts.len() >= 3000 / 16, "the answers rotate through every window: {}", firsts.len());
+    assert!(
+        percentile(big, 0.5) < percentile(one, 0.5) * 2 + Duration::from_micros(100),
+        "a big name costs about what a small one does: {:?} vs {:?}",
+        percentile(big, 0.5),
+        percentile(one, 0.5)
+    );
+}
