@@ -245,6 +245,28 @@ pub fn push_opt(out: &mut Vec<u8>, edns: &Edns, extended_rcode: u16) {
     set_count(out, 3, ar);
 }
 
+/// Largest relayed answer a UDP client takes: the payload size it advertised (RFC 6891 section
+/// 6.2.5), or 512 without EDNS. Upstreams size their answers by the client's OPT record, which
+/// they get unchanged; one that ignores it must not make us send an oversized datagram.
+pub fn relay_udp_limit(edns: Option<&Edns>) -> usize {
+    edns.map_or(CLASSIC_UDP_PAYLOAD, |e| e.payload.max(CLASSIC_UDP_PAYLOAD)) as usize
+}
+
+/// Writes `reply` cut down to its header and question with TC set, plus our OPT record when the
+/// client sent one: what a UDP client gets for an upstream answer larger than its buffer, so that
+/// it retries over TCP.
+pub fn write_truncated(reply: &[u8], question_end: usize, edns: Option<&Edns>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&reply[..question_end]);
+    out[2] |= TC;
+    for section in 1..4 {
+        set_count(out, section, 0);
+    }
+    if let Some(e) = edns {
+        push_opt(out, e, rcode_of(reply));
+    }
+}
+
 /// Writes an answer with no records: the query's header and (when given) question, an rcode,
 /// and an OPT record when the query had one. Used for errors, SERVFAIL and truncation alike.
 pub fn write_empty_answer(
@@ -302,6 +324,27 @@ pub fn write_with_authority(packet: &[u8], query: &Query, rcode: u16, authority:
     if let Some(e) = &query.edns {
         push_opt(out, e, rcode);
     }
+}
+
+/// Whether `reply`, whose question ends at `question_end` (see [`same_question`]), is a whole
+/// message: every record its header counts lies within it. A cut-off reply (a broken upstream, a
+/// forgery) is not an answer the client could parse. A truncated one (TC) counts as whole
+/// whatever it holds, since the client retries over TCP anyway.
+pub fn is_whole(reply: &[u8], question_end: usize) -> bool {
+    if reply[2] & TC != 0 {
+        return true;
+    }
+    let records = count(reply, 1) + count(reply, 2) + count(reply, 3);
+    let mut at = question_end;
+    for _ in 0..records {
+        let Some((after_name, _)) = skip_name(reply, at) else { return false };
+        let Some(rdlen) = get_u16(reply, after_name + 8) else { return false };
+        at = after_name + 10 + usize::from(rdlen);
+        if at > reply.len() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Compares the question of `reply` with that of `query` (case-insensitively, as resolvers may
@@ -391,6 +434,48 @@ mod tests {
         set_count(&mut twice, 3, 2);
         let err = parse_query(&twice, &mut [0; MAX_NAME_LEN]).unwrap_err();
         assert!(matches!(err, Malformed::FormErr { question_end: Some(_) }));
+    }
+
+    #[test]
+    fn a_reply_cut_inside_a_record_is_not_whole_unless_truncated() {
+        let q = query("a.example.", RecordType::A, None);
+        let question_end = parse_query(&q, &mut [0; MAX_NAME_LEN]).unwrap().question_end;
+        let mut whole = q.clone();
+        whole[2] |= QR;
+        set_count(&mut whole, 1, 1);
+        whole.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        assert!(is_whole(&whole, question_end));
+        let mut trailing = whole.clone();
+        trailing.push(0);
+        assert!(is_whole(&trailing, question_end), "bytes after the last record are not our business");
+        for cut in [whole.len() - 2, whole.len() - 5, question_end + 3] {
+            assert!(!is_whole(&whole[..cut], question_end), "cut at {cut}");
+        }
+        let mut truncated = whole[..whole.len() - 2].to_vec();
+        truncated[2] |= TC;
+        assert!(is_whole(&truncated, question_end), "TC: the client retries over TCP");
+    }
+
+    #[test]
+    fn an_oversized_relayed_answer_is_cut_to_header_and_question_with_tc() {
+        let q = query("a.example.", RecordType::A, None);
+        let question_end = parse_query(&q, &mut [0; MAX_NAME_LEN]).unwrap().question_end;
+        let mut reply = q.clone();
+        reply[2] |= QR | AA;
+        set_count(&mut reply, 1, 1);
+        reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        let edns = Edns { payload: 1232, version: 0, dnssec_ok: true };
+        let mut out = Vec::new();
+        write_truncated(&reply, question_end, Some(&edns), &mut out);
+        let m = Message::from_vec(&out).unwrap();
+        assert!(m.metadata.truncation && m.metadata.authoritative);
+        assert_eq!((m.queries.len(), m.answers.len()), (1, 0));
+        assert!(m.edns.as_ref().unwrap().flags().dnssec_ok);
+        write_truncated(&reply, question_end, None, &mut out);
+        assert_eq!(out.len(), question_end, "no OPT for a client without EDNS");
+        assert_eq!(relay_udp_limit(None), 512);
+        assert_eq!(relay_udp_limit(Some(&Edns { payload: 100, ..edns })), 512);
+        assert_eq!(relay_udp_limit(Some(&Edns { payload: 4096, ..edns })), 4096);
     }
 
     #[test]

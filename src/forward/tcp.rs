@@ -26,7 +26,11 @@ pub async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, 
         let addr = upstreams.addr(upstream);
         upstreams.record_request(upstream, Proto::Tcp);
         match tokio::time::timeout(timeout, exchange(addr, &query)).await {
-            Ok(Ok(mut answer)) if wire::id(&answer) == id && wire::same_question(&query, question_end, &answer) => {
+            Ok(Ok(mut answer))
+                if wire::id(&answer) == id
+                    && wire::same_question(&query, question_end, &answer)
+                    && wire::is_whole(&answer, question_end) =>
+            {
                 wire::set_id(&mut answer, client_id);
                 if moves_on(wire::rcode_of(&answer)) {
                     upstreams.record_failure(upstream);
@@ -37,7 +41,7 @@ pub async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, 
                 return Some(answer);
             }
             Ok(Ok(_)) => {
-                debug!(upstream = %addr, "ignoring a TCP answer for another query");
+                debug!(upstream = %addr, "ignoring a TCP answer for another query, or a cut-off one");
                 upstreams.record_failure(upstream);
             }
             Ok(Err(e)) => {

@@ -327,6 +327,10 @@ impl UdpForwarder {
             debug!("ignoring an upstream reply for another question");
             return;
         }
+        if !wire::is_whole(reply, pending.question_end) {
+            debug!("ignoring a cut-off upstream reply");
+            return;
+        }
         self.by_key.remove(&(key, wire::id(reply)));
         let upstream = pending.upstream;
         if moves_on(wire::rcode_of(reply)) {
@@ -340,9 +344,15 @@ impl UdpForwarder {
         }
         let pending = self.slots[slot].take().expect("live slot");
         wire::set_id(reply, pending.client_id);
-        self.answers_for(pending.listener).push(reply, Some(pending.client));
         self.traffic.response(Path::Forwarded, wire::rcode_of(reply));
         self.traffic.latency(Path::Forwarded, now.saturating_duration_since(pending.started), 1);
+        let answers = self.answers_for(pending.listener);
+        if reply.len() <= wire::relay_udp_limit(pending.edns.as_ref()) {
+            answers.push(reply, Some(pending.client));
+        } else {
+            wire::write_truncated(reply, pending.question_end, pending.edns.as_ref(), answers.buffer());
+            answers.commit(Some(pending.client));
+        }
         self.release(slot, pending);
     }
 

@@ -1,5 +1,6 @@
 //! The TCP listener (RFC 7766): length-prefixed queries, several per connection and answered as
-//! they complete (pipelining), an idle timeout, and a cap on open connections.
+//! they complete (pipelining), an idle timeout (for reads and for writes), and a cap on open
+//! connections.
 
 use std::io;
 use std::sync::Arc;
@@ -18,6 +19,12 @@ use crate::request::{self, Action, Transport};
 
 /// Answers waiting to be written on one connection.
 const WRITE_QUEUE: usize = 32;
+
+/// Forwarded queries one connection may have in progress at once (Knot Resolver's default
+/// pipelining limit). Past it the connection is not read until one completes, so TCP flow control
+/// slows the client down instead of one client taking every `--max-concurrent` slot from the
+/// others. Stub resolvers and CoreDNS send one query at a time per connection, far below it.
+const MAX_PIPELINED: usize = 100;
 
 /// Accepts connections until `shutdown`; the returned semaphore has every permit back once all
 /// connections are done.
@@ -61,17 +68,22 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (answers, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    let idle_timeout = shared.tcp_idle_timeout;
     let write_loop = tokio::spawn(async move {
         while let Some(answer) = queue.recv().await {
             let mut framed = Vec::with_capacity(answer.len() + 2);
             framed.extend_from_slice(&(answer.len() as u16).to_be_bytes());
             framed.extend_from_slice(&answer);
-            if writer.write_all(&framed).await.is_err() {
+            // A client that stops reading its answers is as idle as one that stops sending: once
+            // a write has stalled this long the connection ends (the reader's next answer finds
+            // the queue closed), so that it cannot hold a connection slot for good.
+            if !matches!(tokio::time::timeout(idle_timeout, writer.write_all(&framed)).await, Ok(Ok(()))) {
                 return;
             }
         }
         let _ = writer.shutdown().await;
     });
+    let pipeline = Arc::new(Semaphore::new(MAX_PIPELINED));
     loop {
         let query = tokio::select! {
             read = tokio::time::timeout(shared.tcp_idle_timeout, read_message(&mut reader)) => match read {
@@ -104,6 +116,7 @@ async fn connection(
             }
             Action::Forward { question_end, edns, qtype } => {
                 traffic.query(Proto::Tcp, Some(qtype));
+                let Ok(pipelined) = pipeline.clone().acquire_owned().await else { break };
                 if !shared.in_flight.try_acquire() {
                     traffic.refused(Refusal::OverCapacity);
                     traffic.response(Path::Refused, rcode::REFUSED);
@@ -141,6 +154,7 @@ async fn connection(
                     traffic.response(Path::Forwarded, wire::rcode_of(&answer));
                     traffic.latency(Path::Forwarded, arrived.elapsed(), 1);
                     let _ = answers.send(answer).await;
+                    drop(pipelined);
                 });
             }
             // Not a query at all: whatever is on the other end is not a DNS client.
