@@ -1,11 +1,12 @@
-//! The `registry-dns` binary: parse the flags, set up logging, run the server until SIGTERM.
+//! The `registry-dns` binary: parse the flags, set up logging, run the server until SIGTERM (or,
+//! with `doctor`, diagnose the local resolver and exit).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use registry_dns::config::cli::Cli;
+use registry_dns::config::cli::{Cli, Command};
 use registry_dns::server::shutdown::signal_shutdown;
-use registry_dns::{Server, logging};
+use registry_dns::{Server, doctor, logging};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -20,6 +21,9 @@ fn main() -> ExitCode {
             );
         }
     };
+    if let Some(Command::Doctor(args)) = cli.command {
+        return doctor::run(&args);
+    }
     logging::init(cli.log_format);
     let config = cli.into_config();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {

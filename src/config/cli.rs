@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use ipnet::IpNet;
 
@@ -16,8 +16,12 @@ use crate::sources::kubernetes::{AnswerMode, ServiceName};
 /// registry-dns: answers a cluster registry's TLD-less name authoritatively and forwards every
 /// other query, unchanged, to the upstream servers.
 #[derive(Debug, Parser)]
-#[command(name = "registry-dns", version, about, long_about = None)]
+#[command(name = "registry-dns", version, about, long_about = None, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// Without a subcommand, registry-dns serves DNS with the flags below.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Address to serve DNS on, over UDP and TCP (repeatable).
     #[arg(
         long,
@@ -133,6 +137,14 @@ fn parse_ops_listen(text: &str) -> Result<OpsListen, String> {
         return Ok(OpsListen(None));
     }
     text.parse().map(|a| OpsListen(Some(a))).map_err(|_| format!("'{text}' is not ADDR:PORT or off"))
+}
+
+/// What else the binary does besides serving.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Find out why a name does not resolve here (on a node or in a pod): checks the local
+    /// resolver setup, asks getaddrinfo and registry-dns, prints each problem with its fix.
+    Doctor(crate::doctor::DoctorArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

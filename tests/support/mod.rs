@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod bad_upstream;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
