@@ -16,7 +16,14 @@ use crate::sources::kubernetes::{AnswerMode, ServiceName};
 /// registry-dns: answers a cluster registry's TLD-less name authoritatively and forwards every
 /// other query, unchanged, to the upstream servers.
 #[derive(Debug, Parser)]
-#[command(name = "registry-dns", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "registry-dns",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
 pub struct Cli {
     /// Without a subcommand, registry-dns serves DNS with the flags below.
     #[command(subcommand)]

@@ -307,10 +307,12 @@ impl Judge<'_> {
 
     fn resolved_dropin_fix(&self) -> String {
         let dir = self.f.setup.paths.resolved_dropin_dirs.first().map(|d| d.display().to_string()).unwrap_or_default();
+        // resolved's DNS= takes ADDR or ADDR:PORT (IPv6 in brackets), as SocketAddr prints it.
+        let server = self.f.server;
+        let dns = if server.port() == 53 { server.ip().to_string() } else { server.to_string() };
         format!(
-            "create {dir}/registry-dns.conf with `[Resolve]` `DNS={}` `Domains=~{}` `ResolveUnicastSingleLabel=yes` \
+            "create {dir}/registry-dns.conf with `[Resolve]` `DNS={dns}` `Domains=~{}` `ResolveUnicastSingleLabel=yes` \
              (one per line) and run `systemctl restart systemd-resolved`; deploy/node does this on every node",
-            self.f.server.ip(),
             self.f.name
         )
     }
