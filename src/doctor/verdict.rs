@@ -214,10 +214,16 @@ impl Judge<'_> {
                     format!("delete that record, or remove its domain from the search list of {}", self.resolv_path())
                 }
             };
-            checks.push(Check::problem(
-                format!("{fqdn} exists ({}) and glibc tries it before {name}, so it wins", join(addresses)),
-                fix,
-            ));
+            let found = format!("{fqdn} exists ({}) and glibc tries it before {name}", join(addresses));
+            checks.push(match self.reference {
+                // An alias to the registry (the ExternalName-per-namespace workaround): right
+                // today, but a second source of truth.
+                Some(reference) if reference == addresses => Check::warn(
+                    format!("{found}; it gives registry-dns's addresses today, but it will not follow them"),
+                    Some(format!("remove it once clients resolve {name} through registry-dns")),
+                ),
+                _ => Check::problem(format!("{found}, so it wins"), fix),
+            });
         }
         checks
     }

@@ -155,3 +155,25 @@ fn nsswitch_without_dns_is_a_problem() {
     assert_eq!(line(&report, "getaddrinfo never asks DNS").severity, Severity::Problem);
     assert!(report.verdict.ends_with("apply the fix above"), "{report}");
 }
+
+#[test]
+fn a_search_list_name_wins_unless_it_is_an_alias_of_the_registry() {
+    let pod =
+        "search team-a.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n";
+    let mut f = findings(pod, "", vec![answer(&["10.0.0.10"])], Ok(&["10.96.3.3"]));
+    f.search_answers = vec![
+        ("knative-local-registry.team-a.svc.cluster.local".into(), answer(&["10.96.3.3"])),
+        ("knative-local-registry.svc.cluster.local".into(), rcode(ResponseCode::NXDomain)),
+    ];
+    let report = judge(&f);
+    let check = line(&report, "knative-local-registry.team-a.svc.cluster.local exists (10.96.3.3)");
+    assert_eq!(check.severity, Severity::Problem);
+    assert!(check.fix.as_ref().unwrap().contains("kubectl -n team-a get service knative-local-registry"), "{report}");
+    assert!(!report.to_string().contains("knative-local-registry.svc.cluster.local"), "NXDOMAIN is no finding");
+
+    f.search_answers[0].1 = answer(&["10.0.0.10"]);
+    f.system.result = Ok(addrs(&["10.0.0.10"]));
+    let report = judge(&f);
+    assert_eq!(line(&report, "team-a.svc.cluster.local exists").severity, Severity::Warn);
+    assert_eq!(report.outcome, Outcome::Same);
+}
