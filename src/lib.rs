@@ -27,6 +27,7 @@
 pub mod access;
 pub mod config;
 pub mod dns;
+pub mod doctor;
 pub mod forward;
 pub mod interface;
 pub mod logging;

@@ -1,11 +1,11 @@
 //! The `registry-dns` binary: parse the flags (and `--config`), set up logging, run the server
-//! until SIGTERM, reloading on SIGHUP.
+//! until SIGTERM, reloading on SIGHUP (or, with `doctor`, diagnose the local resolver and exit).
 
 use std::process::ExitCode;
 
-use registry_dns::config::cli::{CommandLine, one_line};
+use registry_dns::config::cli::{Command, CommandLine, one_line};
 use registry_dns::server::shutdown::signal_shutdown;
-use registry_dns::{Server, logging};
+use registry_dns::{Server, doctor, logging};
 
 fn main() -> ExitCode {
     let command_line = match CommandLine::parse() {
@@ -20,8 +20,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return fail(&format!("{e:#}")),
     };
-    logging::init(cli.log_format);
-    let config = cli.into_config();
+    if let Some(Command::Doctor(args)) = cli.command {
+        return doctor::run(&args);
+    }
+    logging::init(cli.settings.log_format);
+    let config = cli.settings.into_config();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
@@ -31,7 +34,7 @@ fn main() -> ExitCode {
         // SIGHUP re-reads --config (and the resolv.conf) under the same flags.
         let load = move || {
             let command_line = command_line.clone();
-            async move { Ok(command_line.load()?.into_config()) }
+            async move { Ok(command_line.load()?.settings.into_config()) }
         };
         tokio::spawn(server.reloader().on_sighup(load));
         server.run(signal_shutdown()).await

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use std::ffi::OsString;
 
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use ipnet::IpNet;
 
@@ -21,8 +21,26 @@ use crate::sources::kubernetes::{AnswerMode, ServiceName};
 /// registry-dns: answers a cluster registry's TLD-less name authoritatively and forwards every
 /// other query, unchanged, to the upstream servers.
 #[derive(Debug, Parser)]
-#[command(name = "registry-dns", version, about, long_about = None)]
+#[command(
+    name = "registry-dns",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
+)]
 pub struct Cli {
+    /// Without a subcommand, registry-dns serves DNS with the settings.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// The server's settings: flags, `REGISTRY_DNS_*` variables, or keys of the config file.
+#[derive(Debug, Args)]
+pub struct Settings {
     /// A YAML or TOML file with any of these settings (keys are the flag names); flags and
     /// environment variables override it. SIGHUP re-reads it.
     #[arg(long, env = "REGISTRY_DNS_CONFIG", value_name = "PATH")]
@@ -145,6 +163,14 @@ fn parse_ops_listen(text: &str) -> Result<OpsListen, String> {
     text.parse().map(|a| OpsListen(Some(a))).map_err(|_| format!("'{text}' is not ADDR:PORT or off"))
 }
 
+/// What else the binary does besides serving.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Find out why a name does not resolve here (on a node or in a pod): checks the local
+    /// resolver setup, asks getaddrinfo and registry-dns, prints each problem with its fix.
+    Doctor(crate::doctor::DoctorArgs),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -182,9 +208,16 @@ impl CommandLine {
             .mut_args(|arg| arg.env(None))
             .try_get_matches_from(args)
             .map_err(|e| anyhow::anyhow!("config file: {}", one_line(&e)))?;
-        let mut cli = Cli::from_arg_matches(&base).map_err(|e| anyhow::anyhow!("{}", one_line(&e)))?;
-        cli.update_from_arg_matches(&self.explicit).map_err(|e| anyhow::anyhow!("{}", one_line(&e)))?;
-        Ok(cli)
+        let mut settings = Settings::from_arg_matches(&base).map_err(|e| anyhow::anyhow!("{}", one_line(&e)))?;
+        settings.update_from_arg_matches(&self.explicit).map_err(|e| anyhow::anyhow!("{}", one_line(&e)))?;
+        // A subcommand (doctor) is not a setting: it comes from the command line alone.
+        let command = match self.explicit.subcommand_name() {
+            Some(_) => {
+                Some(Command::from_arg_matches(&self.explicit).map_err(|e| anyhow::anyhow!("{}", one_line(&e)))?)
+            }
+            None => None,
+        };
+        Ok(Cli { command, settings })
     }
 }
 
@@ -194,7 +227,7 @@ pub fn one_line(e: &clap::Error) -> String {
     text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ").to_string()
 }
 
-impl Cli {
+impl Settings {
     pub fn into_config(self) -> Config {
         Config {
             listen: self.listen,
@@ -244,7 +277,7 @@ mod tests {
             "500ms",
         ])
         .unwrap();
-        let config = cli.into_config();
+        let config = cli.settings.into_config();
         assert_eq!(config.records.len(), 2);
         assert_eq!(config.upstreams, vec!["10.0.0.53:53".parse().unwrap()]);
         assert_eq!(config.upstream_timeout, Duration::from_millis(500));
@@ -261,18 +294,18 @@ mod tests {
         let path = write("c.yaml", "record: [a=10.0.0.1]\nttl: 30\nupstream-timeout: 750ms\nupstream: [10.0.0.53]\n");
         let config_flag = path.to_str().unwrap();
         let line = CommandLine::parse_from(["registry-dns", "--config", config_flag, "--ttl", "7"]).unwrap();
-        let config = line.load().unwrap().into_config();
+        let config = line.load().unwrap().settings.into_config();
         assert_eq!(config.ttl, 7, "a flag beats the file");
         assert_eq!(config.upstream_timeout, Duration::from_millis(750), "the file beats the default");
         assert_eq!(config.records.len(), 1);
         assert_eq!(config.max_answers, 16, "defaults fill the rest");
         let line =
             CommandLine::parse_from(["registry-dns", "--config", config_flag, "--record", "b=10.0.0.2"]).unwrap();
-        let records = line.load().unwrap().into_config().records;
+        let records = line.load().unwrap().settings.into_config().records;
         assert_eq!(records, vec!["b=10.0.0.2".parse().unwrap()], "a repeatable flag replaces the file's list");
 
         std::fs::write(&path, "ttl: 60\n").unwrap();
-        assert_eq!(line.load().unwrap().into_config().ttl, 60, "a reload sees the file's new content");
+        assert_eq!(line.load().unwrap().settings.into_config().ttl, 60, "a reload sees the file's new content");
         std::fs::write(&path, "tll: 60\n").unwrap();
         assert!(line.load().unwrap_err().to_string().contains("--tll"), "a misspelt key names itself");
         std::fs::write(&path, "ttl: sixty\n").unwrap();
@@ -284,7 +317,7 @@ mod tests {
 
     #[test]
     fn without_a_config_file_the_defaults_apply() {
-        let config = CommandLine::parse_from(["registry-dns"]).unwrap().load().unwrap().into_config();
+        let config = CommandLine::parse_from(["registry-dns"]).unwrap().load().unwrap().settings.into_config();
         assert_eq!(config.listen, vec!["127.0.0.1:5353".parse().unwrap()]);
         assert_eq!(config.ttl, 5);
         assert!(!config.allow_from.networks().is_empty());
@@ -292,9 +325,10 @@ mod tests {
 
     #[test]
     fn interface_flags() {
-        let config = Cli::try_parse_from(["registry-dns"]).unwrap().into_config();
+        let config = Cli::try_parse_from(["registry-dns"]).unwrap().settings.into_config();
         assert_eq!(config.interface_name, None);
-        let config = Cli::try_parse_from(["registry-dns", "--interface-name", "registry-dns0"]).unwrap().into_config();
+        let config =
+            Cli::try_parse_from(["registry-dns", "--interface-name", "registry-dns0"]).unwrap().settings.into_config();
         assert_eq!(config.interface_name.as_deref(), Some("registry-dns0"));
         assert_eq!(config.interface_addresses, ["169.254.20.25".parse::<IpAddr>().unwrap()]);
         let config = Cli::try_parse_from([
@@ -307,6 +341,7 @@ mod tests {
             "fd00::53",
         ])
         .unwrap()
+        .settings
         .into_config();
         assert_eq!(config.interface_addresses.len(), 2);
         let alone = Cli::try_parse_from(["registry-dns", "--interface-address", "169.254.20.26"]).unwrap_err();
