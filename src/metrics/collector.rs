@@ -3,10 +3,11 @@
 //! `_total` on counters (added by the encoder), base units (seconds).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -44,37 +45,29 @@ impl Collector {
         let all = self.metrics.traffic.lock().unwrap().clone();
         let sum = |f: &dyn Fn(&traffic::Traffic) -> u64| all.iter().map(|t| f(t)).sum::<u64>();
 
-        let mut family = encoder.encode_descriptor(
+        let queries = Proto::ALL.into_iter().flat_map(|proto| {
+            (0..traffic::QTYPE_INDICES)
+                .map(move |i| ([("proto", proto.label()), ("type", traffic::qtype_label(i))], proto, i))
+        });
+        let queries = queries.map(|(labels, proto, i)| (labels, sum(&|t| t.queries_of(proto, i))));
+        counters(
+            encoder,
             "registry_dns_queries",
             "DNS queries received, by transport and query type",
-            None,
-            MetricType::Counter,
+            queries.filter(|(_, n)| *n > 0),
         )?;
-        for proto in Proto::ALL {
-            for i in 0..traffic::QTYPE_INDICES {
-                let count = sum(&|t| t.queries_of(proto, i));
-                if count > 0 {
-                    let labels = [("proto", proto.label()), ("type", traffic::qtype_label(i))];
-                    ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
 
-        let mut family = encoder.encode_descriptor(
+        let responses = Path::ALL.into_iter().flat_map(|path| {
+            (0..traffic::RCODE_INDICES)
+                .map(move |i| ([("path", path.label()), ("rcode", traffic::rcode_label(i))], path, i))
+        });
+        let responses = responses.map(|(labels, path, i)| (labels, sum(&|t| t.responses_of(path, i))));
+        counters(
+            encoder,
             "registry_dns_responses",
             "DNS responses sent, by path (local, forwarded, refused) and rcode",
-            None,
-            MetricType::Counter,
+            responses.filter(|(_, n)| *n > 0),
         )?;
-        for path in Path::ALL {
-            for i in 0..traffic::RCODE_INDICES {
-                let count = sum(&|t| t.responses_of(path, i));
-                if count > 0 {
-                    let labels = [("path", path.label()), ("rcode", traffic::rcode_label(i))];
-                    ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
 
         let mut family = encoder.encode_descriptor(
             "registry_dns_response_duration",
@@ -97,112 +90,83 @@ impl Collector {
             )?;
         }
 
-        let mut family = encoder.encode_descriptor(
+        counters(
+            encoder,
             "registry_dns_refused",
             "Queries answered REFUSED, by reason (not_allowed: source outside --allow-from; over_capacity: \
              --max-concurrent forwarded queries already in flight)",
-            None,
-            MetricType::Counter,
+            Refusal::ALL.map(|why| ([("reason", why.label())], sum(&|t| t.refused_of(why)))),
         )?;
-        for why in Refusal::ALL {
-            ConstCounter::new(sum(&|t| t.refused_of(why))).encode(family.encode_family(&[("reason", why.label())])?)?;
-        }
-
-        let dropped = ConstCounter::new(sum(&|t| t.dropped_count()));
-        dropped.encode(encoder.encode_descriptor(
+        single(
+            encoder,
             "registry_dns_dropped",
             "Packets that got no answer: not a query, or too damaged to answer",
-            None,
-            dropped.metric_type(),
-        )?)
+            ConstCounter::new(sum(&|t| t.dropped_count())),
+        )
     }
 
     fn forwarding(&self, encoder: &mut DescriptorEncoder) -> Result {
-        let in_flight = ConstGauge::new(self.in_flight.current() as i64);
-        in_flight.encode(encoder.encode_descriptor(
+        single(
+            encoder,
             "registry_dns_forward_in_flight",
             "Forwarded queries waiting for an upstream",
-            None,
-            in_flight.metric_type(),
-        )?)?;
-        let max = ConstGauge::new(self.in_flight.max() as i64);
-        max.encode(encoder.encode_descriptor(
+            ConstGauge::new(self.in_flight.current() as i64),
+        )?;
+        single(
+            encoder,
             "registry_dns_forward_max_in_flight",
             "The cap on forwarded queries in flight (--max-concurrent)",
-            None,
-            max.metric_type(),
-        )?)?;
+            ConstGauge::new(self.in_flight.max() as i64),
+        )?;
 
         let stats = self.metrics.upstreams.lock().unwrap().clone();
-        let mut family = encoder.encode_descriptor(
-            "registry_dns_upstream_requests",
-            "Tries sent to an upstream, by transport",
-            None,
-            MetricType::Counter,
-        )?;
-        for (addr, s) in &stats {
-            for proto in Proto::ALL {
-                let labels = [("upstream", addr.to_string()), ("proto", proto.label().to_string())];
-                ConstCounter::new(s.requests_of(proto)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let mut family = encoder.encode_descriptor(
+        let upstream = |addr: &SocketAddr| [("upstream", addr.to_string())];
+        let requests = stats.iter().flat_map(|(addr, s)| {
+            Proto::ALL.map(|proto| {
+                ([("upstream", addr.to_string()), ("proto", proto.label().to_string())], s.requests_of(proto))
+            })
+        });
+        counters(encoder, "registry_dns_upstream_requests", "Tries sent to an upstream, by transport", requests)?;
+        counters(
+            encoder,
             "registry_dns_upstream_timeouts",
             "Tries that got no answer within --upstream-timeout",
-            None,
-            MetricType::Counter,
+            stats.iter().map(|(addr, s)| (upstream(addr), s.timeouts())),
         )?;
-        for (addr, s) in &stats {
-            ConstCounter::new(s.timeouts()).encode(family.encode_family(&[("upstream", addr.to_string())])?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        counters(
+            encoder,
             "registry_dns_upstream_failures",
             "Tries that failed otherwise: SERVFAIL or REFUSED answers, send errors, broken TCP exchanges",
-            None,
-            MetricType::Counter,
+            stats.iter().map(|(addr, s)| (upstream(addr), s.failures())),
         )?;
-        for (addr, s) in &stats {
-            ConstCounter::new(s.failures()).encode(family.encode_family(&[("upstream", addr.to_string())])?)?;
-        }
-        let upstreams = self.upstreams.load();
-        let mut family = encoder.encode_descriptor(
+        let current = self.upstreams.load();
+        gauges(
+            encoder,
             "registry_dns_upstream_healthy",
             "1 when a configured upstream is tried in its turn, 0 while it is demoted after failures or \
              dropped as a forwarding loop",
-            None,
-            MetricType::Gauge,
-        )?;
-        for i in 0..upstreams.len() {
-            let healthy = ConstGauge::new(i64::from(upstreams.is_healthy(i)));
-            healthy.encode(family.encode_family(&[("upstream", upstreams.addr(i).to_string())])?)?;
-        }
-        Ok(())
+            (0..current.len()).map(|i| (upstream(&current.addr(i)), i64::from(current.is_healthy(i)))),
+        )
     }
 
     fn names(&self, encoder: &mut DescriptorEncoder) -> Result {
         let table = self.names.load();
-        let source_of = |name: &str| self.name_sources.get(name).map_or("unknown", String::as_str);
-        let mut family = encoder.encode_descriptor(
+        let labels = |name: &str| {
+            let source = self.name_sources.get(name).map_or("unknown", String::as_str);
+            [("name", name.to_string()), ("source", source.to_string())]
+        };
+        gauges(
+            encoder,
             "registry_dns_name_synced",
             "1 when a local name's source has published it, 0 while it answers SERVFAIL waiting for its first sync",
-            None,
-            MetricType::Gauge,
+            table.summary().iter().map(|(name, addresses)| (labels(name), i64::from(addresses.is_some()))),
         )?;
-        for (name, addresses) in table.summary() {
-            let labels = [("name", name.as_str()), ("source", source_of(name))];
-            ConstGauge::new(i64::from(addresses.is_some())).encode(family.encode_family(&labels)?)?;
-        }
-        let mut family = encoder.encode_descriptor(
+        gauges(
+            encoder,
             "registry_dns_name_addresses",
             "Addresses a local name answers with (before --max-answers caps each answer)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (name, addresses) in table.summary() {
-            let labels = [("name", name.as_str()), ("source", source_of(name))];
-            ConstGauge::new(addresses.unwrap_or(0) as i64).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
+            table.summary().iter().map(|(name, addresses)| (labels(name), addresses.unwrap_or(0) as i64)),
+        )
     }
 
     fn sources(&self, encoder: &mut DescriptorEncoder) -> Result {
@@ -210,15 +174,13 @@ impl Collector {
         if sources.is_empty() {
             return Ok(());
         }
-        let mut family = encoder.encode_descriptor(
+        let source = |label: &str| [("source", label.to_string())];
+        gauges(
+            encoder,
             "registry_dns_source_synced",
             "1 once a watched Service has been listed completely",
-            None,
-            MetricType::Gauge,
+            sources.iter().map(|(label, s)| (source(label), i64::from(s.is_synced()))),
         )?;
-        for (label, s) in &sources {
-            ConstGauge::new(i64::from(s.is_synced())).encode(family.encode_family(&[("source", label.as_str())])?)?;
-        }
         let mut family = encoder.encode_descriptor(
             "registry_dns_source_last_event_age",
             "Time since the API server last sent anything for a watched Service (absent before the first event)",
@@ -227,18 +189,47 @@ impl Collector {
         )?;
         for (label, s) in &sources {
             if let Some(age) = s.since_last_event() {
-                ConstGauge::new(age.as_secs_f64()).encode(family.encode_family(&[("source", label.as_str())])?)?;
+                ConstGauge::new(age.as_secs_f64()).encode(family.encode_family(&source(label))?)?;
             }
         }
-        let mut family = encoder.encode_descriptor(
+        counters(
+            encoder,
             "registry_dns_watch_restarts",
             "Watches of a Service that failed and were restarted with backoff",
-            None,
-            MetricType::Counter,
-        )?;
-        for (label, s) in &sources {
-            ConstCounter::new(s.restarts()).encode(family.encode_family(&[("source", label.as_str())])?)?;
-        }
-        Ok(())
+            sources.iter().map(|(label, s)| (source(label), s.restarts())),
+        )
     }
+}
+
+/// One metric without labels.
+fn single(encoder: &mut DescriptorEncoder, name: &str, help: &str, metric: impl EncodeMetric) -> Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// One counter family: a descriptor, then a sample per label set.
+fn counters<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, u64)>,
+) -> Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// One gauge family: a descriptor, then a sample per label set.
+fn gauges<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (L, i64)>,
+) -> Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
