@@ -4,25 +4,36 @@
 //! What keeps answers steady through API trouble is the reflector: during a relist (after a
 //! 410 Gone or a reconnect) it buffers the new objects and swaps them in at `InitDone`, so the
 //! store, and with it the published addresses, stays at the last known state until the new one
-//! is complete. Errors only delay the next retry (kube's default backoff, 0.8 s growing to 30 s);
-//! nothing is ever unpublished because the API server is unreachable.
+//! is complete. Errors only delay the next retry; nothing is ever unpublished because the API
+//! server is unreachable or sends something we cannot read.
+//!
+//! The retry delay is kube's default backoff (0.8 s doubling to 30 s, jittered), applied here
+//! rather than with `.default_backoff()`: that adaptor resets the backoff on every item the
+//! watcher yields, and the watcher yields `Init` before each attempt to list, so a LIST that keeps
+//! failing (an object that does not decode, a 500 on lists only) was retried every 0.8 to 1.6 s
+//! forever, a full list each time. Here nothing resets it but its own timer: after 120 s without
+//! an error the next delay starts again at 0.8 s, as client-go's reflector does.
 
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use hickory_proto::rr::Name;
 use kube::runtime::reflector::{self, Lookup};
-use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt, watcher as watch_stream};
+use kube::runtime::watcher as watch_stream;
+use kube::runtime::watcher::{self, DefaultBackoff, Event};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 use crate::names::{NameState, Names};
 use crate::ops::Readiness;
+
+/// kube's default backoff's longest delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What to watch and where its addresses go.
 pub struct Watch<K: Resource> {
@@ -44,8 +55,9 @@ where
     /// Runs until the process ends: the watcher retries forever.
     pub async fn run(self, table: Arc<Names>, readiness: Arc<Readiness>) {
         let (store, writer) = reflector::store::<K>();
-        let stream = reflector::reflector(writer, watch_stream(self.api, self.config)).default_backoff();
+        let stream = reflector::reflector(writer, watch_stream(self.api, self.config));
         let mut stream = std::pin::pin!(stream);
+        let mut backoff = DefaultBackoff::default();
         let mut synced = false;
         let mut failing = false;
         while let Some(event) = stream.next().await {
@@ -60,8 +72,12 @@ where
                 Ok(Event::Apply(_) | Event::Delete(_)) if synced => {}
                 Ok(_) => continue,
                 Err(e) => {
-                    warn!(source = %self.source, error = %e, "watch failed: serving the last known addresses; retrying with backoff");
+                    // kube's DefaultBackoff never ends; the fallback only satisfies the type.
+                    let delay = backoff.next().unwrap_or(MAX_BACKOFF);
+                    let error = describe(&e);
+                    warn!(source = %self.source, %error, retry_in = ?delay, "watch failed: serving the last known addresses");
                     failing = true;
+                    tokio::time::sleep(delay).await;
                     continue;
                 }
             }
@@ -78,5 +94,17 @@ where
                 }
             }
         }
+    }
+}
+
+/// The error as logged. kube takes a watch line that is JSON but not a readable event (an object
+/// of another kind, a field of the wrong type) for a Status and reports an empty one
+/// (`ApiError: : (Status { code: 0, .. })`); say what it was instead.
+fn describe(e: &watcher::Error) -> String {
+    match e {
+        watcher::Error::WatchFailed(kube::Error::Api(status)) if status.code == 0 => {
+            "watch stream failed: an event that does not decode as the watched kind".into()
+        }
+        e => e.to_string(),
     }
 }
