@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::apiserver::{FakeApiServer, endpoint_slice, is_list_request, service};
+use support::apiserver::{FakeApiServer, endpoint_slice, is_list_request, is_watch_request, service};
 use support::{RegistryDns, TempDir, dig, http_get, wait_until};
 
 const NAME: &str = "knative-local-registry";
@@ -224,5 +224,57 @@ fn errors_500_are_retried_with_growing_backoff_and_answers_stay() {
     assert!(gaps(&tries).iter().rev().take(2).all(|g| *g >= 5.0), "backoff grows: {:?}", gaps(&tries));
     assert!(rss < MEMORY_LIMIT_KIB, "{rss} KiB");
     c.api.fail_requests(None);
+    recovers(&c, &s, Duration::from_secs(75));
+}
+
+#[test]
+fn errors_429_honour_retry_after_and_answers_stay() {
+    let c = Cluster::new();
+    let s = c.start();
+    c.api.fail_requests_with(429, Some(3), None);
+    let start = Instant::now();
+    c.api.drop_watches();
+    let rss = steady_answers(&s, &BEFORE, Duration::from_secs(45));
+    let tries: Vec<Instant> = c.api.request_times(|_| true).into_iter().filter(|t| *t >= start).collect();
+    let logged = count_logs(&s, "watch failed");
+    eprintln!(
+        "429s: {} requests in 45 s, gaps {:?} s, {logged} logged, peak VmRSS {rss} KiB",
+        tries.len(),
+        gaps(&tries)
+    );
+    // kube's client retries a 429 three times (our policy), each after Retry-After; then the
+    // watch logs it and backs off on its own (0.8 s doubling), which knows no Retry-After.
+    let g = gaps(&tries);
+    assert!(tries.len() >= 4, "retried: {g:?}");
+    assert!(g.iter().all(|g| *g >= 0.75), "never a hot loop: {g:?}");
+    assert!(g.iter().filter(|g| **g >= 2.9).count() * 3 >= g.len() * 2, "Retry-After: 3 honoured by the client: {g:?}");
+    assert!(tries.len() <= 20, "{} requests in 45 s", tries.len());
+    assert!(logged >= 2, "each round of retries is logged: {:?}", s.logs());
+    assert!(s.logs().iter().any(|l| l.contains("watch failed") && l.contains("Too many requests")), "{:?}", s.logs());
+    assert!(rss < MEMORY_LIMIT_KIB, "{rss} KiB");
+    c.api.fail_requests(None);
+    recovers(&c, &s, Duration::from_secs(75));
+}
+
+#[test]
+fn a_watch_that_streams_filler_without_newlines_does_not_grow_memory() {
+    let c = Cluster::new();
+    let s = c.start();
+    let base = rss_kib(&s);
+    // 64 KiB of spaces every millisecond on every new watch: no newline, so no line ever ends.
+    c.api.stall_watches(Some((" ".repeat(64 * 1024), Duration::from_millis(1))));
+    let start = Instant::now();
+    c.api.drop_watches();
+    let rss = steady_answers(&s, &BEFORE, Duration::from_secs(30));
+    let watches: Vec<Instant> = c.api.request_times(is_watch_request).into_iter().filter(|t| *t >= start).collect();
+    eprintln!(
+        "filler without newlines: VmRSS {base} KiB before, peak {rss} KiB; {} watches in 30 s, gaps {:?} s",
+        watches.len(),
+        gaps(&watches)
+    );
+    assert!(rss < MEMORY_LIMIT_KIB, "VmRSS {rss} KiB while the watch streams filler");
+    assert!(count_logs(&s, "watch failed") >= 1, "{:?}", s.logs());
+    assert!(watches.len() <= 12, "reconnects back off: {:?}", gaps(&watches));
+    c.api.stall_watches(None);
     recovers(&c, &s, Duration::from_secs(75));
 }

@@ -10,6 +10,7 @@
 //! RBAC: get, list and watch on `endpointslices` (group `discovery.k8s.io`) or on `services`
 //! (core group), in the named namespaces only.
 
+mod client;
 mod cluster_ip;
 mod endpoints;
 mod watch;
@@ -155,7 +156,7 @@ async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
         }
         None => kube::Config::infer().await.context("no Kubernetes configuration (in-cluster or kubeconfig)")?,
     };
-    Client::try_from(config).context("creating the Kubernetes client")
+    client::build(config).context("creating the Kubernetes client")
 }
 
 #[cfg(test)]
