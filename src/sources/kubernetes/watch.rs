@@ -61,12 +61,10 @@ where
         let mut synced = false;
         let mut failing = false;
         while let Some(event) = stream.next().await {
+            let mut newly_synced = false;
             match event {
                 Ok(Event::InitDone) => {
-                    if !synced {
-                        info!(source = %self.source, "synced");
-                        readiness.mark_synced(&self.source);
-                    }
+                    newly_synced = !synced;
                     synced = true;
                 }
                 Ok(Event::Apply(_) | Event::Delete(_)) if synced => {}
@@ -92,6 +90,12 @@ where
                     Ok(false) => {}
                     Err(e) => warn!(name = %name, error = %e, "cannot publish addresses"),
                 }
+            }
+            // Ready only once the names answer: before, /readyz said 200 (and a restarting
+            // instance joined the listeners) while a large Service's names still gave SERVFAIL.
+            if newly_synced {
+                info!(source = %self.source, "synced");
+                readiness.mark_synced(&self.source);
             }
         }
     }
