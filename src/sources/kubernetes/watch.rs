@@ -86,7 +86,10 @@ where
             let addresses = (self.addresses)(&store.state());
             for name in &self.names {
                 match table.publish(name, NameState::Addresses(addresses.clone())).await {
-                    Ok(true) => info!(name = %name, source = %self.source, ?addresses, "addresses changed"),
+                    Ok(true) => {
+                        let shown = Shown(&addresses);
+                        info!(name = %name, source = %self.source, count = addresses.len(), addresses = %shown, "addresses changed");
+                    }
                     Ok(false) => {}
                     Err(e) => warn!(name = %name, error = %e, "cannot publish addresses"),
                 }
@@ -110,5 +113,37 @@ fn describe(e: &watcher::Error) -> String {
             "watch stream failed: an event that does not decode as the watched kind".into()
         }
         e => e.to_string(),
+    }
+}
+
+/// How many addresses a log line lists; a Service with thousands of endpoints made each change a
+/// line of hundreds of kilobytes.
+const LOGGED_ADDRESSES: usize = 16;
+
+/// The first [`LOGGED_ADDRESSES`] addresses, and how many more there are.
+struct Shown<'a>(&'a [IpAddr]);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<String> = self.0.iter().take(LOGGED_ADDRESSES).map(IpAddr::to_string).collect();
+        write!(f, "[{}", shown.join(", "))?;
+        match self.0.len().saturating_sub(LOGGED_ADDRESSES) {
+            0 => write!(f, "]"),
+            more => write!(f, ", ... {more} more]"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_at_most_16_addresses() {
+        let ips: Vec<IpAddr> = (1..=20).map(|i| IpAddr::from([10, 0, 0, i])).collect();
+        assert_eq!(Shown(&ips[..2]).to_string(), "[10.0.0.1, 10.0.0.2]");
+        assert_eq!(Shown(&[]).to_string(), "[]");
+        let long = Shown(&ips).to_string();
+        assert!(long.starts_with("[10.0.0.1, ") && long.ends_with("10.0.0.16, ... 4 more]"), "{long}");
     }
 }
