@@ -26,6 +26,7 @@ use clap::ValueEnum;
 use hickory_proto::rr::Name;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -117,6 +118,7 @@ impl KubernetesSource {
                         source,
                         names,
                         addresses: endpoints::addresses,
+                        trim: endpoints::trim,
                     };
                     tokio::spawn(watch.run(table, readiness));
                 }
@@ -127,12 +129,24 @@ impl KubernetesSource {
                         source,
                         names,
                         addresses: cluster_ip::addresses,
+                        trim: cluster_ip::trim,
                     };
                     tokio::spawn(watch.run(table, readiness));
                 }
             }
         }
     }
+}
+
+/// Keeps only what identifies a stored object (the reflector's key, its version).
+fn trim_metadata(meta: &mut ObjectMeta) {
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        resource_version: meta.resource_version.take(),
+        uid: meta.uid.take(),
+        ..Default::default()
+    };
 }
 
 fn source_label(mode: AnswerMode, namespace: &str, service: &str) -> String {

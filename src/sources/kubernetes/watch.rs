@@ -23,8 +23,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use hickory_proto::rr::Name;
 use kube::runtime::reflector::{self, Lookup};
-use kube::runtime::watcher as watch_stream;
 use kube::runtime::watcher::{self, DefaultBackoff, Event};
+use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
@@ -45,6 +45,8 @@ pub struct Watch<K: Resource> {
     pub names: Vec<Name>,
     /// The addresses of the current objects.
     pub addresses: fn(&[Arc<K>]) -> Vec<IpAddr>,
+    /// Drops the parts of an object that `addresses` does not read, before it is stored.
+    pub trim: fn(&mut K),
 }
 
 impl<K> Watch<K>
@@ -55,7 +57,7 @@ where
     /// Runs until the process ends: the watcher retries forever.
     pub async fn run(self, table: Arc<Names>, readiness: Arc<Readiness>) {
         let (store, writer) = reflector::store::<K>();
-        let stream = reflector::reflector(writer, watch_stream(self.api, self.config));
+        let stream = reflector::reflector(writer, watch_stream(self.api, self.config).modify(self.trim));
         let mut stream = std::pin::pin!(stream);
         let mut backoff = DefaultBackoff::default();
         let mut synced = false;
