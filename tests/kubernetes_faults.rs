@@ -278,3 +278,85 @@ fn a_watch_that_streams_filler_without_newlines_does_not_grow_memory() {
     c.api.stall_watches(None);
     recovers(&c, &s, Duration::from_secs(75));
 }
+
+#[test]
+fn a_watch_that_only_keeps_alive_is_abandoned_at_kubes_idle_timeout() {
+    let c = Cluster::new();
+    let s = c.start();
+    // Empty lines, as a proxy keeping the connection alive: kube skips them, and only its idle
+    // timeout (the watch timeout, 290 s, plus 5 s) ends such a watch.
+    c.api.stall_watches(Some(("\n".into(), Duration::from_millis(100))));
+    let start = Instant::now();
+    c.api.drop_watches();
+    let rss = steady_answers(&s, &BEFORE, Duration::from_secs(30));
+    assert!(rss < MEMORY_LIMIT_KIB, "{rss} KiB");
+    assert!(c.api.requests_since(start).len() <= 2, "one reconnect, then quiet: {:?}", c.api.requests_since(start));
+    c.api.stall_watches(None);
+    // The stalled stream stays open and silent; a change is seen once kube gives up on it.
+    recovers(&c, &s, Duration::from_secs(300 + 60 - 30));
+    let watches: Vec<Instant> = c.api.request_times(is_watch_request).into_iter().filter(|t| *t >= start).collect();
+    eprintln!(
+        "keep-alive only: watch requests at {:?} s",
+        watches.iter().map(|t| (*t - start).as_secs()).collect::<Vec<_>>()
+    );
+    assert!(watches.len() >= 2 && watches[1] - watches[0] >= Duration::from_secs(290), "{:?}", gaps(&watches));
+}
+
+#[test]
+fn a_relist_of_thousands_of_slices_is_paginated_answers_capped_and_memory_bounded() {
+    let c = Cluster::new();
+    // 3000 slices of 10 endpoints for the Service, and as many of another Service in the same
+    // namespace (the label selector is applied by the server, so those never reach us).
+    let ip = |n: usize| format!("10.{}.{}.{}", 100 + n / 65025, (n / 255) % 255, n % 255 + 1);
+    for n in 0..3000 {
+        let ips: Vec<String> = (0..10).map(|i| ip(n * 10 + i)).collect();
+        let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+        c.api.apply(knative_slice(&format!("knative-{n:04}"), &ips));
+        let other: Vec<(&str, Option<bool>)> = ips.iter().map(|ip| (*ip, Some(true))).collect();
+        c.api.apply(endpoint_slice("registry", "other", &format!("other-{n:04}"), "IPv4", &other));
+    }
+    // What the same process weighs with the usual two endpoints: the growth above it is what the
+    // 30000 endpoints cost (a debug build starts some 20 MiB heavier than a release build).
+    let small = Cluster::new();
+    let baseline = rss_kib(&small.start());
+    let start = Instant::now();
+    let s = c.start_unsynced();
+    assert!(wait_until(Duration::from_secs(60), || ready(&s)), "{:?}", s.logs());
+    let synced = start.elapsed();
+    let first = rss_kib(&s);
+    let lists = c.api.list_requests();
+    assert!(lists.len() >= 7, "3002 slices in pages of at most 500: {lists:#?}");
+    assert!(lists.iter().all(|r| r.contains("limit=500")), "{lists:#?}");
+    assert!(lists.iter().skip(1).all(|r| r.contains("continue=")), "{lists:#?}");
+    let check_answers = || {
+        let d = dig(s.addr, &["+noedns", NAME, "A"]);
+        assert_eq!(d.rdata("A").len(), 16, "--max-answers 16: {}", d.raw);
+        assert!(!d.has_flag("tc"));
+        assert!(d.rdata("A").iter().all(|a| a.starts_with("10.")), "{:?}", d.answer);
+    };
+    check_answers();
+
+    // Five forced relists (compaction, dropped watch, 410, LIST again): answers never gap, and
+    // memory does not grow from one to the next.
+    let mut after = Vec::new();
+    for round in 0..5 {
+        let lists_before = c.api.list_requests().len();
+        c.api.compact();
+        c.api.drop_watches();
+        let relisted = wait_until(Duration::from_secs(60), || {
+            check_answers();
+            c.api.list_requests().len() >= lists_before + 7 && c.api.active_watches() == 1
+        });
+        assert!(relisted, "round {round}: {:?}", s.logs());
+        after.push(rss_kib(&s));
+    }
+    check_answers();
+    eprintln!(
+        "big relist: 30000 endpoints in 3000 slices (+3000 filtered by the server), synced in {:.1} s, \
+         VmRSS {baseline} KiB with 2 endpoints, {first} KiB after sync, after each of 5 relists {after:?} KiB",
+        synced.as_secs_f64()
+    );
+    let peak = *after.iter().max().unwrap();
+    assert!(peak - baseline < 48 * 1024, "30000 endpoints (two copies during a relist) cost {} KiB", peak - baseline);
+    assert!(after[4] <= after[0] + 4 * 1024, "no growth across relists: {after:?}");
+}
