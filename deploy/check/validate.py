@@ -139,6 +139,14 @@ def check_daemonset(where, ds, binary_help):
     name = f"{where} DaemonSet/registry-dns"
     spec = ds["spec"]["template"]["spec"]
     c = spec["containers"][0]
+    args = dict(a[2:].split("=", 1) for a in c["args"])
+
+    def security(field):
+        """A securityContext field as the container gets it: its own, else the pod's."""
+        return c.get("securityContext", {}).get(field, spec.get("securityContext", {}).get(field))
+
+    # NET_BIND_SERVICE for port 53 as non-root; NET_ADMIN only to create --interface-name.
+    caps = ["NET_BIND_SERVICE"] + (["NET_ADMIN"] if "interface-name" in args else [])
     want = {
         "hostNetwork": spec.get("hostNetwork") is True,
         "dnsPolicy Default": spec.get("dnsPolicy") == "Default",
@@ -147,18 +155,21 @@ def check_daemonset(where, ds, binary_help):
         "RollingUpdate maxSurge 1 maxUnavailable 0": ds["spec"]["updateStrategy"] == {
             "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "no ports (a hostNetwork containerPort is a hostPort and blocks the surge pod)": not c.get("ports"),
-        "runAsNonRoot": spec["securityContext"].get("runAsNonRoot") is True,
+        "runAsNonRoot": security("runAsNonRoot") is True,
+        "runAsUser 65532 (the image's nonroot)": security("runAsUser") == 65532,
+        "runAsGroup 65532": security("runAsGroup") == 65532,
+        "seccompProfile RuntimeDefault": (security("seccompProfile") or {}).get("type") == "RuntimeDefault",
+        "not privileged": c["securityContext"].get("privileged") in (None, False),
         "readOnlyRootFilesystem": c["securityContext"].get("readOnlyRootFilesystem") is True,
         "allowPrivilegeEscalation false": c["securityContext"].get("allowPrivilegeEscalation") is False,
-        "capabilities drop ALL add NET_BIND_SERVICE NET_ADMIN": c["securityContext"]["capabilities"] == {
-            "drop": ["ALL"], "add": ["NET_BIND_SERVICE", "NET_ADMIN"]},
+        f"capabilities drop ALL add {' '.join(caps)}": c["securityContext"].get("capabilities") == {
+            "drop": ["ALL"], "add": caps},
         "requests 10m/16Mi, limit 64Mi": c["resources"] == {
             "requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
     }
     for what, ok in want.items():
         if not ok:
             err(name, f"lost: {what}")
-    args = dict(a[2:].split("=", 1) for a in c["args"])
     ops_host, ops_port = args["ops-listen"].rsplit(":", 1)
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = c[probe]["httpGet"]

@@ -29,6 +29,11 @@
 //!   writes to other resources a real cluster always has). A no-op `apply` (same object) writes
 //!   nothing and emits nothing, as the real server.
 //!
+//! Faults on demand, for `tests/kubernetes_faults.rs`: failing requests with any status, for a
+//! count and with `Retry-After` (`fail_requests_with`), raw lines injected into open watch streams
+//! (`inject_watch_line`), watches that stream filler forever (`stall_watches`), plus the
+//! arrival time of every request (`request_times`).
+//!
 //! Left out: authentication (any token is accepted), TLS, protobuf, gzip, writes over HTTP
 //! (POST/PUT/PATCH/DELETE answer 405; tests change state through `apply`/`delete`), cluster-scoped
 //! kinds, list snapshots at an old resourceVersion (`resourceVersion`/`resourceVersionMatch` on
@@ -140,8 +145,20 @@ struct State {
     next_id: u64,
     watch_cap: Option<Duration>,
     bookmark_interval: Duration,
-    requests: Vec<String>,
-    failure: Option<u16>,
+    /// Every request with the moment it arrived.
+    requests: Vec<(Instant, String)>,
+    failure: Option<Failure>,
+    /// While set, new watches stream this filler forever instead of events (`stall_watches`).
+    stall: Option<(String, Duration)>,
+}
+
+/// An injected failure (`fail_requests_with`).
+#[derive(Clone, Debug)]
+struct Failure {
+    code: u16,
+    retry_after: Option<u64>,
+    /// How many more requests fail; `None`: all, until cleared.
+    remaining: Option<usize>,
 }
 
 impl State {
@@ -215,6 +232,7 @@ impl FakeApiServer {
             bookmark_interval: Duration::from_secs(1),
             requests: Vec::new(),
             failure: None,
+            stall: None,
         };
         let shared = Arc::new(Shared { addr, state: Mutex::new(state), config: tokio::sync::watch::Sender::new(0) });
         let server = Self { shared, runtime: Some(runtime) };
@@ -445,13 +463,48 @@ impl FakeApiServer {
     /// NB kube's client itself retries 429/503/504 (up to 15 times, from 5 ms) before the
     /// watcher sees an error. `None` ends it.
     pub fn fail_requests(&self, code: Option<u16>) {
-        lock(&self.shared).failure = code;
+        lock(&self.shared).failure = code.map(|code| Failure { code, retry_after: None, remaining: None });
+    }
+
+    /// Like `fail_requests`, for the next `count` API requests only (`None`: all, until
+    /// `fail_requests(None)`), with a `Retry-After: SECONDS` header when `retry_after` is given.
+    /// A 429 comes as the real server's max-in-flight and priority-and-fairness filters send it:
+    /// `Retry-After` and a plain-text body, no Status.
+    pub fn fail_requests_with(&self, code: u16, retry_after: Option<u64>, count: Option<usize>) {
+        lock(&self.shared).failure = Some(Failure { code, retry_after, remaining: count });
+    }
+
+    /// Sends `text` as it is (a malformed line, an event with a broken object: the caller adds
+    /// the newline) as one chunk on every open watch stream. Returns how many streams got it.
+    pub fn inject_watch_line(&self, text: &str) -> usize {
+        assert!(!text.is_empty(), "an empty chunk would end the stream");
+        let st = lock(&self.shared);
+        st.watches.values().filter(|sub| sub.tx.send((0, text.to_string())).is_ok()).count()
+    }
+
+    /// While `Some((filler, every))`, a new watch is answered 200 and then gets `filler` as a chunk
+    /// every `every`, forever: no event, no bookmark, no end at its timeout (a stuck proxy, or a
+    /// server that only keeps the connection alive). Watches already open are not affected;
+    /// `None` ends it for new watches, and stalled ones then stop sending filler but stay open.
+    pub fn stall_watches(&self, stall: Option<(String, Duration)>) {
+        lock(&self.shared).stall = stall;
+        self.shared.config.send_modify(|v| *v += 1);
+    }
+
+    /// The requests that arrived at or after `since`, as `requests` shows them.
+    pub fn requests_since(&self, since: Instant) -> Vec<String> {
+        lock(&self.shared).requests.iter().filter(|(t, _)| *t >= since).map(|(_, r)| r.clone()).collect()
+    }
+
+    /// When each request that matches `pred` arrived.
+    pub fn request_times(&self, pred: impl Fn(&str) -> bool) -> Vec<Instant> {
+        lock(&self.shared).requests.iter().filter(|(_, r)| pred(r)).map(|(t, _)| *t).collect()
     }
 
     /// "METHOD /path?query" of every request so far, the target exactly as the client sent it
     /// (kube sends e.g. `GET /apis/discovery.k8s.io/v1/namespaces/ns/endpointslices?&watch=true&...`).
     pub fn requests(&self) -> Vec<String> {
-        lock(&self.shared).requests.clone()
+        lock(&self.shared).requests.iter().map(|(_, r)| r.clone()).collect()
     }
 
     /// The requests so far that were GETs without `watch` (LISTs, and GETs of one object).
@@ -497,11 +550,11 @@ fn query_param<'a>(request: &'a str, name: &str) -> Option<&'a str> {
     query.split('&').find_map(|p| p.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
 }
 
-fn is_watch_request(request: &str) -> bool {
+pub fn is_watch_request(request: &str) -> bool {
     query_param(request, "watch").and_then(parse_bool).unwrap_or(false)
 }
 
-fn is_list_request(request: &str) -> bool {
+pub fn is_list_request(request: &str) -> bool {
     request.starts_with("GET ") && !is_watch_request(request) && !request.starts_with("GET /version")
 }
 
@@ -809,7 +862,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
 async fn serve_conn(shared: Arc<Shared>, id: u64, mut stream: TcpStream) {
     let mut buf = Vec::new();
     while let Ok(Some(req)) = read_request(&mut stream, &mut buf).await {
-        lock(&shared).requests.push(format!("{} {}", req.method, req.target));
+        lock(&shared).requests.push((Instant::now(), format!("{} {}", req.method, req.target)));
         let keep_alive = req.keep_alive;
         if handle(&shared, id, &mut stream, req).await.is_err() || !keep_alive {
             break;
@@ -959,7 +1012,24 @@ async fn write_chunk(stream: &mut TcpStream, line: &str) -> io::Result<()> {
 
 enum Route {
     Reply(u16, Value),
+    /// An injected failure, with its Retry-After seconds.
+    Failure(u16, Value, Option<u64>),
     Watch(WatchRequest),
+}
+
+/// The injected failure for this request, if any, counting it down.
+fn take_failure(st: &mut State) -> Option<Failure> {
+    let failure = st.failure.clone()?;
+    match failure.remaining {
+        None => {}
+        Some(0) => {
+            st.failure = None;
+            return None;
+        }
+        Some(1) => st.failure = None,
+        Some(n) => st.failure = Some(Failure { remaining: Some(n - 1), ..failure.clone() }),
+    }
+    Some(failure)
 }
 
 struct WatchRequest {
@@ -974,6 +1044,18 @@ struct WatchRequest {
 async fn handle(shared: &Arc<Shared>, conn: u64, stream: &mut TcpStream, req: Request) -> io::Result<()> {
     match route(shared, &req) {
         Route::Reply(code, body) => write_json(stream, code, &body).await,
+        Route::Failure(code, body, retry_after) => {
+            let retry = retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
+            // The real server's throttling filters answer a 429 in plain text, not as a Status.
+            let (body, content_type) = if code == 429 {
+                ("Too many requests, please try again later.\n".to_string(), "text/plain; charset=utf-8")
+            } else {
+                (format!("{body}\n"), "application/json")
+            };
+            let head = response_head(code, &format!("{retry}Content-Length: {}\r\n", body.len()))
+                .replace("application/json", content_type);
+            stream.write_all(format!("{head}{body}").as_bytes()).await
+        }
         Route::Watch(w) => serve_watch(shared, conn, stream, w).await,
     }
 }
@@ -990,7 +1072,8 @@ fn route(shared: &Shared, req: &Request) -> Route {
             }),
         );
     }
-    if let Some(code) = lock(shared).failure {
+    if let Some(failure) = take_failure(&mut lock(shared)) {
+        let code = failure.code;
         let (reason, message) = match code {
             401 => ("Unauthorized", "Unauthorized".to_string()),
             403 => (
@@ -1005,7 +1088,7 @@ fn route(shared: &Shared, req: &Request) -> Route {
             504 => ("Timeout", "the server was unable to return a response in the time allotted".to_string()),
             _ => ("InternalError", "Internal error occurred: injected failure".to_string()),
         };
-        return Route::Reply(code, status(code, reason, &message));
+        return Route::Failure(code, status(code, reason, &message), failure.retry_after);
     }
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     let (api_version, rest) = match segs.as_slice() {
@@ -1186,7 +1269,34 @@ fn bookmark(ty: &ResType, rv: u64, initial_events_end: bool) -> String {
     event_line("BOOKMARK", &json!({"apiVersion": ty.api_version, "kind": ty.kind, "metadata": metadata}))
 }
 
+/// A watch under `stall_watches`: 200, then filler until the stall is lifted, then silence, and
+/// never an end (the client must give up on it, or `drop_watches`/`stop` cut it).
+async fn serve_stalled_watch(shared: &Arc<Shared>, conn: u64, stream: &mut TcpStream) -> io::Result<()> {
+    if let Some(c) = lock(shared).conns.get_mut(&conn) {
+        c.watching = true;
+    }
+    stream.write_all(response_head(200, "Transfer-Encoding: chunked\r\n").as_bytes()).await?;
+    let mut config = shared.config.subscribe();
+    loop {
+        let stall = lock(shared).stall.clone();
+        match stall {
+            Some((filler, every)) => {
+                write_chunk(stream, &filler).await?;
+                tokio::time::sleep(every).await;
+            }
+            None => {
+                if config.changed().await.is_err() {
+                    return Err(io::Error::other("server gone"));
+                }
+            }
+        }
+    }
+}
+
 async fn serve_watch(shared: &Arc<Shared>, conn: u64, stream: &mut TcpStream, w: WatchRequest) -> io::Result<()> {
+    if lock(shared).stall.is_some() {
+        return serve_stalled_watch(shared, conn, stream).await;
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut config = shared.config.subscribe();
     // Under one lock: what to replay, and the subscription for everything after it.

@@ -10,6 +10,7 @@
 //! RBAC: get, list and watch on `endpointslices` (group `discovery.k8s.io`) or on `services`
 //! (core group), in the named namespaces only.
 
+mod client;
 mod cluster_ip;
 mod endpoints;
 mod watch;
@@ -25,6 +26,7 @@ use clap::ValueEnum;
 use hickory_proto::rr::Name;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -113,28 +115,51 @@ impl KubernetesSource {
                 AnswerMode::Endpoints => {
                     let watch = Watch::<EndpointSlice> {
                         api: Api::namespaced(self.client.clone(), &namespace),
-                        config: watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}")),
+                        config: watch_config().labels(&format!("kubernetes.io/service-name={service}")),
                         source,
                         names,
                         addresses: endpoints::addresses,
                         stats,
+                        trim: endpoints::trim,
                     };
                     tokio::spawn(watch.run(table, readiness));
                 }
                 AnswerMode::ClusterIp => {
                     let watch = Watch::<Service> {
                         api: Api::namespaced(self.client.clone(), &namespace),
-                        config: watcher::Config::default().fields(&format!("metadata.name={service}")),
+                        config: watch_config().fields(&format!("metadata.name={service}")),
                         source,
                         names,
                         addresses: cluster_ip::addresses,
                         stats,
+                        trim: cluster_ip::trim,
                     };
                     tokio::spawn(watch.run(table, readiness));
                 }
             }
         }
     }
+}
+
+/// Keeps only what identifies a stored object (the reflector's key, its version).
+fn trim_metadata(meta: &mut ObjectMeta) {
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        resource_version: meta.resource_version.take(),
+        uid: meta.uid.take(),
+        ..Default::default()
+    };
+}
+
+/// How long one watch request lasts (the API server's `timeoutSeconds`); kube abandons a watch
+/// that has sent no event for this long plus 5 s. kube's default is 290 s. A minute bounds how long
+/// a stalled watch (a proxy or load balancer that keeps the connection open but passes nothing)
+/// goes unnoticed, for one watch request a minute per Service.
+const WATCH_TIMEOUT_SECONDS: u32 = 60;
+
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS)
 }
 
 /// How a watched Service is named in logs, `/readyz` and metrics.
@@ -159,7 +184,7 @@ async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
         }
         None => kube::Config::infer().await.context("no Kubernetes configuration (in-cluster or kubeconfig)")?,
     };
-    Client::try_from(config).context("creating the Kubernetes client")
+    client::build(config).context("creating the Kubernetes client")
 }
 
 #[cfg(test)]

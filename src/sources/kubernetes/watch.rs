@@ -4,18 +4,26 @@
 //! What keeps answers steady through API trouble is the reflector: during a relist (after a
 //! 410 Gone or a reconnect) it buffers the new objects and swaps them in at `InitDone`, so the
 //! store, and with it the published addresses, stays at the last known state until the new one
-//! is complete. Errors only delay the next retry (kube's default backoff, 0.8 s growing to 30 s);
-//! nothing is ever unpublished because the API server is unreachable.
+//! is complete. Errors only delay the next retry; nothing is ever unpublished because the API
+//! server is unreachable or sends something we cannot read.
+//!
+//! The retry delay is kube's default backoff (0.8 s doubling to 30 s, jittered), applied here
+//! rather than with `.default_backoff()`: that adaptor resets the backoff on every item the
+//! watcher yields, and the watcher yields `Init` before each attempt to list, so a LIST that keeps
+//! failing (an object that does not decode, a 500 on lists only) was retried every 0.8 to 1.6 s
+//! forever, a full list each time. Here nothing resets it but its own timer: after 120 s without
+//! an error the next delay starts again at 0.8 s, as client-go's reflector does.
 
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use hickory_proto::rr::Name;
 use kube::runtime::reflector::{self, Lookup};
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher::{self, DefaultBackoff, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
@@ -24,6 +32,9 @@ use tracing::{info, warn};
 use crate::metrics::SourceStats;
 use crate::names::{NameState, Names};
 use crate::ops::Readiness;
+
+/// kube's default backoff's longest delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What to watch and where its addresses go.
 pub struct Watch<K: Resource> {
@@ -35,6 +46,8 @@ pub struct Watch<K: Resource> {
     pub names: Vec<Name>,
     /// The addresses of the current objects.
     pub addresses: fn(&[Arc<K>]) -> Vec<IpAddr>,
+    /// Drops the parts of an object that `addresses` does not read, before it is stored.
+    pub trim: fn(&mut K),
     /// Sync state, last event and restarts, for metrics.
     pub stats: Arc<SourceStats>,
 }
@@ -47,29 +60,31 @@ where
     /// Runs until the process ends: the watcher retries forever.
     pub async fn run(self, table: Arc<Names>, readiness: Arc<Readiness>) {
         let (store, writer) = reflector::store::<K>();
-        let stream = reflector::reflector(writer, watch_stream(self.api, self.config)).default_backoff();
+        let stream = reflector::reflector(writer, watch_stream(self.api, self.config).modify(self.trim));
         let mut stream = std::pin::pin!(stream);
+        let mut backoff = DefaultBackoff::default();
         let mut synced = false;
         let mut failing = false;
         while let Some(event) = stream.next().await {
             if event.is_ok() {
                 self.stats.event();
             }
+            let mut newly_synced = false;
             match event {
                 Ok(Event::InitDone) => {
-                    self.stats.synced();
-                    if !synced {
-                        info!(source = %self.source, "synced");
-                        readiness.mark_synced(&self.source);
-                    }
+                    newly_synced = !synced;
                     synced = true;
                 }
                 Ok(Event::Apply(_) | Event::Delete(_)) if synced => {}
                 Ok(_) => continue,
                 Err(e) => {
-                    warn!(source = %self.source, error = %e, "watch failed: serving the last known addresses; retrying with backoff");
+                    // kube's DefaultBackoff never ends; the fallback only satisfies the type.
+                    let delay = backoff.next().unwrap_or(MAX_BACKOFF);
+                    let error = describe(&e);
+                    warn!(source = %self.source, %error, retry_in = ?delay, "watch failed: serving the last known addresses");
                     self.stats.restart();
                     failing = true;
+                    tokio::time::sleep(delay).await;
                     continue;
                 }
             }
@@ -80,11 +95,65 @@ where
             let addresses = (self.addresses)(&store.state());
             for name in &self.names {
                 match table.publish(name, NameState::Addresses(addresses.clone())).await {
-                    Ok(true) => info!(name = %name, source = %self.source, ?addresses, "addresses changed"),
+                    Ok(true) => {
+                        let shown = Shown(&addresses);
+                        info!(name = %name, source = %self.source, count = addresses.len(), addresses = %shown, "addresses changed");
+                    }
                     Ok(false) => {}
                     Err(e) => warn!(name = %name, error = %e, "cannot publish addresses"),
                 }
             }
+            // Ready only once the names answer: before, /readyz said 200 (and a restarting
+            // instance joined the listeners) while a large Service's names still gave SERVFAIL.
+            if newly_synced {
+                self.stats.synced();
+                info!(source = %self.source, "synced");
+                readiness.mark_synced(&self.source);
+            }
         }
+    }
+}
+
+/// The error as logged. kube takes a watch line that is JSON but not a readable event (an object
+/// of another kind, a field of the wrong type) for a Status and reports an empty one
+/// (`ApiError: : (Status { code: 0, .. })`); say what it was instead.
+fn describe(e: &watcher::Error) -> String {
+    match e {
+        watcher::Error::WatchFailed(kube::Error::Api(status)) if status.code == 0 => {
+            "watch stream failed: an event that does not decode as the watched kind".into()
+        }
+        e => e.to_string(),
+    }
+}
+
+/// How many addresses a log line lists; a Service with thousands of endpoints made each change a
+/// line of hundreds of kilobytes.
+const LOGGED_ADDRESSES: usize = 16;
+
+/// The first [`LOGGED_ADDRESSES`] addresses, and how many more there are.
+struct Shown<'a>(&'a [IpAddr]);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<String> = self.0.iter().take(LOGGED_ADDRESSES).map(IpAddr::to_string).collect();
+        write!(f, "[{}", shown.join(", "))?;
+        match self.0.len().saturating_sub(LOGGED_ADDRESSES) {
+            0 => write!(f, "]"),
+            more => write!(f, ", ... {more} more]"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_at_most_16_addresses() {
+        let ips: Vec<IpAddr> = (1..=20).map(|i| IpAddr::from([10, 0, 0, i])).collect();
+        assert_eq!(Shown(&ips[..2]).to_string(), "[10.0.0.1, 10.0.0.2]");
+        assert_eq!(Shown(&[]).to_string(), "[]");
+        let long = Shown(&ips).to_string();
+        assert!(long.starts_with("[10.0.0.1, ") && long.ends_with("10.0.0.16, ... 4 more]"), "{long}");
     }
 }
