@@ -7,7 +7,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::{Upstreams, moves_on};
+use super::Upstreams;
+use super::reply::{self, Verdict};
 use crate::dns::wire;
 
 /// Relays `packet` to the upstreams in turn; returns the first acceptable answer with the
@@ -24,17 +25,18 @@ pub async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, 
         wire::set_id(&mut query, id);
         let addr = upstreams.addr(upstream);
         match tokio::time::timeout(timeout, exchange(addr, &query)).await {
-            Ok(Ok(mut answer)) if wire::id(&answer) == id && wire::same_question(&query, question_end, &answer) => {
-                wire::set_id(&mut answer, client_id);
-                if moves_on(wire::rcode_of(&answer)) {
-                    upstreams.record_failure(upstream);
-                    last_refusal = Some(answer);
-                    continue;
+            Ok(Ok(mut answer)) => match reply::judge(&query, question_end, &answer) {
+                Verdict::Accept => {
+                    wire::set_id(&mut answer, client_id);
+                    upstreams.record_success(upstream);
+                    return Some(answer);
                 }
-                upstreams.record_success(upstream);
-                return Some(answer);
-            }
-            Ok(Ok(_)) => debug!(upstream = %addr, "ignoring a TCP answer for another query"),
+                Verdict::MoveOn => {
+                    wire::set_id(&mut answer, client_id);
+                    last_refusal = Some(answer);
+                }
+                Verdict::Ignore => debug!(upstream = %addr, "ignoring a TCP answer that is not for this query"),
+            },
             Ok(Err(e)) => debug!(upstream = %addr, error = %e, "TCP upstream failed"),
             Err(_) => debug!(upstream = %addr, "TCP upstream timed out"),
         }
@@ -53,8 +55,5 @@ async fn exchange(addr: std::net::SocketAddr, query: &[u8]) -> std::io::Result<V
     let len = stream.read_u16().await?;
     let mut answer = vec![0u8; usize::from(len)];
     stream.read_exact(&mut answer).await?;
-    if !wire::is_response(&answer) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a DNS response"));
-    }
     Ok(answer)
 }
