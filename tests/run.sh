@@ -25,3 +25,8 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo test --locked "$@"
+
+# Every fuzz target for a short while over its seeds (README, "Fuzzing"); not for a chosen few tests.
+if [ $# -eq 0 ]; then
+  fuzz/run.sh --seconds "${FUZZ_SECONDS:-20}"
+fi
