@@ -28,3 +28,8 @@ fi
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check prometheus-client==0.21.1
 
 cargo test --locked "$@"
+
+# Every fuzz target for a short while over its seeds (README, "Fuzzing"); not for a chosen few tests.
+if [ $# -eq 0 ]; then
+  fuzz/run.sh --seconds "${FUZZ_SECONDS:-20}"
+fi

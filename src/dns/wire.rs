@@ -164,17 +164,27 @@ fn read_question_name(packet: &[u8], start: usize, lower: &mut [u8; MAX_NAME_LEN
     }
 }
 
-/// Skips a possibly compressed owner name; returns the offset after it and whether it is the root.
+/// Skips a possibly compressed owner name; returns the offset after it and whether it is the
+/// (uncompressed) root. Pointers are followed, so that a name with a pointer past the end, into
+/// the header or in a loop is malformed: each must point before the labels it continues, which
+/// ends every chain.
 fn skip_name(packet: &[u8], start: usize) -> Option<(usize, bool)> {
     let mut at = start;
+    let mut segment = start;
+    let mut end = None;
     let mut total = 0;
     loop {
         let label = *packet.get(at)?;
         match label {
-            0 => return Some((at + 1, at == start)),
+            0 => return Some((end.unwrap_or(at + 1), at == start)),
             l if l & 0xc0 == 0xc0 => {
-                packet.get(at + 1)?;
-                return Some((at + 2, false));
+                let target = usize::from(l & 0x3f) << 8 | usize::from(*packet.get(at + 1)?);
+                if target >= segment || target < HEADER_LEN {
+                    return None;
+                }
+                end.get_or_insert(at + 2);
+                segment = target;
+                at = target;
             }
             l if usize::from(l) > MAX_LABEL_LEN => return None,
             l => {
@@ -423,6 +433,30 @@ mod tests {
         }
         long_name.extend_from_slice(&[0, 0, 1, 0, 1]);
         assert!(matches!(parse_query(&long_name, &mut lower), Err(Malformed::FormErr { .. })));
+    }
+
+    #[test]
+    fn follows_record_name_pointers_back_and_rejects_loops_and_pointers_past_the_end() {
+        let with_additional = |owner: &[u8]| {
+            let mut q = query("a.example.", RecordType::A, None);
+            q.extend_from_slice(owner);
+            q.extend_from_slice(&[0, 1, 0, 1, 0, 0, 0, 0, 0, 0]);
+            set_count(&mut q, 3, 1);
+            q
+        };
+        let at = query("a.example.", RecordType::A, None).len() as u8;
+        let parse = |q: &[u8]| parse_query(q, &mut [0; MAX_NAME_LEN]);
+        assert!(parse(&with_additional(&[0xc0, 12])).is_ok(), "a pointer to the question name");
+        assert!(parse(&with_additional(&[1, b'x', 0xc0, 12])).is_ok(), "a label, then a pointer");
+        for (what, owner) in [
+            ("past the end", vec![0xc0, 0xff]),
+            ("to itself", vec![0xc0, at]),
+            ("into its own labels", vec![1, b'x', 0xc0, at]),
+            ("to the header", vec![0xc0, 2]),
+        ] {
+            let err = parse(&with_additional(&owner)).unwrap_err();
+            assert!(matches!(err, Malformed::FormErr { question_end: Some(_) }), "pointer {what}");
+        }
     }
 
     #[test]

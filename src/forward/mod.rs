@@ -4,9 +4,11 @@
 //! - `upstream`: the upstream list, its order and health;
 //! - `udp`: the per-worker UDP relay (socket pools, in-flight table, timeouts, failover);
 //! - `tcp`: the TCP relay for TCP clients;
+//! - `reply`: which upstream replies count, for both relays;
 //! - `loop_probe`: detecting an upstream that forwards back to us.
 
 mod loop_probe;
+pub mod reply;
 pub mod tcp;
 pub mod udp;
 mod upstream;

@@ -7,7 +7,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::{Upstreams, moves_on};
+use super::Upstreams;
+use super::reply::{self, Verdict};
 use crate::dns::wire;
 use crate::metrics::Proto;
 
@@ -26,24 +27,22 @@ pub async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, 
         let addr = upstreams.addr(upstream);
         upstreams.record_request(upstream, Proto::Tcp);
         match tokio::time::timeout(timeout, exchange(addr, &query)).await {
-            Ok(Ok(mut answer))
-                if wire::id(&answer) == id
-                    && wire::same_question(&query, question_end, &answer)
-                    && wire::is_whole(&answer, question_end) =>
-            {
-                wire::set_id(&mut answer, client_id);
-                if moves_on(wire::rcode_of(&answer)) {
+            Ok(Ok(mut answer)) => match reply::judge(&query, question_end, &answer) {
+                Verdict::Accept => {
+                    wire::set_id(&mut answer, client_id);
+                    upstreams.record_success(upstream);
+                    return Some(answer);
+                }
+                Verdict::MoveOn => {
+                    wire::set_id(&mut answer, client_id);
                     upstreams.record_failure(upstream);
                     last_refusal = Some(answer);
-                    continue;
                 }
-                upstreams.record_success(upstream);
-                return Some(answer);
-            }
-            Ok(Ok(_)) => {
-                debug!(upstream = %addr, "ignoring a TCP answer for another query, or a cut-off one");
-                upstreams.record_failure(upstream);
-            }
+                Verdict::Ignore => {
+                    debug!(upstream = %addr, "ignoring a TCP answer that is not for this query, or a cut-off one");
+                    upstreams.record_failure(upstream);
+                }
+            },
             Ok(Err(e)) => {
                 debug!(upstream = %addr, error = %e, "TCP upstream failed");
                 upstreams.record_failure(upstream);
@@ -67,8 +66,5 @@ async fn exchange(addr: std::net::SocketAddr, query: &[u8]) -> std::io::Result<V
     let len = stream.read_u16().await?;
     let mut answer = vec![0u8; usize::from(len)];
     stream.read_exact(&mut answer).await?;
-    if !wire::is_response(&answer) {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "not a DNS response"));
-    }
     Ok(answer)
 }

@@ -25,7 +25,8 @@ use rustc_hash::FxHashMap;
 use tokio::io::unix::AsyncFd;
 use tracing::debug;
 
-use super::{InFlight, Upstreams, moves_on};
+use super::reply::{self, Verdict};
+use super::{InFlight, Upstreams};
 use crate::dns::wire::{self, Edns, rcode};
 use crate::metrics::{Path, Proto, Traffic};
 use crate::net::batch::{self, BATCH, RecvBatch, SendBatch};
@@ -323,17 +324,14 @@ impl UdpForwarder {
             return;
         };
         let pending = self.slots[slot].as_ref().expect("live slot");
-        if !wire::same_question(&pending.query, pending.question_end, reply) {
-            debug!("ignoring an upstream reply for another question");
-            return;
-        }
-        if !wire::is_whole(reply, pending.question_end) {
-            debug!("ignoring a cut-off upstream reply");
+        let verdict = reply::judge(&pending.query, pending.question_end, reply);
+        if verdict == Verdict::Ignore {
+            debug!("ignoring an upstream reply for another question, or a cut-off one");
             return;
         }
         self.by_key.remove(&(key, wire::id(reply)));
         let upstream = pending.upstream;
-        if moves_on(wire::rcode_of(reply)) {
+        if verdict == Verdict::MoveOn {
             self.upstreams.record_failure(upstream);
             if self.upstreams.next(pending.tried).is_some() {
                 self.queue_next(slot);
