@@ -35,6 +35,28 @@ fn tcp_frame(message: &[u8]) -> Vec<u8> {
     framed
 }
 
+/// The value of the series that `prefix` starts (name, labels and a space) in a `/metrics` scrape.
+fn metric(ops: SocketAddr, prefix: &str) -> f64 {
+    let (_, body) = support::http_get(ops, "/metrics").expect("scrape");
+    let line = body.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("{prefix}: {body}"));
+    line[prefix.len()..].trim().parse().unwrap()
+}
+
+/// Samples `registry_dns_forward_in_flight` every 100 ms for `duration` (from 300 ms on, once a
+/// flood has filled the table).
+fn sample_in_flight(ops: SocketAddr, duration: Duration) -> std::thread::JoinHandle<Vec<f64>> {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let deadline = Instant::now() + duration - Duration::from_millis(300);
+        let mut samples = Vec::new();
+        while Instant::now() < deadline {
+            samples.push(metric(ops, "registry_dns_forward_in_flight "));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        samples
+    })
+}
+
 /// The value in kB of a `/proc/PID/status` field such as `VmHWM`.
 fn proc_status_kb(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -172,9 +194,14 @@ fn a_unique_name_flood_at_a_silent_upstream_stays_within_the_cap_in_flat_memory(
     let pid = s.pid();
     let idle_hwm = proc_status_kb(pid, "VmHWM");
 
+    // The in-flight gauge, sampled from /metrics during both floods (so that both pay for the
+    // scrapes in the memory comparison below).
+    let ops = s.ops.expect("ops endpoint");
     let linger = timeout + Duration::from_secs(1);
+    let sampler = sample_in_flight(ops, Duration::from_secs(2));
     let short = flood(s.addr, RATE, Duration::from_secs(2), linger, "short");
     let short_hwm = proc_status_kb(pid, "VmHWM");
+    let mut in_flight = sampler.join().unwrap();
 
     let prober = std::thread::spawn({
         let addr = s.addr;
@@ -183,10 +210,12 @@ fn a_unique_name_flood_at_a_silent_upstream_stays_within_the_cap_in_flat_memory(
             local_latencies(addr, 200, Duration::from_millis(20))
         }
     });
+    let sampler = sample_in_flight(ops, Duration::from_secs(6));
     let long_duration = Duration::from_secs(6);
     let long = flood(s.addr, RATE, long_duration, linger, "long");
     let long_hwm = proc_status_kb(pid, "VmHWM");
     let local = prober.join().unwrap();
+    in_flight.extend(sampler.join().unwrap());
 
     println!(
         "flood at {RATE} qps, --max-concurrent {CAP}, silent upstream, 1 s timeout:\n  short (2 s): {short:?}\n  \
@@ -216,6 +245,15 @@ fn a_unique_name_flood_at_a_silent_upstream_stays_within_the_cap_in_flat_memory(
         .unwrap();
     println!("  upstream saw {} queries, at most {busiest} within {window:?}", arrivals.len());
     assert!(busiest <= CAP, "{busiest} queries in flight at once, cap {CAP}");
+    // The server's own view: the in-flight table fills to the cap and never passes it, and every
+    // REFUSED was counted as over capacity.
+    println!("  registry_dns_forward_in_flight during the floods: {in_flight:?}");
+    assert!(in_flight.iter().all(|&n| n <= CAP as f64), "{in_flight:?}");
+    assert!(in_flight.iter().filter(|&&n| n >= CAP as f64 * 0.9).count() >= in_flight.len() / 2, "{in_flight:?}");
+    let over_capacity = metric(ops, "registry_dns_refused_total{reason=\"over_capacity\"} ");
+    let (received, most) = (short.refused + long.refused, short.sent + long.sent - short.servfail - long.servfail);
+    let counted = over_capacity as usize;
+    assert!((received..=most).contains(&counted), "{counted} counted, {received} received, at most {most} sent");
     // Memory: the in-flight table is full from the first second, so three times the flood costs
     // no more memory.
     assert!(long_hwm <= short_hwm + 1024, "peak RSS grew from {short_hwm} kB to {long_hwm} kB");

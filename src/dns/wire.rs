@@ -336,6 +336,21 @@ pub fn write_with_authority(packet: &[u8], query: &Query, rcode: u16, authority:
     }
 }
 
+/// Where the name at `start` ends, without following its compression pointer: all that stepping
+/// over a record needs. Every relayed answer goes through this, and its owner names are pointers
+/// to the question, so this is a few comparisons per record where following them (as
+/// [`skip_name`] must, to validate a query) would walk the question's name each time.
+fn step_over_name(packet: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        match *packet.get(at)? {
+            0 => return Some(at + 1),
+            l if l & 0xc0 == 0xc0 => return (at + 2 <= packet.len()).then_some(at + 2),
+            l if l & 0xc0 != 0 => return None,
+            l => at += 1 + usize::from(l),
+        }
+    }
+}
+
 /// Whether `reply`, whose question ends at `question_end` (see [`same_question`]), is a whole
 /// message: every record its header counts lies within it. A cut-off reply (a broken upstream, a
 /// forgery) is not an answer the client could parse. A truncated one (TC) counts as whole
@@ -347,7 +362,7 @@ pub fn is_whole(reply: &[u8], question_end: usize) -> bool {
     let records = count(reply, 1) + count(reply, 2) + count(reply, 3);
     let mut at = question_end;
     for _ in 0..records {
-        let Some((after_name, _)) = skip_name(reply, at) else { return false };
+        let Some(after_name) = step_over_name(reply, at) else { return false };
         let Some(rdlen) = get_u16(reply, after_name + 8) else { return false };
         at = after_name + 10 + usize::from(rdlen);
         if at > reply.len() {

@@ -185,12 +185,13 @@ impl UdpForwarder {
                 self.slots.len() - 1
             }
         };
-        if self.queue_next(slot) { Started::Queued } else { Started::Failed }
+        if self.queue_next(slot, now) { Started::Queued } else { Started::Failed }
     }
 
     /// Queues the query in `slot` for the next upstream it has not tried. When none is left the
-    /// client gets SERVFAIL and the slot is freed; returns whether a try is under way.
-    fn queue_next(&mut self, slot: usize) -> bool {
+    /// client gets SERVFAIL and the slot is freed; returns whether a try is under way. The try
+    /// times out `timeout` after `now` (a time the caller read anyway: one clock read per batch).
+    fn queue_next(&mut self, slot: usize, now: Instant) -> bool {
         let pending = self.slots[slot].as_mut().expect("live slot");
         let Some(upstream) = self.upstreams.next(pending.tried) else {
             self.fail(slot);
@@ -209,7 +210,7 @@ impl UdpForwarder {
         wire::set_id(&mut pending.query, id);
         pending.upstream = upstream;
         pending.key = (key_socket, id);
-        pending.deadline = Instant::now() + self.timeout;
+        pending.deadline = now + self.timeout;
         self.by_key.insert(pending.key, slot);
         self.upstreams.record_request(upstream, Proto::Udp);
         self.queued.push((key_socket, slot));
@@ -258,7 +259,7 @@ impl UdpForwarder {
         debug!(upstream = %self.upstreams.addr(pending.upstream), "upstream send failed");
         self.by_key.remove(&pending.key);
         self.upstreams.record_failure(pending.upstream);
-        self.queue_next(slot);
+        self.queue_next(slot, Instant::now());
     }
 
     /// The answer batch of `listener`, with room for one more answer.
@@ -334,7 +335,7 @@ impl UdpForwarder {
         if verdict == Verdict::MoveOn {
             self.upstreams.record_failure(upstream);
             if self.upstreams.next(pending.tried).is_some() {
-                self.queue_next(slot);
+                self.queue_next(slot, now);
                 return;
             }
         } else {
@@ -365,7 +366,7 @@ impl UdpForwarder {
             }
             self.by_key.remove(&pending.key);
             self.upstreams.record_timeout(pending.upstream);
-            self.queue_next(slot);
+            self.queue_next(slot, now);
         }
     }
 }
