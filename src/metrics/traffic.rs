@@ -170,8 +170,10 @@ impl Traffic {
         }
     }
 
+    /// A REFUSED response left on the refused path, for `why` (one call counts both).
     pub fn refused(&self, why: Refusal) {
         self.refused[why as usize].fetch_add(1, Relaxed);
+        self.response(Path::Refused, crate::dns::wire::rcode::REFUSED);
     }
 
     /// A packet got no answer at all (not a query, or unreadable).

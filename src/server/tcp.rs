@@ -102,13 +102,15 @@ async fn connection(
             Action::Reply { qtype } => {
                 traffic.query(Proto::Tcp, qtype);
                 let path = match allowed {
-                    true => Path::Local,
+                    true => {
+                        traffic.response(Path::Local, wire::rcode_of(&out));
+                        Path::Local
+                    }
                     false => {
                         traffic.refused(Refusal::NotAllowed);
                         Path::Refused
                     }
                 };
-                traffic.response(path, wire::rcode_of(&out));
                 traffic.latency(path, arrived.elapsed(), 1);
                 if answers.send(out).await.is_err() {
                     break;
@@ -119,7 +121,6 @@ async fn connection(
                 let Ok(pipelined) = pipeline.clone().acquire_owned().await else { break };
                 if !shared.in_flight.try_acquire() {
                     traffic.refused(Refusal::OverCapacity);
-                    traffic.response(Path::Refused, rcode::REFUSED);
                     traffic.latency(Path::Refused, arrived.elapsed(), 1);
                     wire::write_empty_answer(
                         &query,

@@ -170,7 +170,6 @@ async fn listen(
                         traffic.response(Path::Local, wire::rcode_of(out));
                         local += 1;
                     } else {
-                        traffic.response(Path::Refused, rcode::REFUSED);
                         traffic.refused(Refusal::NotAllowed);
                         refused += 1;
                     }
@@ -181,7 +180,6 @@ async fn listen(
                     if forwarder.start(packet, question_end, edns, client, index) == Started::OverCapacity {
                         wire::write_empty_answer(packet, Some(question_end), rcode::REFUSED, edns.as_ref(), false, out);
                         answers.commit(Some(client));
-                        traffic.response(Path::Refused, rcode::REFUSED);
                         traffic.refused(Refusal::OverCapacity);
                         refused += 1;
                     }
