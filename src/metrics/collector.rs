@@ -17,6 +17,7 @@ use super::Metrics;
 use super::traffic::{self, LATENCY_BUCKETS, Path, Proto, Refusal};
 use crate::forward::{InFlight, Upstreams};
 use crate::names::Names;
+use crate::ops::Readiness;
 
 type Result = std::result::Result<(), std::fmt::Error>;
 
@@ -29,6 +30,8 @@ pub struct Collector {
     pub name_sources: BTreeMap<String, String>,
     pub upstreams: Arc<ArcSwap<Upstreams>>,
     pub in_flight: Arc<InFlight>,
+    /// Which sources have synced.
+    pub readiness: Arc<Readiness>,
 }
 
 impl prometheus_client::collector::Collector for Collector {
@@ -179,7 +182,7 @@ impl Collector {
             encoder,
             "registry_dns_source_synced",
             "1 once a watched Service has been listed completely",
-            sources.iter().map(|(label, s)| (source(label), i64::from(s.is_synced()))),
+            sources.keys().map(|label| (source(label), i64::from(self.readiness.is_synced(label)))),
         )?;
         let mut family = encoder.encode_descriptor(
             "registry_dns_source_last_event_age",

@@ -1,12 +1,12 @@
-//! The state of one source (a watched Service), as the watch loop sees it.
+//! The state of one source (a watched Service), as the watch loop sees it. Whether it has synced
+//! is `Readiness`'s to say.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 #[derive(Debug)]
 pub struct SourceStats {
     epoch: Instant,
-    synced: AtomicBool,
     /// Milliseconds after `epoch` of the last event from the API server, plus one (0: none yet).
     last_event_ms: AtomicU64,
     restarts: AtomicU64,
@@ -14,7 +14,7 @@ pub struct SourceStats {
 
 impl SourceStats {
     pub fn new(epoch: Instant) -> Self {
-        Self { epoch, synced: AtomicBool::new(false), last_event_ms: AtomicU64::new(0), restarts: AtomicU64::new(0) }
+        Self { epoch, last_event_ms: AtomicU64::new(0), restarts: AtomicU64::new(0) }
     }
 
     /// Something arrived from the API server (an object, a list page, the end of a list).
@@ -22,17 +22,9 @@ impl SourceStats {
         self.last_event_ms.store(self.epoch.elapsed().as_millis() as u64 + 1, Relaxed);
     }
 
-    pub fn synced(&self) {
-        self.synced.store(true, Relaxed);
-    }
-
     /// The watch failed and will be restarted after its backoff.
     pub fn restart(&self) {
         self.restarts.fetch_add(1, Relaxed);
-    }
-
-    pub fn is_synced(&self) -> bool {
-        self.synced.load(Relaxed)
     }
 
     /// Time since the last event, or `None` before the first.

@@ -26,6 +26,11 @@ impl Readiness {
         self.shutting_down.store(true, Ordering::Relaxed);
     }
 
+    /// Whether `source` has synced once.
+    pub fn is_synced(&self, source: &str) -> bool {
+        !self.unsynced.lock().unwrap().contains(source)
+    }
+
     /// Whether every source has synced once (whatever the shutdown state).
     pub fn sources_synced(&self) -> bool {
         self.unsynced.lock().unwrap().is_empty()

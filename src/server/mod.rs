@@ -146,6 +146,7 @@ impl Server {
             name_sources,
             upstreams: shared.upstreams.clone(),
             in_flight: shared.in_flight.clone(),
+            readiness: readiness.clone(),
         }));
         Ok(Self {
             listeners,

@@ -48,7 +48,7 @@ pub struct Watch<K: Resource> {
     pub addresses: fn(&[Arc<K>]) -> Vec<IpAddr>,
     /// Drops the parts of an object that `addresses` does not read, before it is stored.
     pub trim: fn(&mut K),
-    /// Sync state, last event and restarts, for metrics.
+    /// Last event and restarts, for metrics.
     pub stats: Arc<SourceStats>,
 }
 
@@ -106,7 +106,6 @@ where
             // Ready only once the names answer: before, /readyz said 200 (and a restarting
             // instance joined the listeners) while a large Service's names still gave SERVFAIL.
             if newly_synced {
-                self.stats.synced();
                 info!(source = %self.source, "synced");
                 readiness.mark_synced(&self.source);
             }
