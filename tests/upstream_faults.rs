@@ -119,6 +119,19 @@ fn forged_and_broken_replies_are_ignored_and_the_healthy_upstream_answers() {
 }
 
 #[test]
+fn an_answer_for_a_type_that_differs_only_in_case_bit_is_not_relayed() {
+    // HTTPS (TYPE65, 0x0041) answered as TYPE97 (0x0061): the same bytes but for bit 0x20.
+    let healthy = healthy_upstream();
+    let bad = BadUpstream::with(Behaviour::Forged(Forgery::WrongType));
+    let s = relay(&bad, &healthy);
+    let d = dig(s.addr, &["www.test", "TYPE65"]);
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    assert!(!d.raw.contains("mismatch"), "dig saw another question:\n{}", d.raw);
+    assert!(d.answer.is_empty(), "the healthy upstream's NODATA, never the forged reply ({FORGED}): {}", d.raw);
+    assert_eq!(bad.queries(), 2, "the forgery was seen (probe + query), and ignored");
+}
+
+#[test]
 fn a_tc_answer_reaches_udp_clients_as_is_and_the_tcp_retry_gets_the_whole_answer() {
     let healthy = healthy_upstream();
     let bad = BadUpstream::with(Behaviour::Truncated);

@@ -372,12 +372,30 @@ pub fn is_whole(reply: &[u8], question_end: usize) -> bool {
     true
 }
 
-/// Compares the question of `reply` with that of `query` (case-insensitively, as resolvers may
-/// change case): RFC 5452 section 9.1 accepts a reply only for the question that was asked.
+/// Compares the question of `reply` with that of `query`: RFC 5452 section 9.1 accepts a reply
+/// only for the question that was asked. Only the name's label bytes compare without regard to
+/// case (resolvers may change it, RFC 4343); its length bytes, QTYPE and QCLASS must be equal
+/// byte for byte, or TYPE65 (0x0041) would match TYPE97 (0x0061). `query`'s question is
+/// uncompressed (`parse_query` refuses anything else), so a compressed reply question differs.
 pub fn same_question(query: &[u8], question_end: usize, reply: &[u8]) -> bool {
-    reply.len() >= question_end
-        && count(reply, 0) == 1
-        && query[HEADER_LEN..question_end].eq_ignore_ascii_case(&reply[HEADER_LEN..question_end])
+    if reply.len() < question_end || count(reply, 0) != 1 {
+        return false;
+    }
+    let (asked, got) = (&query[HEADER_LEN..question_end], &reply[HEADER_LEN..question_end]);
+    let mut at = 0;
+    loop {
+        let label = usize::from(asked[at]);
+        if got[at] != asked[at] {
+            return false;
+        }
+        if label == 0 {
+            return asked[at + 1..] == got[at + 1..];
+        }
+        if !asked[at + 1..at + 1 + label].eq_ignore_ascii_case(&got[at + 1..at + 1 + label]) {
+            return false;
+        }
+        at += 1 + label;
+    }
 }
 
 #[cfg(test)]
@@ -525,6 +543,34 @@ mod tests {
         assert_eq!(relay_udp_limit(None), 512);
         assert_eq!(relay_udp_limit(Some(&Edns { payload: 100, ..edns })), 512);
         assert_eq!(relay_udp_limit(Some(&Edns { payload: 4096, ..edns })), 4096);
+    }
+
+    #[test]
+    fn a_question_matches_in_any_name_case_but_never_across_types_or_classes() {
+        let q = query("a.example.", RecordType::from(0x41), None);
+        let end = parse_query(&q, &mut [0; MAX_NAME_LEN]).unwrap().question_end;
+        let mut reply = q.clone();
+        reply[2] |= QR;
+        assert!(same_question(&q, end, &reply));
+        reply[HEADER_LEN + 1] = b'A';
+        reply[HEADER_LEN + 3] = b'E';
+        assert!(same_question(&q, end, &reply), "0x20 case changes in the labels");
+        // Each byte of QTYPE and QCLASS, flipped in bit 0x20 alone (0x41 -> 0x61 is TYPE65 -> TYPE97).
+        for at in end - 4..end {
+            let mut other = reply.clone();
+            other[at] ^= 0x20;
+            assert!(!same_question(&q, end, &other), "byte {at} differs only in 0x20");
+        }
+        let mut letter_type = q.clone();
+        letter_type[end - 3] = b'W';
+        letter_type[end - 1] = b'D';
+        let mut reply = letter_type.clone();
+        reply[end - 3] = b'w';
+        reply[end - 1] = b'd';
+        assert!(!same_question(&letter_type, end, &reply), "QTYPE/QCLASS bytes that look like letters");
+        let mut other_length = q.clone();
+        other_length[HEADER_LEN] = 0x21;
+        assert!(!same_question(&q, end, &other_length), "a length byte is never case-folded");
     }
 
     #[test]

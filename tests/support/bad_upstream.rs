@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{Name, RData, Record};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 /// The address in every genuine answer.
 pub const GENUINE: &str = "192.0.2.99";
@@ -30,6 +30,11 @@ pub enum Forgery {
     WrongId,
     /// A reply with the right ID for another question.
     WrongQuestion,
+    /// A reply with the right ID and name whose QTYPE differs only in bit 0x20 (TYPE65, HTTPS,
+    /// answered as TYPE97): a case-insensitive comparison of the whole question would take it.
+    WrongType,
+    /// The same for QCLASS (IN, 1, answered as class 33).
+    WrongClass,
     /// A reply with the right ID and question from another port of the same address.
     OtherSource,
     /// A reply with the right ID and question from the same port of another address (127.0.0.2).
@@ -42,9 +47,11 @@ pub enum Forgery {
 }
 
 impl Forgery {
-    pub const ALL: [Forgery; 6] = [
+    pub const ALL: [Forgery; 8] = [
         Forgery::WrongId,
         Forgery::WrongQuestion,
+        Forgery::WrongType,
+        Forgery::WrongClass,
         Forgery::OtherSource,
         Forgery::OtherAddress,
         Forgery::Garbage,
@@ -253,6 +260,16 @@ fn forge(forgery: Forgery, query: &Message) -> Vec<u8> {
     match forgery {
         Forgery::WrongId => reply(query, id.wrapping_add(1), None, ResponseCode::NoError, &[FORGED]),
         Forgery::WrongQuestion => reply(query, id, Some("evil.test."), ResponseCode::NoError, &[FORGED]),
+        Forgery::WrongType | Forgery::WrongClass => {
+            let mut forged = message(query, id, None, ResponseCode::NoError, &[FORGED]);
+            let question = &mut forged.queries[0];
+            if forgery == Forgery::WrongType {
+                question.set_query_type(RecordType::from(u16::from(question.query_type()) ^ 0x20));
+            } else {
+                question.set_query_class(DNSClass::from(u16::from(question.query_class()) ^ 0x20));
+            }
+            forged.to_vec().unwrap()
+        }
         Forgery::OtherSource | Forgery::OtherAddress => reply(query, id, None, ResponseCode::NoError, &[FORGED]),
         Forgery::Garbage => {
             let mut garbage = vec![0xffu8; 40];
