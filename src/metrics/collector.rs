@@ -38,6 +38,7 @@ impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result {
         self.traffic(&mut encoder)?;
         self.forwarding(&mut encoder)?;
+        self.cache(&mut encoder)?;
         self.names(&mut encoder)?;
         self.sources(&mut encoder)
     }
@@ -68,7 +69,7 @@ impl Collector {
         counters(
             encoder,
             "registry_dns_responses",
-            "DNS responses sent, by path (local, forwarded, refused) and rcode",
+            "DNS responses sent, by path (local, forwarded, cache, refused) and rcode",
             responses.filter(|(_, n)| *n > 0),
         )?;
 
@@ -149,6 +150,28 @@ impl Collector {
             "1 when a configured upstream is tried in its turn, 0 while it is demoted after failures or \
              dropped as a forwarding loop",
             (0..current.len()).map(|i| (upstream(&current.addr(i)), i64::from(current.is_healthy(i)))),
+        )
+    }
+
+    fn cache(&self, encoder: &mut DescriptorEncoder) -> Result {
+        let all = self.metrics.caches.lock().unwrap().clone();
+        let sum = |i: usize| all.iter().map(|c| c.read()[i]).sum::<u64>();
+        let counters = [
+            ("registry_dns_cache_hits", "Forwarded queries answered from the cache with a fresh answer"),
+            ("registry_dns_cache_misses", "Cacheable forwarded queries that had to ask the upstreams"),
+            ("registry_dns_cache_stale_answers", "Expired answers served because the upstreams failed or were slow (RFC 8767)"),
+            ("registry_dns_cache_prefetches", "Popular answers refreshed before they expired"),
+            ("registry_dns_cache_evictions", "Answers evicted to stay within --cache-size"),
+        ];
+        for (i, (name, help)) in counters.into_iter().enumerate() {
+            single(encoder, name, help, ConstCounter::new(sum(i)))?;
+        }
+        single(encoder, "registry_dns_cache_entries", "Answers held in the cache", ConstGauge::new(sum(5) as i64))?;
+        single(
+            encoder,
+            "registry_dns_cache_bytes",
+            "Bytes the cached answers take, bookkeeping included (bounded by --cache-size)",
+            ConstGauge::new(sum(6) as i64),
         )
     }
 
