@@ -104,13 +104,9 @@ impl Stored {
         out[HEADER_LEN..question_end].copy_from_slice(&query[HEADER_LEN..question_end]);
         for &at in &self.ttl_at {
             let at = usize::from(at);
-            let ttl = stale_ttl.unwrap_or_else(|| u32::from_be_bytes(out[at..at + 4].try_into().unwrap()).saturating_sub(age));
+            let ttl = stale_ttl
+                .unwrap_or_else(|| u32::from_be_bytes(out[at..at + 4].try_into().unwrap()).saturating_sub(age));
             out[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
         }
-    }
-
-    /// Bytes this answer holds on the heap.
-    pub fn heap_bytes(&self) -> usize {
-        self.wire.len() + self.ttl_at.len() * 2
     }
 }

@@ -17,9 +17,14 @@ use rustc_hash::FxHashMap;
 
 use super::answer::{Kind, Stored};
 
-/// Bookkeeping each entry costs besides its key and answer bytes: the slot, the index entry and
-/// allocator rounding, so the budget bounds memory rather than payload.
-pub const ENTRY_OVERHEAD: usize = 160;
+/// What each entry costs besides its key and answer bytes, so that the budget bounds memory
+/// rather than payload: its slot and its index entry, twice (the slab and the index grow by
+/// doubling), and the allocator's header on each of its three allocations.
+const ENTRY_OVERHEAD: usize = 2 * (size_of::<Option<Slot>>() + INDEX_ENTRY) + 3 * MALLOC_HEADER;
+/// An index entry: hash, slot, control byte, at the index's 7/8 load.
+const INDEX_ENTRY: usize = (size_of::<(u64, usize)>() + 1) * 8 / 7;
+/// glibc malloc's per-allocation header; sizes are rounded up to its 16-byte granule as well.
+const MALLOC_HEADER: usize = 16;
 
 /// One cached answer and what serving it needs.
 #[derive(Debug)]
@@ -83,7 +88,10 @@ impl Store {
             index: FxHashMap::default(),
             slots: Vec::new(),
             free: Vec::new(),
-            pools: [Pool { budget: budget - negative, ..Pool::default() }, Pool { budget: negative, ..Pool::default() }],
+            pools: [
+                Pool { budget: budget - negative, ..Pool::default() },
+                Pool { budget: negative, ..Pool::default() },
+            ],
         }
     }
 
@@ -152,9 +160,8 @@ impl Store {
 
     /// Removes every entry `doomed` picks; returns how many.
     pub fn remove_where(&mut self, mut doomed: impl FnMut(&Entry) -> bool) -> usize {
-        let picked: Vec<usize> = (0..self.slots.len())
-            .filter(|&i| self.slots[i].as_ref().is_some_and(|slot| doomed(&slot.entry)))
-            .collect();
+        let picked: Vec<usize> =
+            (0..self.slots.len()).filter(|&i| self.slots[i].as_ref().is_some_and(|slot| doomed(&slot.entry))).collect();
         for &index in &picked {
             self.unlink(index);
         }
@@ -212,5 +219,9 @@ impl Store {
 
 /// What an entry counts against the budget.
 fn cost(entry: &Entry) -> usize {
-    ENTRY_OVERHEAD + entry.key.len() + entry.answer.heap_bytes()
+    let rounded = |bytes: usize| bytes.next_multiple_of(MALLOC_HEADER);
+    ENTRY_OVERHEAD
+        + rounded(entry.key.len())
+        + rounded(entry.answer.wire.len())
+        + rounded(entry.answer.ttl_at.len() * 2)
 }

@@ -79,14 +79,8 @@ impl Front {
         now: Instant,
         out: &mut Vec<u8>,
     ) -> Begin {
-        let mut ticket = Ticket {
-            question_end,
-            edns,
-            started: now,
-            cacheable: false,
-            stale_fallback: false,
-            client_waits: true,
-        };
+        let mut ticket =
+            Ticket { question_end, edns, started: now, cacheable: false, stale_fallback: false, client_waits: true };
         let key = match &self.cache {
             Some(_) => Key::of(packet, question_end, edns.as_ref()),
             None => None,
@@ -193,7 +187,14 @@ impl Front {
     /// The client `client_id` of `ticket` has waited [`cache::CLIENT_TIMER`]: writes the stale
     /// answer held for it into `out`, if it still is; returns whether it did (then the client
     /// waits no more, and the upstreams' answer only refreshes the cache).
-    pub fn client_timer(&mut self, query: &[u8], client_id: u16, ticket: Ticket, now: Instant, out: &mut Vec<u8>) -> bool {
+    pub fn client_timer(
+        &mut self,
+        query: &[u8],
+        client_id: u16,
+        ticket: Ticket,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let Some(cache) = &mut self.cache else { return false };
         let Some(key) = Key::of(query, ticket.question_end, ticket.edns.as_ref()) else { return false };
         if !cache.write_stale(&key, query, now, out) {
@@ -206,7 +207,9 @@ impl Front {
 
     /// Whether `ticket`'s client should get a stale answer by now.
     pub fn timer_due(ticket: &Ticket, now: Instant) -> bool {
-        ticket.client_waits && ticket.stale_fallback && now.saturating_duration_since(ticket.started) >= cache::CLIENT_TIMER
+        ticket.client_waits
+            && ticket.stale_fallback
+            && now.saturating_duration_since(ticket.started) >= cache::CLIENT_TIMER
     }
 
     /// Empties the cache, or drops every entry of `name` (lower-cased wire form).

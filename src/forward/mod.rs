@@ -55,9 +55,9 @@ pub struct Forwarding {
     /// How long one upstream gets to answer before the next is tried.
     pub timeout: Duration,
     pub metrics: Arc<Metrics>,
-    pub flusher: Flusher,
-    /// How many caches share `--cache-size`: one per UDP worker, one for TCP.
-    caches: usize,
+    pub flusher: Arc<Flusher>,
+    /// How many UDP workers share `--cache-size` (less TCP's share).
+    udp_workers: usize,
     tcp_traffic: Arc<Traffic>,
     tcp: Mutex<Option<Versioned>>,
 }
@@ -86,8 +86,8 @@ impl Forwarding {
             timeout,
             tcp_traffic: metrics.traffic(),
             metrics,
-            flusher: Flusher::default(),
-            caches: udp_workers + 1,
+            flusher: Arc::default(),
+            udp_workers,
             tcp: Mutex::new(None),
         }
     }
@@ -97,10 +97,16 @@ impl Forwarding {
         self.timeout * self.upstreams.load().len().max(1) as u32
     }
 
-    /// A new front for `transport` with an empty cache of its share of `settings.size`.
+    /// A new front for `transport` with an empty cache of its share of `settings.size`: TCP,
+    /// the rare path (truncated answers retried, large answers), gets a sixteenth; the UDP
+    /// workers share the rest equally.
     fn front(&self, transport: Transport, settings: &cache::Settings, traffic: Arc<Traffic>) -> Front {
-        let cache = (settings.size > 0)
-            .then(|| Cache::new(*settings, settings.size / self.caches, self.metrics.cache()));
+        let tcp = settings.size / 16;
+        let share = match transport {
+            Transport::Tcp => tcp,
+            Transport::Udp => (settings.size - tcp) / self.udp_workers.max(1),
+        };
+        let cache = (settings.size > 0).then(|| Cache::new(*settings, share, self.metrics.cache()));
         Front::new(transport, cache, self.in_flight.clone(), traffic)
     }
 
@@ -115,7 +121,8 @@ impl Forwarding {
         let mut tcp = self.tcp.lock().unwrap();
         let upstreams = self.upstreams.load_full();
         let settings = self.cache.load_full();
-        let current = tcp.as_ref().is_some_and(|v| Arc::ptr_eq(&v.upstreams, &upstreams) && Arc::ptr_eq(&v.cache, &settings));
+        let current =
+            tcp.as_ref().is_some_and(|v| Arc::ptr_eq(&v.upstreams, &upstreams) && Arc::ptr_eq(&v.cache, &settings));
         if !current {
             let front = self.front(Transport::Tcp, &settings, self.tcp_traffic.clone());
             *tcp = Some(Versioned { front, upstreams, cache: settings });

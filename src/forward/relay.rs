@@ -41,11 +41,16 @@ pub struct Relay {
 impl Relay {
     /// Opens the first forwarder; must run inside the worker's `LocalSet`. The relay answers
     /// clients on `listeners`, by index.
-    pub fn start(forwarding: Arc<Forwarding>, listeners: Vec<Socket>, traffic: Arc<Traffic>) -> io::Result<Rc<RefCell<Self>>> {
+    pub fn start(
+        forwarding: Arc<Forwarding>,
+        listeners: Vec<Socket>,
+        traffic: Arc<Traffic>,
+    ) -> io::Result<Rc<RefCell<Self>>> {
         let upstreams = forwarding.upstreams.load_full();
         let settings = forwarding.cache.load_full();
         let (forwarder, tasks) = open(&forwarding, &upstreams, &settings, &listeners, &traffic)?;
-        let relay = Rc::new(RefCell::new(Self { forwarding, listeners, traffic, upstreams, settings, forwarder, tasks }));
+        let relay =
+            Rc::new(RefCell::new(Self { forwarding, listeners, traffic, upstreams, settings, forwarder, tasks }));
         let flushes = relay.borrow().forwarding.flusher.subscribe();
         let flushed = relay.clone();
         tokio::task::spawn_local(cache::flush::serve(flushes, move |name| {

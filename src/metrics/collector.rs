@@ -159,7 +159,10 @@ impl Collector {
         let counters = [
             ("registry_dns_cache_hits", "Forwarded queries answered from the cache with a fresh answer"),
             ("registry_dns_cache_misses", "Cacheable forwarded queries that had to ask the upstreams"),
-            ("registry_dns_cache_stale_answers", "Expired answers served because the upstreams failed or were slow (RFC 8767)"),
+            (
+                "registry_dns_cache_stale_answers",
+                "Expired answers served because the upstreams failed or were slow (RFC 8767)",
+            ),
             ("registry_dns_cache_prefetches", "Popular answers refreshed before they expired"),
             ("registry_dns_cache_evictions", "Answers evicted to stay within --cache-size"),
         ];

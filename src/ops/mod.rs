@@ -1,7 +1,9 @@
 //! The operations endpoint (`--ops-listen`, default `127.0.0.1:8080`): `/healthz` says the
 //! process is alive, `/readyz` whether it should get traffic (see `readiness`). Plain HTTP/1.1
-//! through axum; `/metrics` serves the Prometheus metrics (see `crate::metrics`).
+//! through axum; `/metrics` serves the Prometheus metrics (see `crate::metrics`), and
+//! `POST /cache/flush` empties the caches (see `flush`).
 
+mod flush;
 mod readiness;
 
 use std::net::SocketAddr;
@@ -11,11 +13,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
+use crate::cache::Flusher;
 use crate::metrics;
 
 /// The content type of prometheus-client's text encoding (OpenMetrics 1.0).
@@ -36,11 +39,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// `/healthz`, `/readyz` and `/metrics` (the text exposition of `registry`).
-pub fn router(readiness: Arc<Readiness>, registry: Arc<Registry>) -> Router {
+/// `/healthz`, `/readyz`, `/metrics` (the text exposition of `registry`) and `/cache/flush`.
+pub fn router(readiness: Arc<Readiness>, registry: Arc<Registry>, flusher: Arc<Flusher>) -> Router {
     let health = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(ready));
     let metrics = Router::new().route("/metrics", get(scrape));
-    health.with_state(readiness).merge(metrics.with_state(registry))
+    let cache = Router::new().route("/cache/flush", post(flush::flush));
+    health.with_state(readiness).merge(metrics.with_state(registry)).merge(cache.with_state(flusher))
 }
 
 async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {

@@ -195,7 +195,8 @@ impl Server {
         let ops_task = match self.ops {
             Some(listener) => {
                 ops_addr = listener.local_addr()?.to_string();
-                let router = ops::router(self.readiness.clone(), self.registry.clone());
+                let router =
+                    ops::router(self.readiness.clone(), self.registry.clone(), self.shared.forwarding.flusher.clone());
                 Some(tokio::spawn(ops::serve(listener, router, stopped.clone())))
             }
             None => None,
