@@ -2,7 +2,8 @@
 //! (silence, slowness, SERVFAIL/REFUSED, forged or broken replies), the client gets the healthy
 //! answer within the per-try timeout plus a margin, never a forged one; a TC answer and one too
 //! large for the client reach it in a form it can retry over TCP; and a failing upstream is
-//! skipped for later queries, then used again once it answers.
+//! skipped for later queries, then used again once it answers. The cache is off here
+//! (`--cache-size 0`): these are the relay's rules, which a cache hit would hide.
 
 mod support;
 
@@ -34,6 +35,8 @@ fn relay(bad: &BadUpstream, healthy: &Nsd) -> RegistryDns {
         &healthy.addr.to_string(),
         "--upstream-timeout",
         &format!("{}ms", TRY.as_millis()),
+        "--cache-size",
+        "0",
     ]);
     assert!(wait_until(Duration::from_secs(5), || bad.queries() >= 1), "the loop probe reaches the bad upstream");
     s
