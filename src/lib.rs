@@ -33,6 +33,7 @@ pub mod forward;
 pub mod interface;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 pub mod names;
 pub mod net;
 pub mod ops;

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use std::ffi::OsString;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use ipnet::IpNet;
 
-use super::{Config, StaticRecord, parse_upstream};
+use super::Config;
 use crate::access::{AllowList, DEFAULT_ALLOWED};
-use crate::sources::kubernetes::{AnswerMode, ServiceName};
+use crate::model::{AnswerMode, ServiceName, StaticRecord, parse_upstream};
 
 /// registry-dns: answers a cluster registry's TLD-less name authoritatively and forwards every
 /// other query, unchanged, to the upstream servers.
@@ -66,7 +67,8 @@ pub struct Settings {
     pub service: Vec<ServiceName>,
 
     /// What names that follow a Service answer: its ready endpoints, or its cluster IPs.
-    #[arg(long, env = "REGISTRY_DNS_ANSWER", value_enum, default_value_t = AnswerMode::Endpoints)]
+    #[arg(long, env = "REGISTRY_DNS_ANSWER", default_value = "endpoints",
+          value_parser = PossibleValuesParser::new(AnswerMode::NAMES).map(|v| v.parse::<AnswerMode>().expect("a listed value")))]
     pub answer: AnswerMode,
 
     /// Kubeconfig to use; default: in-cluster service account, else KUBECONFIG or ~/.kube/config.

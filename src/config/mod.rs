@@ -5,7 +5,6 @@
 
 pub mod cli;
 mod file;
-mod record;
 mod upstream;
 
 use std::collections::HashSet;
@@ -16,12 +15,11 @@ use std::time::Duration;
 use anyhow::{bail, ensure};
 use tracing::warn;
 
-pub use record::{StaticRecord, parse_local_name};
-pub use upstream::{from_resolv_conf, parse_upstream};
+pub use upstream::from_resolv_conf;
 
 use crate::access::AllowList;
 use crate::forward::MAX_UPSTREAMS;
-use crate::sources::kubernetes::{AnswerMode, ServiceName};
+use crate::model::{AnswerMode, ServiceName, StaticRecord};
 
 /// Everything a server needs to start.
 #[derive(Debug, Clone)]

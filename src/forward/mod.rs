@@ -36,7 +36,7 @@ pub use upstream::{MAX_UPSTREAMS, Upstreams};
 use crate::cache::{self, Cache, Flusher};
 use crate::dns::Transport;
 use crate::dns::wire::rcode;
-use crate::metrics::{Metrics, Traffic};
+use crate::metrics::{ForwardingGauges, Metrics, Traffic};
 
 /// Whether an upstream's answer with `code` counts as that upstream failing, so that the query
 /// moves on to the next upstream: SERVFAIL and REFUSED say "not from me", not "no such name".
@@ -135,6 +135,17 @@ impl Forwarding {
         let flushes = self.flusher.subscribe();
         let this = self.clone();
         cache::flush::serve(flushes, move |name| this.with_tcp(|front| front.flush(name))).await;
+    }
+}
+
+impl ForwardingGauges for Forwarding {
+    fn in_flight(&self) -> (usize, usize) {
+        (self.in_flight.current(), self.in_flight.max())
+    }
+
+    fn upstreams(&self) -> Vec<(std::net::SocketAddr, bool)> {
+        let upstreams = self.upstreams.load();
+        (0..upstreams.len()).map(|i| (upstreams.addr(i), upstreams.is_healthy(i))).collect()
     }
 }
 

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 pub use cache::CacheStats;
-pub use collector::Collector;
+pub use collector::{Collector, ForwardingGauges, SourceSync};
 pub use source::SourceStats;
 pub use traffic::{Path, Proto, Refusal, Traffic};
 pub use upstream::UpstreamStats;

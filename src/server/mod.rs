@@ -29,9 +29,10 @@ use tracing::{error, info, warn};
 pub use self::reload::Reloader;
 use self::shutdown::Shutdown;
 use crate::access::AllowList;
-use crate::config::{Config, parse_local_name};
+use crate::config::Config;
 use crate::forward::{Forwarding, LoopProbe, Upstreams};
 use crate::metrics::{self, Collector, Metrics};
+use crate::model::parse_local_name;
 use crate::names::Names;
 use crate::ops::{self, Readiness};
 use crate::sources::kubernetes::{self, KubernetesSource};
@@ -147,8 +148,7 @@ impl Server {
             metrics: shared.metrics.clone(),
             names: shared.names.clone(),
             name_sources,
-            upstreams: shared.forwarding.upstreams.clone(),
-            in_flight: shared.forwarding.in_flight.clone(),
+            forwarding: shared.forwarding.clone(),
             readiness: readiness.clone(),
         }));
         Ok(Self {
