@@ -368,6 +368,45 @@ fn a_popular_answer_is_refreshed_before_it_expires() {
 }
 
 #[test]
+fn a_reload_that_changes_the_upstreams_or_the_cache_settings_empties_the_cache() {
+    let (first, second) = (BadUpstream::with(Behaviour::Genuine), BadUpstream::with(Behaviour::Genuine));
+    let dir = support::TempDir::new("cache-reload");
+    let config = dir.path("config.yaml");
+    let write = |upstream: SocketAddr, max_ttl: &str| {
+        let text = format!("upstream: [\"{upstream}\"]\ncache-max-ttl: {max_ttl}\nworkers: 1\n");
+        std::fs::write(&config, text).unwrap();
+    };
+    write(first.addr, "1h");
+    let s = RegistryDns::start(&["--record", "knative-local-registry=10.0.0.10", "--config", config.to_str().unwrap()]);
+    let socket = client();
+    let a = |id| query(id, "a.example.", RecordType::A, None);
+    ask(&socket, s.addr, &a(1));
+    let asked = first.queries();
+    ask(&socket, s.addr, &a(2));
+    assert_eq!(first.queries(), asked, "cached");
+
+    let reload = |log: &str| {
+        let before = s.logs().iter().filter(|l| l.contains(log)).count();
+        assert!(std::process::Command::new("kill").args(["-HUP", &s.pid().to_string()]).status().unwrap().success());
+        assert!(wait_until(Duration::from_secs(5), || s.logs().iter().filter(|l| l.contains(log)).count() > before));
+    };
+    write(second.addr, "1h");
+    reload("configuration reloaded");
+    let asked = second.queries();
+    ask(&socket, s.addr, &a(3));
+    assert_eq!(second.queries(), asked + 1, "new upstreams, empty cache");
+    ask(&socket, s.addr, &a(4));
+    assert_eq!(second.queries(), asked + 1, "cached again");
+
+    write(second.addr, "30m");
+    reload("configuration reloaded");
+    ask(&socket, s.addr, &a(5));
+    assert_eq!(second.queries(), asked + 2, "new cache settings, empty cache");
+    let logged = s.logs().iter().any(|l| l.contains("configuration reloaded") && l.contains("cache"));
+    assert!(logged, "the reload names what changed: {:?}", s.logs());
+}
+
+#[test]
 fn with_cache_size_zero_every_query_is_relayed() {
     let upstream = BadUpstream::with(Behaviour::Genuine);
     let s = start(upstream.addr, &["--cache-size", "0"]);
