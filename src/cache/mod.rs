@@ -73,7 +73,7 @@ impl Default for Settings {
 pub enum Lookup {
     /// A fresh answer is in the output; `prefetch` asks the caller to refresh it in the
     /// background (the entry is marked as refreshing).
-    Fresh { prefetch: bool, kind: Kind },
+    Fresh { prefetch: bool },
     /// An expired answer is kept for serve-stale and the upstreams should be asked: the entry is
     /// marked as refreshing; [`Cache::write_stale`] answers from it if they fail.
     Refresh,
@@ -133,7 +133,7 @@ impl Cache {
                 self.stats.prefetch();
             }
             self.stats.hit();
-            return Lookup::Fresh { prefetch, kind: entry.answer.kind };
+            return Lookup::Fresh { prefetch };
         }
         let stale = entry.answer.kind != Kind::Failure && age < Duration::from_secs(u64::from(ttl)) + serve_stale;
         if !stale {

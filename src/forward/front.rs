@@ -89,7 +89,7 @@ impl Front {
         if let (Some(cache), Some(key)) = (&mut self.cache, &key) {
             ticket.cacheable = true;
             match cache.lookup(key, packet, limit, now, out) {
-                Lookup::Fresh { prefetch, .. } => {
+                Lookup::Fresh { prefetch } => {
                     self.traffic.response(Path::Cache, wire::rcode_of(out));
                     if prefetch && self.in_flight.try_acquire() {
                         return Begin::AnsweredAndRefresh(Path::Cache, Ticket { client_waits: false, ..ticket });
