@@ -188,6 +188,27 @@ fn do_cd_type_and_class_never_share_an_entry_and_tc_answers_are_not_cached() {
 }
 
 #[test]
+fn a_hit_never_carries_another_clients_cookie() {
+    let upstream = BadUpstream::with(Behaviour::CookieEcho);
+    let s = start(upstream.addr, &[]);
+    let port = s.addr.port().to_string();
+    let dig = || {
+        let out = std::process::Command::new("dig")
+            .args(["@127.0.0.1", "-p", &port, "+cookie", "+norecurse", "cookie.example", "A"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let miss = dig();
+    assert!(miss.contains("COOKIE:") && miss.contains("(good)"), "the upstream's answer to this client: {miss}");
+    let asked = upstream.queries();
+    let hit = dig();
+    assert_eq!(upstream.queries(), asked, "a hit: {hit}");
+    assert!(hit.contains(GENUINE), "{hit}");
+    assert!(!hit.contains("COOKIE"), "no server cookie meant for the first dig: {hit}");
+}
+
+#[test]
 fn negative_answers_live_as_long_as_the_soas_minimum() {
     let upstream = nsd();
     let s = start(upstream.addr, &[]);

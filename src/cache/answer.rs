@@ -48,7 +48,8 @@ impl Stored {
             rcode::NOERROR | rcode::NXDOMAIN => Kind::Negative,
             _ => return None,
         };
-        let mut wire = reply.to_vec().into_boxed_slice();
+        let reply = &without_cookie(reply, question_end);
+        let mut wire = reply.clone().into_boxed_slice();
         let mut ttl_at = Vec::new();
         let mut lowest = u32::MAX;
         let mut negative_ttl = None;
@@ -108,5 +109,64 @@ impl Stored {
                 .unwrap_or_else(|| u32::from_be_bytes(out[at..at + 4].try_into().unwrap()).saturating_sub(age));
             out[at..at + 4].copy_from_slice(&ttl.to_be_bytes());
         }
+    }
+}
+
+/// `reply` without the COOKIE option of its OPT record: the server cookie in it answers the first
+/// client's cookie and would be wrong for every other client a cached copy goes to (RFC 7873; dig
+/// warns of a mismatch, and a client that enforces cookies drops the answer). An OPT record whose
+/// options do not parse is left as it is.
+fn without_cookie(reply: &[u8], question_end: usize) -> Vec<u8> {
+    let Some(opt) = wire::Records::new(reply, question_end).find(|r| r.rtype == types::OPT) else {
+        return reply.to_vec();
+    };
+    let (start, end) = opt.rdata;
+    let mut kept = Vec::with_capacity(end - start);
+    let mut at = start;
+    while at + 4 <= end {
+        let code = u16::from_be_bytes([reply[at], reply[at + 1]]);
+        let next = at + 4 + usize::from(u16::from_be_bytes([reply[at + 2], reply[at + 3]]));
+        if next > end {
+            break;
+        }
+        if code != types::OPTION_COOKIE {
+            kept.extend_from_slice(&reply[at..next]);
+        }
+        at = next;
+    }
+    if at != end || kept.len() == end - start {
+        return reply.to_vec();
+    }
+    let mut out = Vec::with_capacity(reply.len());
+    out.extend_from_slice(&reply[..start - 2]);
+    out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
+    out.extend_from_slice(&kept);
+    out.extend_from_slice(&reply[end..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_answer_keeps_every_option_but_the_cookie() {
+        // a. A 192.0.2.1, then OPT with a COOKIE (client 8 + server 8 bytes) and an NSID option.
+        let mut reply = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 1, 1, b'a', 0, 0, 1, 0, 1];
+        let question_end = reply.len();
+        reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
+        reply.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 26]);
+        reply.extend_from_slice(&[0, 10, 0, 16]);
+        reply.extend_from_slice(&[7; 16]);
+        reply.extend_from_slice(&[0, 3, 0, 2, b'n', b's']);
+        let lifetimes = Lifetimes { max_ttl: Duration::from_secs(3600), max_negative_ttl: Duration::from_secs(300) };
+        let stored = Stored::answer(&reply, question_end, lifetimes).unwrap();
+        assert_eq!(stored.wire.len(), reply.len() - 20);
+        assert_eq!(stored.wire[stored.wire.len() - 8..], [0, 6, 0, 3, 0, 2, b'n', b's'], "RDLENGTH 6: NSID alone");
+        assert_eq!((stored.ttl, stored.ttl_at.len()), (60, 1));
+        let mut cut = reply.clone();
+        cut.truncate(cut.len() - 1);
+        cut[question_end + 16 + 10] = 25;
+        assert_eq!(without_cookie(&cut, question_end), cut, "options that do not parse stay as they are");
     }
 }

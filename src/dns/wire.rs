@@ -29,6 +29,9 @@ pub mod types {
     pub const OPT: u16 = 41;
     pub const ANY: u16 = 255;
     pub const CLASS_IN: u16 = 1;
+    /// EDNS option codes (RFC 7873, RFC 7830).
+    pub const OPTION_COOKIE: u16 = 10;
+    pub const OPTION_PADDING: u16 = 12;
     pub const CLASS_ANY: u16 = 255;
 }
 
@@ -255,8 +258,7 @@ pub fn parse_query(packet: &[u8], lower: &mut [u8; MAX_NAME_LEN]) -> Result<Quer
 /// Whether an OPT record's RDATA holds an option other than COOKIE (10) and PADDING (12), whose
 /// contents never change an answer, or does not parse as options.
 fn has_other_options(mut rdata: &[u8]) -> bool {
-    const COOKIE: u16 = 10;
-    const PADDING: u16 = 12;
+    use types::{OPTION_COOKIE as COOKIE, OPTION_PADDING as PADDING};
     while !rdata.is_empty() {
         let (Some(code), Some(len)) = (get_u16(rdata, 0), get_u16(rdata, 2)) else { return true };
         let next = 4 + usize::from(len);
