@@ -161,9 +161,13 @@ mod tests {
     #[test]
     fn a_403_is_logged_as_the_api_servers_sentence_and_the_fix() {
         let message = r#"endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:a:b" cannot list resource "endpointslices" in API group "discovery.k8s.io" in the namespace "c""#;
-        let status = kube::core::Status { code: 403, message: message.into(), reason: "Forbidden".into(), ..Default::default() };
+        let status =
+            kube::core::Status { code: 403, message: message.into(), reason: "Forbidden".into(), ..Default::default() };
         let line = describe(&watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status))));
-        assert_eq!(line, format!("forbidden: {message}; grant get, list and watch on it in a Role there (README, RBAC)"));
+        assert_eq!(
+            line,
+            format!("forbidden: {message}; grant get, list and watch on it in a Role there (README, RBAC)")
+        );
     }
 
     #[test]
