@@ -118,7 +118,8 @@ fn is_gone(e: &watcher::Error) -> bool {
 /// of another kind, a field of the wrong type) for a Status and reports an empty one
 /// (`ApiError: : (Status { code: 0, .. })`); say what it was instead. A 403 is the API server's
 /// own sentence (who may not do what, where) with what to do about it, instead of kube's rendering,
-/// which repeats it inside a struct dump.
+/// which repeats it inside a struct dump. A starting API server answers 403 to everyone for a few
+/// seconds, until its RBAC caches are loaded: the line says so, lest it send anyone to the Role.
 fn describe(e: &watcher::Error) -> String {
     let status = match e {
         watcher::Error::WatchFailed(kube::Error::Api(status)) if status.code == 0 => {
@@ -131,7 +132,11 @@ fn describe(e: &watcher::Error) -> String {
         e => return e.to_string(),
     };
     match status.code {
-        403 => format!("forbidden: {}; grant get, list and watch on it in a Role there (README, RBAC)", status.message),
+        403 => format!(
+            "forbidden: {}; grant get, list and watch on it in a Role there (README, RBAC), unless the API server is \
+             still starting",
+            status.message
+        ),
         _ => e.to_string(),
     }
 }
@@ -166,7 +171,10 @@ mod tests {
         let line = describe(&watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status))));
         assert_eq!(
             line,
-            format!("forbidden: {message}; grant get, list and watch on it in a Role there (README, RBAC)")
+            format!(
+                "forbidden: {message}; grant get, list and watch on it in a Role there (README, RBAC), unless the \
+                 API server is still starting"
+            )
         );
     }
 
