@@ -5,7 +5,8 @@
 #
 # The binaries are built from the Go modules pinned in tests/cluster/go (go.mod + go.sum, checksums
 # verified, -mod=readonly), once per version, into a cache outside the repository:
-# ${REGISTRY_DNS_TOOLS_CACHE:-/var/cache/registry-dns/tools}/{kubernetes-<v>,etcd-<v>}/.
+# ${REGISTRY_DNS_TOOLS_CACHE:-/var/cache/registry-dns/tools}/{kubernetes-<v>,etcd-<v>}/ (and the Go
+# toolchain there too, when the machine's Go is too old to fetch it itself).
 #
 # Usage:
 #   control-plane.sh build               build (or find) the binaries; prints their two directories
