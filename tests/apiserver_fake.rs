@@ -54,7 +54,7 @@ fn ips(slice: &EndpointSlice) -> Vec<String> {
 /// Watcher errors as (kind, Status code).
 type ErrorLog = Arc<Mutex<Vec<(&'static str, Option<u16>)>>>;
 
-/// A watcher (default backoff, as registry-dns runs it) feeding a reflector, driven on a task;
+/// A watcher (kube's default backoff; registry-dns caps its own) feeding a reflector, driven on a task;
 /// errors are recorded as (kind, HTTP/Status code).
 struct Reflected<K: kube::Resource<DynamicType = ()> + 'static> {
     store: Store<K>,

@@ -108,7 +108,7 @@ fn before_the_first_sync_names_are_servfail_and_not_ready_while_forwarding_works
     assert_eq!(dig(s.addr, &["static-name"]).rdata("A"), ["10.1.1.1"]);
 
     c.api.restart();
-    assert!(wait_until(Duration::from_secs(40), || ready(&s)), "{:?}", s.logs());
+    assert!(wait_until(Duration::from_secs(10), || ready(&s)), "{:?}", s.logs());
     assert_eq!(sorted_a(&s, NAME), ["10.244.1.5"]);
 }
 
@@ -133,24 +133,24 @@ fn an_api_outage_keeps_the_answers_and_a_compacted_restart_converges_without_a_g
     assert!(checks > 100);
     assert!(s.logs().iter().any(|l| l.contains("watch failed")), "the outage is logged");
     let failures = s.logs().iter().filter(|l| l.contains("watch failed")).count();
-    assert!(failures < 20, "errors logged with backoff, not per retry storm: {failures}");
+    // The backoff caps at 3 s jittered down to 1.5 s: at most 40 tries a minute, plus the ramp.
+    assert!((10..=45).contains(&failures), "each try logged once, at a bounded rate: {failures}");
 
     // The API server comes back with its history compacted and the Service changed meanwhile:
-    // the watch gets 410 Gone, relists, and the answer flips from the old set to the new one.
-    // kube's default backoff (0.8 s doubling to 30 s, with jitter, reset only by success) may make
-    // both the retry that meets the 410 and the relist after it wait up to about a minute.
+    // the watch gets 410 Gone, relists at once, and the answer flips from the old set to the new
+    // one, within the capped backoff (3 s) plus the relist.
     c.api.compact();
     c.api.apply(knative_slice("knative-a", &[("10.244.1.5", Some(true)), ("10.244.4.8", Some(true))]));
     c.api.restart();
+    let back = Instant::now();
     let after = vec!["10.244.1.5".to_string(), "10.244.4.8".to_string()];
-    let deadline = Instant::now() + Duration::from_secs(150);
     loop {
         let got = sorted_a(&s, NAME);
         assert!(got == before || got == after, "no gap or mix while converging: {got:?}");
         if got == after {
             break;
         }
-        assert!(Instant::now() < deadline, "did not converge: {:?}", s.logs());
+        assert!(back.elapsed() < Duration::from_secs(5), "did not converge within 5 s: {:?}", s.logs());
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(c.api.requests().iter().any(|r| r.contains("watch") && r.contains("resourceVersion")));

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests drive (dig, nsd, ldns,
-# dnsmasq, iproute2, setpriv) from Debian's packages when missing, then runs every test.
+# dnsmasq, iproute2, setpriv, openssl, curl) from Debian's packages when missing, then runs every
+# test. tests/control_plane.rs builds its Kubernetes control plane itself on first use
+# (tests/cluster/control-plane.sh: from Go modules, cached outside the repository; it installs Go
+# from Debian, and the pinned toolchain from the module proxy, when missing).
 # Usage: tests/run.sh [cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in dig:dnsutils nsd:nsd ldns-signzone:ldnsutils ldns-keygen:ldnsutils dnsmasq:dnsmasq-base ip:iproute2 setpriv:util-linux; do
+for pair in dig:dnsutils nsd:nsd ldns-signzone:ldnsutils ldns-keygen:ldnsutils dnsmasq:dnsmasq-base ip:iproute2 setpriv:util-linux unshare:util-linux openssl:openssl curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -26,6 +29,13 @@ fi
 
 # The Prometheus project's Python client parses /metrics in tests/metrics.rs.
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check prometheus-client==0.21.1
+
+# The Kubernetes control plane of tests/control_plane.rs, built once per version into a cache outside
+# the repository (a cold build takes a while; README, "Against a real control plane"). Outside CI a
+# failure here only makes those tests skip, loudly; under CI it fails the run.
+if [ $# -eq 0 ] && ! tests/cluster/control-plane.sh build >/dev/null; then
+  [ -z "${CI:-}" ] || exit 1
+fi
 
 cargo test --locked "$@"
 

@@ -416,11 +416,21 @@ pub fn healthy_upstream() -> Nsd {
 /// Asks `name` A over `socket` (its read timeout bounds the wait): the rcode and the sorted
 /// addresses, or `None` when no answer came. Answers to earlier queries are skipped by ID.
 pub fn ask_a(socket: &UdpSocket, server: SocketAddr, name: &str) -> Option<(ResponseCode, Vec<String>)> {
+    ask(socket, server, name, RecordType::A)
+}
+
+/// Like [`ask_a`] for A or AAAA.
+pub fn ask(
+    socket: &UdpSocket,
+    server: SocketAddr,
+    name: &str,
+    rtype: RecordType,
+) -> Option<(ResponseCode, Vec<String>)> {
     let id: u16 = rand::random();
     let mut query = Message::query();
     query.metadata.id = id;
     query.metadata.recursion_desired = true;
-    query.add_query(Query::query(Name::from_ascii(name).ok()?, RecordType::A));
+    query.add_query(Query::query(Name::from_ascii(name).ok()?, rtype));
     socket.send_to(&query.to_vec().ok()?, server).ok()?;
     let mut buf = [0u8; 4096];
     loop {
@@ -434,6 +444,7 @@ pub fn ask_a(socket: &UdpSocket, server: SocketAddr, name: &str) -> Option<(Resp
             .iter()
             .filter_map(|r| match &r.data {
                 RData::A(a) => Some(a.0.to_string()),
+                RData::AAAA(a) => Some(a.0.to_string()),
                 _ => None,
             })
             .collect();

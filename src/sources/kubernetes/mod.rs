@@ -10,6 +10,7 @@
 //! RBAC: get, list and watch on `endpointslices` (group `discovery.k8s.io`) or on `services`
 //! (core group), in the named namespaces only.
 
+mod backoff;
 mod client;
 mod cluster_ip;
 mod endpoints;

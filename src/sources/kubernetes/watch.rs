@@ -7,34 +7,31 @@
 //! is complete. Errors only delay the next retry; nothing is ever unpublished because the API
 //! server is unreachable or sends something we cannot read.
 //!
-//! The retry delay is kube's default backoff (0.8 s doubling to 30 s, jittered), applied here
-//! rather than with `.default_backoff()`: that adaptor resets the backoff on every item the
-//! watcher yields, and the watcher yields `Init` before each attempt to list, so a LIST that keeps
-//! failing (an object that does not decode, a 500 on lists only) was retried every 0.8 to 1.6 s
-//! forever, a full list each time. Here nothing resets it but its own timer: after 120 s without
-//! an error the next delay starts again at 0.8 s, as client-go's reflector does.
+//! The retry delay is [`Backoff`] (0.8 s doubling to 3 s, jittered; a 410 Gone relists at once),
+//! applied here rather than with kube's `.default_backoff()` adaptor: that one resets the backoff
+//! on every item the watcher yields, and the watcher yields `Init` before each attempt to list, so
+//! a LIST that keeps failing (an object that does not decode, a 500 on lists only) was retried
+//! every 0.8 to 1.6 s forever, a full list each time. Here nothing resets it but its own timer.
 
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use futures::StreamExt;
 use hickory_proto::rr::Name;
 use kube::runtime::reflector::{self, Lookup};
-use kube::runtime::watcher::{self, DefaultBackoff, Event};
+use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, watcher as watch_stream};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
+use super::backoff::Backoff;
 use crate::metrics::SourceStats;
 use crate::names::{NameState, Names};
 use crate::ops::Readiness;
-
-/// kube's default backoff's longest delay.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What to watch and where its addresses go.
 pub struct Watch<K: Resource> {
@@ -62,7 +59,7 @@ where
         let (store, writer) = reflector::store::<K>();
         let stream = reflector::reflector(writer, watch_stream(self.api, self.config).modify(self.trim));
         let mut stream = std::pin::pin!(stream);
-        let mut backoff = DefaultBackoff::default();
+        let mut backoff = Backoff::default();
         let mut synced = false;
         let mut failing = false;
         while let Some(event) = stream.next().await {
@@ -78,8 +75,7 @@ where
                 Ok(Event::Apply(_) | Event::Delete(_)) if synced => {}
                 Ok(_) => continue,
                 Err(e) => {
-                    // kube's DefaultBackoff never ends; the fallback only satisfies the type.
-                    let delay = backoff.next().unwrap_or(MAX_BACKOFF);
+                    let delay = backoff.next(Instant::now(), is_gone(&e));
                     let error = describe(&e);
                     warn!(source = %self.source, %error, retry_in = ?delay, "watch failed: serving the last known addresses");
                     self.stats.restart();
@@ -113,15 +109,35 @@ where
     }
 }
 
+/// A 410 Gone in the watch stream: the watcher has dropped its resourceVersion and relists next.
+fn is_gone(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(status) if status.code == 410)
+}
+
 /// The error as logged. kube takes a watch line that is JSON but not a readable event (an object
 /// of another kind, a field of the wrong type) for a Status and reports an empty one
-/// (`ApiError: : (Status { code: 0, .. })`); say what it was instead.
+/// (`ApiError: : (Status { code: 0, .. })`); say what it was instead. A 403 is the API server's
+/// own sentence (who may not do what, where) with what to do about it, instead of kube's rendering,
+/// which repeats it inside a struct dump. A starting API server answers 403 to everyone for a few
+/// seconds, until its RBAC caches are loaded: the line says so, lest it send anyone to the Role.
 fn describe(e: &watcher::Error) -> String {
-    match e {
+    let status = match e {
         watcher::Error::WatchFailed(kube::Error::Api(status)) if status.code == 0 => {
-            "watch stream failed: an event that does not decode as the watched kind".into()
+            return "watch stream failed: an event that does not decode as the watched kind".into();
         }
-        e => e.to_string(),
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+        | watcher::Error::WatchFailed(kube::Error::Api(status)) => status,
+        watcher::Error::WatchError(status) => status,
+        e => return e.to_string(),
+    };
+    match status.code {
+        403 => format!(
+            "forbidden: {}; grant get, list and watch on it in a Role there (README, RBAC), unless the API server is \
+             still starting",
+            status.message
+        ),
+        _ => e.to_string(),
     }
 }
 
@@ -146,6 +162,21 @@ impl std::fmt::Display for Shown<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_403_is_logged_as_the_api_servers_sentence_and_the_fix() {
+        let message = r#"endpointslices.discovery.k8s.io is forbidden: User "system:serviceaccount:a:b" cannot list resource "endpointslices" in API group "discovery.k8s.io" in the namespace "c""#;
+        let status =
+            kube::core::Status { code: 403, message: message.into(), reason: "Forbidden".into(), ..Default::default() };
+        let line = describe(&watcher::Error::InitialListFailed(kube::Error::Api(Box::new(status))));
+        assert_eq!(
+            line,
+            format!(
+                "forbidden: {message}; grant get, list and watch on it in a Role there (README, RBAC), unless the \
+                 API server is still starting"
+            )
+        );
+    }
 
     #[test]
     fn logs_at_most_16_addresses() {

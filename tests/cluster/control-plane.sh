@@ -1,0 +1,302 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane on loopback for tests/control_plane.rs and for poking at
+# registry-dns by hand: etcd, kube-apiserver (TLS, Node,RBAC, ServiceAccount tokens, dual-stack
+# service CIDRs) and kube-controller-manager (EndpointSlice controller, CSR signer with the cluster CA).
+#
+# The binaries are built from the Go modules pinned in tests/cluster/go (go.mod + go.sum, checksums
+# verified, -mod=readonly), once per version, into a cache outside the repository:
+# ${REGISTRY_DNS_TOOLS_CACHE:-/var/cache/registry-dns/tools}/{kubernetes-<v>,etcd-<v>}/ (and the Go
+# toolchain there too, when the machine's Go is too old to fetch it itself).
+#
+# Usage:
+#   control-plane.sh build               build (or find) the binaries; prints their two directories
+#   control-plane.sh start DIR           start everything, with its state (certs, etcd data, logs,
+#                                        admin.kubeconfig, env) in DIR
+#   control-plane.sh stop DIR            stop everything started in DIR
+#   control-plane.sh start-apiserver DIR NAME PORT   a kube-apiserver named NAME on PORT against the
+#                                        same etcd (NAME=apiserver PORT=its port: the main one again)
+#   control-plane.sh stop-apiserver DIR NAME
+#   control-plane.sh start-controller-manager DIR NAME PORT   a kube-controller-manager talking to
+#                                        the kube-apiserver on PORT
+#   control-plane.sh compact DIR         compact etcd's history up to its current revision
+# Ports for start come from the environment (defaults for a by-hand run): ETCD_PORT (2379),
+# ETCD_PEER_PORT (2380), APISERVER_PORT (6443); later commands read them from DIR/env.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+gomod="$here/go"
+cache="${REGISTRY_DNS_TOOLS_CACHE:-/var/cache/registry-dns/tools}"
+k8s_version="$(awk '$1=="k8s.io/kubernetes"{print $2; exit}' "$gomod/go.mod")"
+etcd_version="$(awk '$1=="go.etcd.io/etcd/server/v3"{print $2; exit}' "$gomod/go.mod")"
+k8s_bin="$cache/kubernetes-$k8s_version"
+etcd_bin="$cache/etcd-$etcd_version"
+etcd_port="${ETCD_PORT:-2379}"
+etcd_peer_port="${ETCD_PEER_PORT:-2380}"
+apiserver_port="${APISERVER_PORT:-6443}"
+service_cidrs="10.96.0.0/16,fd00:10:96::/112"
+
+log() { echo "control-plane.sh: $*" >&2; }
+
+# A Go that can build the go.mod: one >= 1.21 switches to the go.mod's toolchain by itself
+# (GOTOOLCHAIN=auto); an older one (Debian 12's golang-go is 1.19), or none, gets that toolchain the
+# way such a switch does: the module golang.org/toolchain from the module proxy, checksum-verified,
+# kept in the cache.
+ensure_go() {
+  if command -v go >/dev/null 2>&1 && go env GOTOOLCHAIN >/dev/null 2>&1 && [ "$(go env GOTOOLCHAIN)" != "" ]; then
+    return
+  fi
+  local toolchain arch dir
+  toolchain="$(awk '$1=="toolchain"{print $2}' "$gomod/go.mod")"
+  dir="$cache/$toolchain"
+  if [ ! -x "$dir/bin/go" ]; then
+    if ! command -v go >/dev/null 2>&1; then
+      if [ "$(id -u)" != 0 ]; then
+        log "no go command: install Go >= 1.21, or run as root"
+        exit 1
+      fi
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends golang-go ca-certificates >/dev/null
+    fi
+    arch="$(go env GOARCH)"
+    local tmp module
+    tmp="$(mktemp -d)"
+    module="$(cd "$tmp" && GOPATH="$tmp" GOFLAGS=-modcacherw go mod download -json "golang.org/toolchain@v0.0.1-$toolchain.linux-$arch" |
+      sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+    mkdir -p "$cache"
+    cp -r "$module" "$dir.tmp"
+    chmod -R u+w,a+rX "$dir.tmp"
+    chmod a+x "$dir.tmp"/bin/* "$dir.tmp"/pkg/tool/*/*
+    mv "$dir.tmp" "$dir"
+    rm -rf "$tmp"
+  fi
+  export PATH="$dir/bin:$PATH"
+}
+
+# What Kubernetes' own build stamps in (hack/lib/version.sh): without it the binaries say
+# v0.0.0-master, which kubectl version cannot even parse.
+version_ldflags() {
+  local v=${k8s_version#v} pkg
+  local minor=${v#*.}
+  minor=${minor%%.*}
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    printf -- '-X %s.gitVersion=%s -X %s.gitMajor=%s -X %s.gitMinor=%s -X %s.gitTreeState=clean ' \
+      "$pkg" "$k8s_version" "$pkg" "${v%%.*}" "$pkg" "$minor" "$pkg"
+  done
+}
+
+built() {
+  [ -x "$k8s_bin/kube-apiserver" ] && [ -x "$k8s_bin/kube-controller-manager" ] &&
+    [ -x "$k8s_bin/kubectl" ] && [ -x "$etcd_bin/etcd" ]
+}
+
+# One `go build` for all four binaries, so the packages they share compile once. Built into a
+# temporary directory and renamed into place, so an interrupted build leaves no half cache.
+build() {
+  built && return
+  mkdir -p "$cache"
+  # One build at a time per machine; a run that waited finds the binaries built.
+  exec 9>"$cache/.build.lock"
+  flock 9
+  built && return
+  ensure_go
+  local out
+  out="$(mktemp -d "$cache/.build.XXXXXX")"
+  trap "rm -rf '$out'" EXIT
+  log "building kubernetes $k8s_version and etcd $etcd_version into $cache (once; several minutes)"
+  local start=$SECONDS
+  (cd "$gomod" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 \
+    go build -trimpath -ldflags="-s -w $(version_ldflags)" -o "$out/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3)
+  mkdir -p "$out/k8s" "$out/etcd"
+  mv "$out/kube-apiserver" "$out/kube-controller-manager" "$out/kubectl" "$out/k8s/"
+  mv "$out/server" "$out/etcd/etcd" # go names a main package ending in /v3 after the element before it
+  rm -rf "$k8s_bin" "$etcd_bin"
+  mv "$out/k8s" "$k8s_bin"
+  mv "$out/etcd" "$etcd_bin"
+  trap - EXIT
+  rmdir "$out"
+  log "built in $((SECONDS - start)) s"
+}
+
+# The ports start chose, for the commands that follow it.
+load_env() {
+  local dir=$1
+  etcd_port="$(sed -n 's/^ETCD_PORT=//p' "$dir/env")"
+  apiserver_port="$(sed -n 's/^APISERVER_PORT=//p' "$dir/env")"
+}
+
+# A CA, the API server's serving cert (loopback names and the first service IP), the admin client
+# cert, and the ServiceAccount signing key.
+make_certs() {
+  local dir=$1
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=registry-dns-test-ca" \
+    -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+    -keyout "$dir/apiserver.key" -out "$dir/apiserver.csr" 2>/dev/null
+  printf 'subjectAltName=IP:127.0.0.1,IP:::1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >"$dir/apiserver.ext"
+  openssl x509 -req -in "$dir/apiserver.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 2 -extfile "$dir/apiserver.ext" -out "$dir/apiserver.crt" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=admin" \
+    -keyout "$dir/admin.key" -out "$dir/admin.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >"$dir/admin.ext"
+  openssl x509 -req -in "$dir/admin.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+    -days 2 -extfile "$dir/admin.ext" -out "$dir/admin.crt" 2>/dev/null
+  openssl genrsa -out "$dir/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$dir/sa.key" -pubout -out "$dir/sa.pub" 2>/dev/null
+}
+
+kubeconfig() {
+  local dir=$1 port=$2
+  cat <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster:
+    server: https://127.0.0.1:$port
+    certificate-authority: $dir/ca.crt
+users:
+- name: admin
+  user:
+    client-certificate: $dir/admin.crt
+    client-key: $dir/admin.key
+contexts:
+- name: test
+  context: {cluster: test, user: admin}
+current-context: test
+EOF
+}
+
+# Waits until URL answers 200 (with the admin cert), or fails after 60 s.
+wait_healthy() {
+  local dir=$1 url=$2 name=$3 pid=$4
+  for _ in $(seq 600); do
+    if curl -fsS --cacert "$dir/ca.crt" --cert "$dir/admin.crt" --key "$dir/admin.key" "$url" >/dev/null 2>&1; then
+      return
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "$name exited; its log:"
+      tail -n 30 "$dir/$name.log" >&2
+      exit 1
+    fi
+    sleep 0.1
+  done
+  log "$name not healthy after 60 s; its log:"
+  tail -n 30 "$dir/$name.log" >&2
+  exit 1
+}
+
+start_apiserver() {
+  local dir=$1 name=$2 port=$3
+  "$k8s_bin/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$etcd_port" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$port" \
+    --tls-cert-file="$dir/apiserver.crt" --tls-private-key-file="$dir/apiserver.key" \
+    --client-ca-file="$dir/ca.crt" \
+    --authorization-mode=Node,RBAC \
+    --service-account-key-file="$dir/sa.pub" --service-account-signing-key-file="$dir/sa.key" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --api-audiences=https://kubernetes.default.svc.cluster.local \
+    --service-cluster-ip-range="$service_cidrs" \
+    --endpoint-reconciler-type=none --allow-privileged=true --profiling=false \
+    >"$dir/$name.log" 2>&1 &
+  echo $! >"$dir/$name.pid"
+  wait_healthy "$dir" "https://127.0.0.1:$port/readyz" "$name" "$(cat "$dir/$name.pid")"
+}
+
+stop_pid() {
+  local file=$1
+  [ -f "$file" ] || return 0
+  local pid
+  pid="$(cat "$file")"
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$file"
+}
+
+# The EndpointSlice controller (what the tests need), the ServiceAccount and namespace
+# controllers and the garbage collector (what a namespace's lifecycle needs), and the CSR signer and
+# approver with the cluster CA.
+start_controller_manager() {
+  local dir=$1 name=$2 port=$3
+  kubeconfig "$dir" "$port" >"$dir/$name.kubeconfig"
+  "$k8s_bin/kube-controller-manager" \
+    --kubeconfig="$dir/$name.kubeconfig" --authentication-kubeconfig="$dir/$name.kubeconfig" \
+    --authorization-kubeconfig="$dir/$name.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
+    --controllers=endpointslice-controller,serviceaccount-controller,namespace-controller,garbage-collector-controller,certificatesigningrequest-signing-controller,certificatesigningrequest-approving-controller \
+    --service-account-private-key-file="$dir/sa.key" --root-ca-file="$dir/ca.crt" \
+    --cluster-signing-cert-file="$dir/ca.crt" --cluster-signing-key-file="$dir/ca.key" \
+    --service-cluster-ip-range="$service_cidrs" \
+    >"$dir/$name.log" 2>&1 &
+  echo $! >"$dir/$name.pid"
+}
+
+# Compacts etcd up to its current revision through its JSON gateway (no etcdctl needed).
+compact() {
+  local dir=$1 revision
+  revision="$(curl -fsS -X POST "http://127.0.0.1:$etcd_port/v3/kv/range" -d '{"key":"AA==","limit":1}' |
+    sed -n 's/.*"revision":"\([0-9]*\)".*/\1/p')"
+  curl -fsS -X POST "http://127.0.0.1:$etcd_port/v3/kv/compaction" -d "{\"revision\":\"$revision\",\"physical\":true}" >/dev/null
+  log "compacted etcd to revision $revision"
+}
+
+start() {
+  local dir=$1
+  build
+  mkdir -p "$dir"
+  dir="$(cd "$dir" && pwd)"
+  make_certs "$dir"
+  kubeconfig "$dir" "$apiserver_port" >"$dir/admin.kubeconfig"
+  "$etcd_bin/etcd" --data-dir="$dir/etcd-data" --name=test \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer_port" \
+    --initial-cluster="test=http://127.0.0.1:$etcd_peer_port" \
+    --unsafe-no-fsync --log-level=warn \
+    >"$dir/etcd.log" 2>&1 &
+  echo $! >"$dir/etcd.pid"
+  wait_healthy "$dir" "http://127.0.0.1:$etcd_port/health" etcd "$(cat "$dir/etcd.pid")"
+  start_apiserver "$dir" apiserver "$apiserver_port"
+  start_controller_manager "$dir" controller-manager "$apiserver_port"
+  cat >"$dir/env" <<EOF
+KUBECONFIG=$dir/admin.kubeconfig
+BIN=$k8s_bin
+ETCD_BIN=$etcd_bin
+ETCD_PORT=$etcd_port
+ETCD_PEER_PORT=$etcd_peer_port
+APISERVER_PORT=$apiserver_port
+EOF
+  log "up: export KUBECONFIG=$dir/admin.kubeconfig; kubectl is $k8s_bin/kubectl"
+}
+
+stop() {
+  local dir=$1
+  for f in "$dir"/*.pid; do
+    [ "$(basename "$f")" = etcd.pid ] || stop_pid "$f"
+  done
+  stop_pid "$dir/etcd.pid"
+}
+
+case "${1:-}" in
+  build)
+    build
+    echo "$k8s_bin $etcd_bin"
+    ;;
+  start) start "$2" ;;
+  stop) stop "$2" ;;
+  start-apiserver) load_env "$2" && start_apiserver "$(cd "$2" && pwd)" "$3" "$4" ;;
+  stop-apiserver | stop-controller-manager) stop_pid "$2/$3.pid" ;;
+  start-controller-manager) load_env "$2" && start_controller_manager "$(cd "$2" && pwd)" "$3" "$4" ;;
+  compact) load_env "$2" && compact "$2" ;;
+  *)
+    sed -n '2,23p' "$0" >&2
+    exit 2
+    ;;
+esac
