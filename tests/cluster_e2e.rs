@@ -314,7 +314,10 @@ fn nodes_and_pods_resolve_through_the_link_local_interface_and_a_restart_loses_n
     assert!(overlap.new_ready.is_some(), "the new instance never got ready: {:?}", new.logs());
     assert!(logged(new, &["interface ready", "created=false", "added=0"]), "reused: {:?}", new.logs());
     assert!(overlap.old_exit.is_some_and(|s| s.success()), "old instance: {:?}", overlap.old_exit);
-    assert!(overlap.node.0 > 30 && overlap.pod.0 > 30, "{}", overlap.describe());
+    // The window is about 3.4 s and each loop sleeps 50 ms between digs: about 55 queries on an idle
+    // machine, 21 to 31 seen with both cores busy compiling. 15 still covers the overlap every
+    // ~230 ms.
+    assert!(overlap.node.0 > 15 && overlap.pod.0 > 15, "{}", overlap.describe());
     assert!(overlap.failures().is_empty(), "{}", overlap.describe());
 
     // The new instance follows the Service too, and the interface outlives every instance.
