@@ -930,7 +930,7 @@ write_markdown() {
     echo "- Caches: registry-dns's default \`--cache-size 8MiB\` (shared out between the workers, TCP keeps 1/16); dnsdist \`newPacketCache(100000)\`;" \
          "unbound \`msg-cache-size 8m\`, \`rrset-cache-size 16m\`. Job B's 1000 names loop, so every cache hits after the first pass (TTL 3600);" \
          "job Bu never repeats a name, so every query misses and the caches fill and evict within its first second or so:" \
-         "its peak RSS is that of a full cache (no separate fill step)."
+         "registry-dns's positive-answer pool (3/4 of its share) is full then, its negative pool and TCP's share stay empty."
     if [ "$RUNS" -gt 1 ]; then
       echo "- Summary tables: medians over the $RUNS runs (QPS min-max over all runs' samples, RSS the highest, lost per run). Per-run figures follow."
     fi
