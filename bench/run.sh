@@ -5,15 +5,18 @@
 #
 #   Job A   "local"       knative-local-registry. A -> 10.0.0.10, answered from
 #                         the server's own data.
-#   Job B   "fwd 1000"    h0000..h0999.bench.test. A, forwarded to the upstream
-#                         (nsd on 127.0.0.1:15300).
+#   Job B   "fwd 1000"    h0000..h0999.bench.test. A in a loop, forwarded to the
+#                         upstream (nsd on 127.0.0.1:15300): a cache misses on the
+#                         first pass and hits on every later one (TTL 3600).
 #   Job Bu  "fwd unique"  NNNNNNN.u.bench.test. A, never repeating, forwarded
-#                         (the upstream answers them from a wildcard).
+#                         (the upstream answers them from a wildcard): every query
+#                         misses every cache, and a cache fills up and evicts.
 #
-# Servers: nullresp (bench/echo.c, the syscall floor, job A only),
-#          registry-dns --workers 1, registry-dns --workers 2 (A, B),
-#          dnsmasq, unbound, dnsdist -- every peer configured without a cache,
-#          because "forward, no cache" is what registry-dns does.
+# Servers: nullresp (bench/echo.c, the syscall floor, job A only);
+#          registry-dns with its default flags (packet cache on, --cache-size 8MiB)
+#          with 1 and 2 workers, and with --cache-size 0 (the plain relay);
+#          dnsmasq, unbound, dnsdist without a cache (the relay's comparison);
+#          unbound and dnsdist with their caches (the cache's comparison; B, Bu).
 #
 # Method (the machine is a shared, noisy 2-vCPU VM whose host throttles when
 # both vCPUs are busy for more than a few seconds):
@@ -55,7 +58,21 @@ CLIENT_CPU=1            # dnsperf
 UP_ADDR=127.0.0.1
 UP_PORT=15300
 
-ALL_SERVERS="nullresp,registry-dns,registry-dns-w2,dnsmasq,unbound,dnsdist"
+ALL_SERVERS="nullresp,registry-dns,registry-dns-nocache,registry-dns-w2,dnsmasq,unbound,dnsdist,unbound-cache,dnsdist-cache"
+NOCACHE_PEERS="dnsmasq unbound dnsdist"     # compared with registry-dns-nocache (and job A)
+CACHE_PEERS="unbound-cache dnsdist-cache"   # compared with registry-dns and registry-dns-w2 (B, Bu)
+# The plain relay's figures before the cache was added (bench/results.md of
+# commit e09c387, `--runs 2`, medians): registry-dns-nocache is checked against
+# them.  Absolute QPS differ between runs on this VM, so the comparison that
+# counts is the ratio to dnsdist (no cache) measured in the same run.
+PREV_COMMIT=e09c387
+declare -A PREV_QPS=( [B]=86956 [Bu]=86498 ) PREV_USQ=( [B]=6.93 [Bu]=6.99 ) PREV_VS_DNSDIST=( [B]=1.12 [Bu]=1.15 )
+# Targets of the cache issue (checked in the "Targets" section of results.md).
+TARGET_QPS_VS_DNSDIST_CACHE=1.2   # jobs B and Bu: registry-dns QPS / dnsdist-cache QPS, at least
+TARGET_HIT_VS_FLOOR=1.15          # job B srv us/q of registry-dns / nullresp's job A srv us/q, at most
+TARGET_RSS_CACHE=16               # MiB: peak RSS of registry-dns with the default cache full, at most
+TARGET_RSS_NOCACHE=8              # MiB: peak RSS of registry-dns-nocache, at most
+OPS_PORT=8080                     # registry-dns's default --ops-listen: /metrics (cache counters)
 
 usage() {
   cat <<EOF
@@ -183,7 +200,7 @@ if [ -z "$REPORT_DIR" ]; then
   : >"$TSV"
   # what --report needs to rebuild the report from these logs
   declare -p RUNS QUICK ONLY JOBS ORIG_ARGS LENGTH WARMUP LAT_LENGTH LAT_QPS CLIENTS OUTSTANDING \
-    TIMEOUT >"$LOGS/settings.sh"
+    TIMEOUT WAIT_IDLE >"$LOGS/settings.sh"
 else
   LOGS=$REPORT_DIR TSV="$REPORT_DIR/results.tsv"
   if [ ! -s "$TSV" ] || [ ! -s "$LOGS/settings.sh" ]; then echo "no results.tsv/settings.sh in $LOGS" >&2; exit 1; fi
@@ -383,17 +400,24 @@ start_nullresp() {
   start_bg "$SERVER_CPU" "$3" "$NULLRESP_BIN" "$1" 127.0.0.1
 }
 
-rdns_cmd() {  # rdns_cmd PORT WORKERS
-  echo "$RDNS_BIN --listen 127.0.0.1:$1 --record knative-local-registry=10.0.0.10 --upstream $UP_ADDR:$UP_PORT --workers $2"
+rdns_cmd() {  # rdns_cmd PORT WORKERS [FLAG...]: every other flag at its default
+  local port=$1 workers=$2; shift 2
+  echo "$RDNS_BIN --listen 127.0.0.1:$port --record knative-local-registry=10.0.0.10 --upstream $UP_ADDR:$UP_PORT --workers $workers${*:+ $*}"
 }
 
-start_registry_dns() {  # one UDP worker, on the server CPU like every peer
+start_registry_dns() {  # one UDP worker, default flags (cache on, 8 MiB), on the server CPU like every peer
   note_cmd registry-dns "$(rdns_cmd "$1" 1)"
   # shellcheck disable=SC2046  # the command is a plain word list
   start_bg "$SERVER_CPU" "$3" $(rdns_cmd "$1" 1)
 }
 
-start_registry_dns_w2() {  # two workers on both CPUs: shares CPU 1 with dnsperf
+start_registry_dns_nocache() {  # one UDP worker, --cache-size 0: the plain relay
+  note_cmd registry-dns-nocache "$(rdns_cmd "$1" 1 --cache-size 0)"
+  # shellcheck disable=SC2046
+  start_bg "$SERVER_CPU" "$3" $(rdns_cmd "$1" 1 --cache-size 0)
+}
+
+start_registry_dns_w2() {  # two workers (cache on, shared out between them) on both CPUs: shares CPU 1 with dnsperf
   note_cmd registry-dns-w2 "$(rdns_cmd "$1" 2)"
   # shellcheck disable=SC2046
   start_bg "$SERVER_CPU,$CLIENT_CPU" "$3" $(rdns_cmd "$1" 2)
@@ -411,10 +435,23 @@ start_dnsmasq() {
   start_bg "$SERVER_CPU" "$3" dnsmasq "${args[@]}"
 }
 
-start_unbound() {
-  # unbound cannot turn its cache off: tiny caches and cache-max-ttl 0 make
-  # every entry expire at once.  iterator only (registry-dns does not validate).
-  # "test." is one of unbound's default blocked zones (RFC 6761): nodefault.
+# unbound_conf VARIANT PORT DIR: unbound's config for variant nocache|cache.
+# nocache: unbound cannot turn its cache off: tiny caches and cache-max-ttl 0
+# make every entry expire at once.  cache: 8 MiB of messages and 16 MiB of
+# RRsets (registry-dns's default is 8 MiB in all), cache-max-ttl at its default
+# (1 day), as /work/shared/bench/peers.sh's "cache" variant but smaller.
+# iterator only (registry-dns does not validate).  "test." is one of unbound's
+# default blocked zones (RFC 6761): nodefault.
+unbound_conf() {
+  local cache="    msg-cache-size: 1m
+    rrset-cache-size: 1m
+    key-cache-size: 1m
+    neg-cache-size: 1m
+    cache-max-ttl: 0
+    cache-max-negative-ttl: 0"
+  [ "$1" = cache ] && cache="    msg-cache-size: 8m
+    rrset-cache-size: 16m"
+  shift
   cat >"$2/unbound.conf" <<EOF
 server:
     verbosity: 0
@@ -435,12 +472,7 @@ server:
     do-not-query-localhost: no
     qname-minimisation: no
     prefetch: no
-    msg-cache-size: 1m
-    rrset-cache-size: 1m
-    key-cache-size: 1m
-    neg-cache-size: 1m
-    cache-max-ttl: 0
-    cache-max-negative-ttl: 0
+$cache
     local-zone: "test." nodefault
     local-zone: "knative-local-registry." static
     local-data: "knative-local-registry. 300 IN A 10.0.0.10"
@@ -450,25 +482,53 @@ forward-zone:
     name: "."
     forward-addr: $UP_ADDR@$UP_PORT
 EOF
+}
+
+start_unbound() {
+  unbound_conf nocache "$1" "$2"
   note_cmd unbound unbound -d -c unbound.conf "(num-threads 1, cache-max-ttl 0, 1m caches, forward-zone . to $UP_ADDR@$UP_PORT)"
   start_bg "$SERVER_CPU" "$3" unbound -d -c "$2/unbound.conf"
 }
 
-start_dnsdist() {
-  # No packet cache (dnsdist's default); one setLocal = one UDP listener thread.
-  cat >"$2/dnsdist.conf" <<EOF
+start_unbound_cache() {
+  unbound_conf cache "$1" "$2"
+  note_cmd unbound-cache unbound -d -c unbound.conf "(num-threads 1, msg-cache-size 8m, rrset-cache-size 16m, default cache-max-ttl, forward-zone . to $UP_ADDR@$UP_PORT)"
+  start_bg "$SERVER_CPU" "$3" unbound -d -c "$2/unbound.conf"
+}
+
+# dnsdist_conf VARIANT PORT DIR.  One setLocal = one UDP listener thread.
+# nocache: no packet cache (dnsdist's default: a pure proxy).  cache: a packet
+# cache of 100000 entries on the default pool, as peers.sh's "cache" variant
+# (registry-dns's 8 MiB hold about 15000 answers; dnsdist's cache is sized in
+# entries, and 100000 holds job B's 1000 names many times over).
+dnsdist_conf() {
+  local pc=""
+  [ "$1" = cache ] && pc="pc = newPacketCache(100000, {maxTTL=86400, minTTL=0})
+getPool(\"\"):setCache(pc)"
+  cat >"$3/dnsdist.conf" <<EOF
 setSecurityPollSuffix("")
-setLocal("127.0.0.1:$1")
+setLocal("127.0.0.1:$2")
 setACL({"127.0.0.0/8"})
 newServer({address="$UP_ADDR:$UP_PORT", checkName="bench.test."})
 addAction(QNameRule("knative-local-registry."), SpoofAction("10.0.0.10"))
+$pc
 EOF
+}
+
+start_dnsdist() {
+  dnsdist_conf nocache "$1" "$2"
   note_cmd dnsdist dnsdist --supervised --disable-syslog -C dnsdist.conf "(no packet cache, SpoofAction for job A)"
   start_bg "$SERVER_CPU" "$3" dnsdist --supervised --disable-syslog -C "$2/dnsdist.conf"
 }
 
-declare -A PORT=( [nullresp]=15301 [registry-dns]=15310 [registry-dns-w2]=15311
-                  [dnsmasq]=15320 [unbound]=15330 [dnsdist]=15340 )
+start_dnsdist_cache() {
+  dnsdist_conf cache "$1" "$2"
+  note_cmd dnsdist-cache dnsdist --supervised --disable-syslog -C dnsdist.conf "(newPacketCache(100000, {maxTTL=86400, minTTL=0}) on the default pool)"
+  start_bg "$SERVER_CPU" "$3" dnsdist --supervised --disable-syslog -C "$2/dnsdist.conf"
+}
+
+declare -A PORT=( [nullresp]=15301 [registry-dns]=15310 [registry-dns-w2]=15311 [registry-dns-nocache]=15312
+                  [dnsmasq]=15320 [unbound]=15330 [unbound-cache]=15331 [dnsdist]=15340 [dnsdist-cache]=15341 )
 
 # ===================================================== measurements =========
 proc_ticks() {  # utime+stime (clock ticks) of a process tree
@@ -557,6 +617,16 @@ measure_latency() {
   gzip -f "$out"
 }
 
+# cache_note FILE: scrape registry-dns's /metrics into FILE and sum up its cache
+# ("cache 14210 entries, 7.50 MiB, 1003456 evicted"; nothing when it holds none).
+# It shows whether the cache was really full when peak RSS was read.
+cache_note() {
+  curl -s -m 2 "http://127.0.0.1:$OPS_PORT/metrics" >"$1" 2>/dev/null || true
+  awk '$1 == "registry_dns_cache_entries" { e = $2 } $1 == "registry_dns_cache_bytes" { b = $2 }
+       $1 ~ /^registry_dns_cache_evictions(_total)?$/ { v = $2 }
+       END { if (e > 0) printf "cache %d entries, %.2f MiB, %d evicted\n", e, b / 1048576, v }' "$1"
+}
+
 # ========================================================= one row ==========
 # run_row RUN SERVER JOB: fresh server instance, check its answer, measure,
 # stop it, append one line to $TSV.
@@ -594,6 +664,8 @@ run_row() {
   measure_latency "$port" "$qlat" "$LOGS/$tag.latency.txt"
   local rss; rss=$(peak_rss_mib "$pid")
   local up=1; alive "$pid" "${STARTED[$pid]}" || up=0
+  local cnote=""
+  [[ "$server" == registry-dns* ]] && cnote=$(cache_note "$LOGS/$tag.metrics.txt")
 
   # Stop it and see how it exits (registry-dns must exit 0 on SIGTERM).
   stop_tree "$pid"
@@ -606,6 +678,7 @@ run_row() {
   [[ "$server" == registry-dns* ]] && [ "$status" != 0 ] && notes+=("exit status $status on SIGTERM")
   [ "$server" = registry-dns-w2 ] && notes+=("CPUs 0-1: shares CPU 1 with dnsperf")
   [ "$job" != A ] && notes+=("up/q $M_UPQ")
+  [ -n "$cnote" ] && notes+=("$cnote")
   [[ "$M_RCODES" =~ ^NOERROR\ [0-9]+\ \(100\.00%\)$ ]] || notes+=("rcodes: ${M_RCODES:-none}")
   [ "$M_RCVBUF" -gt 0 ] && notes+=("$M_RCVBUF rcvbuf drops")
   [ "$job" = Bu ] && [ "$M_SENT" -gt "$BU_LINES" ] && notes+=("Bu file wrapped")
@@ -623,20 +696,28 @@ run_row() {
 # ============================================================ report =========
 label() {
   case "$1" in
-    registry-dns) echo "registry-dns (1 worker)" ;;
-    registry-dns-w2) echo "registry-dns (2 workers, CPUs 0-1)" ;;
+    registry-dns) echo "registry-dns (1 worker, cache)" ;;
+    registry-dns-nocache) echo "registry-dns (1 worker, --cache-size 0)" ;;
+    registry-dns-w2) echo "registry-dns (2 workers, cache, CPUs 0-1)" ;;
     nullresp) echo "nullresp (syscall floor)" ;;
+    unbound-cache) echo "unbound (cache)" ;;
+    dnsdist-cache) echo "dnsdist (packet cache)" ;;
     *) echo "$1" ;;
   esac
 }
 job_title() {
   case "$1" in
     A) echo "Job A: local name (knative-local-registry. A)" ;;
-    B) echo "Job B: fwd 1000 (h0000..h0999.bench.test A, forwarded, no cache)" ;;
-    Bu) echo "Job Bu: fwd unique (never-repeating NNNNNNN.u.bench.test A, forwarded)" ;;
+    B) echo "Job B: fwd 1000 (h0000..h0999.bench.test A in a loop: caches hit after the first pass)" ;;
+    Bu) echo "Job Bu: fwd unique (never-repeating NNNNNNN.u.bench.test A: every query misses, caches fill and evict)" ;;
   esac
 }
-PEERS="dnsmasq unbound dnsdist"
+# peers_of SERVER JOB: the peers a registry-dns row is compared with.  The
+# cache rows against the peers' caches in jobs B/Bu; the relay and job A
+# against the peers without a cache.
+peers_of() {
+  if [ "$2" != A ] && [ "$1" != registry-dns-nocache ]; then echo "$CACHE_PEERS"; else echo "$NOCACHE_PEERS"; fi
+}
 
 # field NAME -> column number in $TSV
 declare -A COL=( [run]=1 [server]=2 [job]=3 [qps]=4 [qmin]=5 [qmax]=6 [sent]=7 [done]=8 [lost]=9
@@ -662,7 +743,7 @@ ratio() {
   if [ "$job" = A ]; then
     # CPU per query: lower is better; compare with nullresp and the cheapest peer
     local mine null; mine=$(val "$run" "$server" A usq); null=$(val "$run" nullresp A usq)
-    for p in $PEERS; do
+    for p in $(peers_of "$server" A); do
       v=$(val "$run" "$p" A usq)
       [[ "$v" =~ ^[0-9.]+$ ]] || continue
       if [ -z "$bestv" ] || awk -v a="$v" -v b="$bestv" 'BEGIN { exit !(a < b) }'; then bestv=$v; best=$p; fi
@@ -676,7 +757,7 @@ ratio() {
   else
     # throughput: higher is better; compare with the fastest peer
     local mine; mine=$(val "$run" "$server" "$job" qps)
-    for p in $PEERS; do
+    for p in $(peers_of "$server" "$job"); do
       v=$(val "$run" "$p" "$job" qps)
       if ! [[ "$v" =~ ^[0-9]+$ ]] || [ "$v" -eq 0 ]; then continue; fi
       if [ -z "$bestv" ] || [ "$v" -gt "$bestv" ]; then bestv=$v; best=$p; fi
@@ -706,8 +787,12 @@ ratio_median() {
       print out }'
 }
 
-servers_of_job() {  # servers with rows for JOB, in measuring order
-  awk -F'\t' -v j="$1" '$3 == j && !seen[$2]++ { print $2 }' "$TSV"
+servers_of_job() {  # servers with rows for JOB, in the order of ALL_SERVERS
+  local s
+  for s in ${ALL_SERVERS//,/ }; do
+    awk -F'\t' -v j="$1" -v s="$s" '$3 == j && $2 == s { found = 1 } END { exit !found }' "$TSV" && echo "$s"
+  done
+  return 0
 }
 
 summary_table() {  # summary_table JOB: medians across runs
@@ -752,6 +837,58 @@ per_run_table() {  # per_run_table JOB: every run's figures
   done
 }
 
+div() {  # div A B -> A/B with 2 decimals, "-" unless both are positive numbers
+  awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f\n", a / b; else print "-" }'
+}
+max_rss() {  # max_rss RUN SERVER -> the highest peak RSS of SERVER's rows in RUN
+  local j; for j in A B Bu; do val "$1" "$2" "$j" rss; done | nums | sort -g | tail -1
+}
+
+# target_row TEXT OP TARGET VALUE...: one line of the targets table.  OP is
+# ge|le|info; the VALUEs are one per run, and the median of them is checked.
+target_row() {
+  local what=$1 op=$2 target=$3; shift 3
+  local per med met sign
+  local num='{ if ($1 !~ /^[0-9.]+$/) print "-"; else if ($1 >= 1000) printf "%d\n", $1 + 0.5; else printf "%.2f\n", $1 }'
+  per=$(printf '%s\n' "$@" | awk "$num" | paste -sd/ | sed 's#/# / #g')
+  med=$(printf '%s\n' "$@" | median | awk "$num")
+  case "$op" in ge) sign="≥ " ;; le) sign="≤ " ;; *) sign="" ;; esac
+  met=$(awk -v m="$med" -v t="$target" -v op="$op" 'BEGIN {
+    if (op == "info" || m !~ /^[0-9.]+$/) print "-"
+    else if ((op == "ge" && m + 0 >= t + 0) || (op == "le" && m + 0 <= t + 0)) print "yes"
+    else print "**no**" }')
+  echo "| $what | $sign$target | $per | $med | $met |"
+}
+
+targets_table() {  # the ratios and limits of the cache issue, each taken within a run
+  local r b_qps=() bu_qps=() hit=() hit_pc=() nc_b=() nc_bu=() nc_bq=() nc_buq=() nc_bu_usq=() nc_b_usq=() rss_c=() rss_n=()
+  for r in $(seq "$RUNS"); do
+    b_qps+=("$(div "$(val "$r" registry-dns B qps)" "$(val "$r" dnsdist-cache B qps)")")
+    bu_qps+=("$(div "$(val "$r" registry-dns Bu qps)" "$(val "$r" dnsdist-cache Bu qps)")")
+    hit+=("$(div "$(val "$r" registry-dns B usq)" "$(val "$r" nullresp A usq)")")
+    hit_pc+=("$(div "$(val "$r" registry-dns B usq)" "$(val "$r" dnsdist-cache B usq)")")
+    nc_b+=("$(div "$(val "$r" registry-dns-nocache B qps)" "$(val "$r" dnsdist B qps)")")
+    nc_bu+=("$(div "$(val "$r" registry-dns-nocache Bu qps)" "$(val "$r" dnsdist Bu qps)")")
+    nc_bq+=("$(val "$r" registry-dns-nocache B qps)"); nc_buq+=("$(val "$r" registry-dns-nocache Bu qps)")
+    nc_b_usq+=("$(val "$r" registry-dns-nocache B usq)"); nc_bu_usq+=("$(val "$r" registry-dns-nocache Bu usq)")
+    rss_c+=("$(max_rss "$r" registry-dns)"); rss_n+=("$(max_rss "$r" registry-dns-nocache)")
+  done
+  echo "| what (registry-dns rows: 1 worker) | target | per run | median | met |"
+  echo "|---|---:|---:|---:|---|"
+  target_row "job B QPS, registry-dns (cache) ÷ dnsdist (packet cache)" ge "$TARGET_QPS_VS_DNSDIST_CACHE" "${b_qps[@]}"
+  target_row "job Bu QPS, registry-dns (cache) ÷ dnsdist (packet cache)" ge "$TARGET_QPS_VS_DNSDIST_CACHE" "${bu_qps[@]}"
+  target_row "job B srv µs/q, registry-dns (cache hits) ÷ nullresp's job A srv µs/q (echo floor)" le "$TARGET_HIT_VS_FLOOR" "${hit[@]}"
+  target_row "job B srv µs/q, registry-dns (cache hits) ÷ dnsdist (packet cache hits)" info "-" "${hit_pc[@]}"
+  target_row "job B QPS, registry-dns --cache-size 0 ÷ dnsdist (no cache); $PREV_COMMIT's relay: ${PREV_VS_DNSDIST[B]}" ge "${PREV_VS_DNSDIST[B]}" "${nc_b[@]}"
+  target_row "job Bu QPS, registry-dns --cache-size 0 ÷ dnsdist (no cache); $PREV_COMMIT's relay: ${PREV_VS_DNSDIST[Bu]}" ge "${PREV_VS_DNSDIST[Bu]}" "${nc_bu[@]}"
+  target_row "job B QPS, registry-dns --cache-size 0 (absolute; $PREV_COMMIT's run: ${PREV_QPS[B]})" info "-" "${nc_bq[@]}"
+  target_row "job Bu QPS, registry-dns --cache-size 0 (absolute; $PREV_COMMIT's run: ${PREV_QPS[Bu]})" info "-" "${nc_buq[@]}"
+  target_row "job B srv µs/q, registry-dns --cache-size 0 ($PREV_COMMIT's run: ${PREV_USQ[B]})" info "-" "${nc_b_usq[@]}"
+  target_row "job Bu srv µs/q, registry-dns --cache-size 0 ($PREV_COMMIT's run: ${PREV_USQ[Bu]})" info "-" "${nc_bu_usq[@]}"
+  target_row "peak RSS MiB, registry-dns, default 8 MiB cache full (highest of its rows: job Bu fills it)" le "$TARGET_RSS_CACHE" "${rss_c[@]}"
+  target_row "peak RSS MiB, registry-dns --cache-size 0 (highest of its rows)" le "$TARGET_RSS_NOCACHE" "${rss_n[@]}"
+}
+
 machine_info() {  # markdown lines; recorded when measuring, reused by --report
   if [ -s "$LOGS/machine.md" ]; then cat "$LOGS/machine.md"; return 0; fi
   local commit dirty
@@ -784,13 +921,27 @@ write_markdown() {
          "**srv µs/q** = user+sys CPU of the server's process tree (from /proc/PID/stat, not the upstream's) over the run ÷ queries completed."
     echo "- **p50/p99** = per-query latency from a separate open-loop run, \`dnsperf -Q $LAT_QPS -l $LAT_LENGTH -v\`." \
          "**peak RSS** = VmHWM summed over the server's processes, read at the end."
-    echo "- **ratio to best peer** (registry-dns rows; peers = $PEERS): job A, srv µs/q ÷ nullresp's and ÷ the cheapest peer's (lower is better);" \
-         "jobs B/Bu, QPS ÷ the fastest peer's (higher is better). Ratios are taken within each run, then the median over runs."
-    echo "- **up/q** (notes) = upstream queries per client query, from the namespace's UDP counters: 1.00 = every query forwarded (no cache)."
+    echo "- **ratio to best peer** (registry-dns rows): job A, srv µs/q ÷ nullresp's and ÷ the cheapest peer's among $NOCACHE_PEERS (lower is better);" \
+         "jobs B/Bu, QPS ÷ the fastest peer's (higher is better): among the caches ($CACHE_PEERS) for the rows with a cache," \
+         "among $NOCACHE_PEERS for \`--cache-size 0\`. Ratios are taken within each run, then the median over runs."
+    echo "- **up/q** (notes) = upstream queries per client query, from the namespace's UDP counters: 1.00 = every query forwarded (no cache or all misses)," \
+         "0.00 = every query answered from the cache. **cache ... entries** (notes, registry-dns rows) = its \`/metrics\` at the end of the row" \
+         "(\`registry_dns_cache_entries\`, \`_bytes\`, \`_evictions\`)."
+    echo "- Caches: registry-dns's default \`--cache-size 8MiB\` (shared out between the workers, TCP keeps 1/16); dnsdist \`newPacketCache(100000)\`;" \
+         "unbound \`msg-cache-size 8m\`, \`rrset-cache-size 16m\`. Job B's 1000 names loop, so every cache hits after the first pass (TTL 3600);" \
+         "job Bu never repeats a name, so every query misses and the caches fill and evict within its first second or so:" \
+         "registry-dns's positive-answer pool (3/4 of its share) is full then, its negative pool and TCP's share stay empty."
     if [ "$RUNS" -gt 1 ]; then
       echo "- Summary tables: medians over the $RUNS runs (QPS min-max over all runs' samples, RSS the highest, lost per run). Per-run figures follow."
     fi
     echo "- The VM is shared and the host throttles when both vCPUs stay busy: compare ratios within a run, not absolute figures across machines."
+    if grep -q 'another compiler/benchmark was running' "$TSV"; then
+      echo "- **Rows flagged \"another compiler/benchmark was running\" were measured while someone else's build ran on this machine: their absolute figures are low and noisy.**"
+    fi
+    echo
+    echo "## Targets of the cache (ratios within each run)"
+    echo
+    targets_table
     echo
     for job in A B Bu; do
       [ -n "$(servers_of_job "$job")" ] || continue
@@ -826,9 +977,13 @@ write_markdown() {
 
 plot_label() {  # short two-line tick label (a literal \n: gnuplot's string syntax)
   case "$1" in
-    registry-dns) printf '%s\n' '{/:Bold registry-dns}\n1 worker' ;;
+    registry-dns) printf '%s\n' '{/:Bold registry-dns}\ncache' ;;
+    registry-dns-nocache) printf '%s\n' '{/:Bold registry-dns}\nno cache' ;;
     registry-dns-w2) printf '%s\n' '{/:Bold registry-dns}\n2 workers*' ;;
     nullresp) printf '%s\n' 'nullresp\n(syscall floor)' ;;
+    unbound-cache) printf '%s\n' 'unbound\ncache' ;;
+    dnsdist-cache) printf '%s\n' 'dnsdist\npacket cache' ;;
+    dnsmasq|unbound|dnsdist) printf '%s\n' "$1\\nno cache" ;;
     *) echo "$1" ;;
   esac
 }
@@ -858,10 +1013,10 @@ write_svg() {
   local footnote=""
   grep -q 'registry-dns-w2' "$TSV" && footnote='  (* on CPUs 0-1, sharing CPU 1 with dnsperf)'
   {
-    echo "set terminal svg size 1200,500 dynamic enhanced font 'sans,12' background rgb 'white'"
+    echo "set terminal svg size 1640,520 dynamic enhanced font 'sans,12' background rgb 'white'"
     echo "set output '$svg'"
     echo "set datafile missing '-'"
-    echo "set multiplot layout 1,2 title \"registry-dns vs peers: median of $RUNS run(s); server + upstream on CPU 0, dnsperf on CPU 1$footnote\""
+    echo "set multiplot title \"registry-dns vs peers: median of $RUNS run(s); server + upstream on CPU 0, dnsperf on CPU 1$footnote\""
     echo "set style fill solid 0.85 border -1"
     echo "set grid ytics"
     echo "set xtics scale 0 nomirror"
@@ -869,7 +1024,9 @@ write_svg() {
     echo "set yrange [0:*]"
     echo "set offsets 0, 0, graph 0.12, 0"   # room above the bars for the key and labels
     if [ "$nf" -gt 0 ]; then
-      echo "set title 'Forwarding, no cache: QPS (higher is better)'"
+      echo "set origin 0,0"
+      echo "set size 0.6,0.93"
+      echo "set title 'Forwarding: QPS (higher is better); B hits the caches, Bu misses them'"
       echo "set xtics ($fwd_tics)"
       echo "set xrange [-0.6:$((nf - 1)).6]"
       echo "set boxwidth 0.36"
@@ -880,6 +1037,8 @@ write_svg() {
       echo "     '' using (\$1+0.19):3:(sprintf('%.0fk', \$3/1000)) with labels offset 0,0.7 font ',10' notitle"
     fi
     if [ "$nl" -gt 0 ]; then
+      echo "set origin 0.6,0"
+      echo "set size 0.4,0.93"
       echo "set title 'Job A (local name): server CPU µs per query (lower is better)'"
       echo "set xtics ($loc_tics)"
       echo "set xrange [-0.6:$((nl - 1)).6]"
@@ -908,12 +1067,15 @@ gen_data
 # Row order within a run.  Even runs go through the servers in reverse, so
 # that a drift of the machine over the run (throttling, neighbours) does not
 # always favour the same servers.
+# The rows whose ratios the cache issue asks for are measured next to each
+# other (registry-dns, dnsdist-cache; registry-dns-nocache, dnsdist), so that
+# they see the same machine state.  The peers' caches run jobs B and Bu only.
 ROWS=()
 want_server nullresp && ROWS+=("nullresp A")
-for s in registry-dns registry-dns-w2 dnsmasq unbound dnsdist; do
+for s in registry-dns dnsdist-cache registry-dns-nocache dnsdist unbound-cache unbound dnsmasq registry-dns-w2; do
   want_server "$s" || continue
   for j in A B Bu; do
-    [ "$s" = registry-dns-w2 ] && [ "$j" = Bu ] && continue   # the scaling row: A and B only
+    [[ "$s" == *-cache ]] && [ "$j" = A ] && continue
     ROWS+=("$s $j")
   done
 done
