@@ -46,11 +46,14 @@ if ! command -v setcap >/dev/null || ! command -v getcap >/dev/null; then
 fi
 
 step "Dockerfile"
-"$venv/bin/hadolint" Dockerfile && echo "  hadolint: clean"
+# (not `hadolint ... && echo`: a failure on the left of && does not stop a `set -e` script)
+"$venv/bin/hadolint" Dockerfile || fail "hadolint"
+echo "  hadolint: clean"
 grep -Eq '^\s*deploy/build-static.sh /out$' Dockerfile || fail "the Dockerfile no longer builds with deploy/build-static.sh"
 grep -q '^FROM gcr.io/distroless/static-debian12:nonroot' Dockerfile || fail "final stage is not distroless static nonroot"
 grep -q '^USER 65532:65532' Dockerfile || fail "the image does not run as 65532"
-echo "  builds through deploy/build-static.sh; final stage distroless/static-debian12:nonroot, USER 65532"
+grep -q '^FROM --platform=\$BUILDPLATFORM ' Dockerfile || fail "the build stage no longer cross-compiles on the builder's platform"
+echo "  builds through deploy/build-static.sh on \$BUILDPLATFORM for \$TARGETARCH; final stage distroless/static-debian12:nonroot, USER 65532"
 
 step "Corefile patch (deploy/coredns/patch-corefile.sh --stdin)"
 patch=deploy/coredns/patch-corefile.sh
