@@ -102,8 +102,8 @@ step "release workflows (actionlint $ACTIONLINT_VERSION)"
 echo "  actionlint: $(ls .github/workflows | tr '\n' ' ')clean"
 
 step "alerts (promtool: deploy/helm/registry-dns/files/alerts.yaml)"
-promtool check rules deploy/helm/registry-dns/files/alerts.yaml | sed 's/^/  /'
-(cd deploy/check && promtool test rules alerts-test.yaml) | sed 's/^/  /'
+promtool check rules deploy/helm/registry-dns/files/alerts.yaml | sed '/^ *$/d; s/^/  /'
+(cd deploy/check && promtool test rules alerts-test.yaml) | sed '/^ *$/d; s/^/  /'
 
 step "Corefile patch (deploy/coredns/patch-corefile.sh --stdin)"
 patch=deploy/coredns/patch-corefile.sh
