@@ -3,8 +3,8 @@
 //! other query, byte for byte, to the upstream servers.
 //!
 //! The data flows one way: sockets (`server`) -> the decision (`request`) -> a local answer from
-//! the name table (`names`) or the upstreams (`forward`). Sources (`sources`) publish into the
-//! name table; the hot path only reads it.
+//! the name table (`names`), or the forwarding boundary (`forward`): the cache (`cache`), then the
+//! upstreams. Sources (`sources`) publish into the name table; the hot path only reads it.
 //!
 //! # Embedding
 //!
@@ -25,6 +25,7 @@
 //! ```
 
 pub mod access;
+pub mod cache;
 pub mod config;
 pub mod dns;
 pub mod doctor;
@@ -32,6 +33,7 @@ pub mod forward;
 pub mod interface;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 pub mod names;
 pub mod net;
 pub mod ops;

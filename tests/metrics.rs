@@ -10,45 +10,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::apiserver::{FakeApiServer, endpoint_slice};
+use support::scrape::Scrape;
 use support::{RegistryDns, TempDir, dig, healthy_upstream, http_get, wait_until};
 
 const NAME: &str = "knative-local-registry";
-
-/// One scrape, as `(series, value)` lines, e.g. `registry_dns_queries_total{proto="udp",type="A"}`.
-struct Scrape(Vec<(String, f64)>);
-
-impl Scrape {
-    fn of(s: &RegistryDns) -> Self {
-        let (code, body) = http_get(s.ops.expect("ops endpoint"), "/metrics").expect("scrape");
-        assert_eq!(code, 200, "{body}");
-        assert!(body.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF: {body}");
-        let samples = body
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| {
-                let (series, value) = l.rsplit_once(' ').expect("sample line");
-                (series.to_string(), value.parse().unwrap_or_else(|_| panic!("bad value in {l}")))
-            })
-            .collect();
-        Self(samples)
-    }
-
-    /// The value of the series `name` with every label in `labels` (0 when absent, as Prometheus
-    /// treats a counter that has not been seen yet).
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let matching: Vec<f64> = self
-            .0
-            .iter()
-            .filter(|(series, _)| {
-                let (series_name, rest) = series.split_once('{').unwrap_or((series, ""));
-                series_name == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-            })
-            .map(|(_, v)| *v)
-            .collect();
-        assert!(matching.len() <= 1, "{name} {labels:?} matches several series");
-        matching.first().copied().unwrap_or(0.0)
-    }
-}
 
 fn moved(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     after.get(name, labels) - before.get(name, labels)
@@ -58,7 +23,9 @@ fn moved(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -
 fn counters_move_with_local_forwarded_and_tcp_queries() {
     let upstream = healthy_upstream();
     let upstream_addr = upstream.addr.to_string();
-    let s = RegistryDns::start(&["--record", &format!("{NAME}=10.0.0.10"), "--upstream", &upstream_addr]);
+    // One worker, so that one cache sees every forwarded query: the first is a miss, then hits.
+    let s =
+        RegistryDns::start(&["--record", &format!("{NAME}=10.0.0.10"), "--upstream", &upstream_addr, "--workers", "1"]);
     let before = Scrape::of(&s);
 
     for _ in 0..5 {
@@ -78,12 +45,19 @@ fn counters_move_with_local_forwarded_and_tcp_queries() {
     let local_nx = [("path", "local"), ("rcode", "NXDOMAIN")];
     assert_eq!(moved(&before, &after, "registry_dns_responses_total", &local_nx), 1.0);
     let forwarded_ok = [("path", "forwarded"), ("rcode", "NOERROR")];
-    assert_eq!(moved(&before, &after, "registry_dns_responses_total", &forwarded_ok), 3.0);
+    assert_eq!(moved(&before, &after, "registry_dns_responses_total", &forwarded_ok), 1.0);
+    let cached_ok = [("path", "cache"), ("rcode", "NOERROR")];
+    assert_eq!(moved(&before, &after, "registry_dns_responses_total", &cached_ok), 2.0);
+    assert_eq!(moved(&before, &after, "registry_dns_cache_misses_total", &[]), 1.0);
+    assert_eq!(moved(&before, &after, "registry_dns_cache_hits_total", &[]), 2.0);
+    assert_eq!(moved(&before, &after, "registry_dns_cache_entries", &[]), 1.0);
+    assert!(after.get("registry_dns_cache_bytes", &[]) > 0.0);
 
     // Every response is in its path's latency histogram, and in no other.
     let count = "registry_dns_response_duration_seconds_count";
     assert_eq!(moved(&before, &after, count, &[("path", "local")]), 6.0);
-    assert_eq!(moved(&before, &after, count, &[("path", "forwarded")]), 3.0);
+    assert_eq!(moved(&before, &after, count, &[("path", "forwarded")]), 1.0);
+    assert_eq!(moved(&before, &after, count, &[("path", "cache")]), 2.0);
     assert_eq!(moved(&before, &after, count, &[("path", "refused")]), 0.0);
     let bucket = "registry_dns_response_duration_seconds_bucket";
     let inf = moved(&before, &after, bucket, &[("path", "local"), ("le", "+Inf")]);
@@ -92,7 +66,7 @@ fn counters_move_with_local_forwarded_and_tcp_queries() {
     assert!(sum > 0.0 && sum < 3.0, "forwarded latency sum {sum} s");
 
     let up = [("upstream", upstream_addr.as_str()), ("proto", "udp")];
-    assert_eq!(moved(&before, &after, "registry_dns_upstream_requests_total", &up), 3.0);
+    assert_eq!(moved(&before, &after, "registry_dns_upstream_requests_total", &up), 1.0);
     assert_eq!(after.get("registry_dns_upstream_healthy", &[("upstream", &upstream_addr)]), 1.0);
     assert_eq!(after.get("registry_dns_name_synced", &[("name", &format!("{NAME}.")), ("source", "static")]), 1.0);
     assert_eq!(after.get("registry_dns_name_addresses", &[("name", &format!("{NAME}."))]), 1.0);

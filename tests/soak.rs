@@ -3,7 +3,9 @@
 //! nsd killed and restarted, the API server stopped and restarted, its history compacted and the
 //! watches cut, the Service's endpoints changing. Required: the process never dies, a local name
 //! never gets a wrong answer or no answer (the last known addresses are served through every API
-//! outage), forwarding recovers after each upstream outage, and memory stays flat.
+//! outage), a forwarded name answered before an upstream outage never fails during it (the
+//! cache serves it stale; its answers are capped at 2 s so that they do expire during the 4 s
+//! outages), forwarding recovers after each upstream outage, and memory stays flat.
 
 mod support;
 
@@ -32,6 +34,9 @@ struct Counts {
     local_wrong: AtomicU64,
     forwarded_ok: AtomicU64,
     forwarded_failed: AtomicU64,
+    /// Failures of the forwarded name every client asks again and again (answered before each
+    /// outage): serve-stale must cover them all.
+    seen_failed: AtomicU64,
     /// Forwarded answers after the last upstream restart had time to be noticed.
     forwarded_ok_late: AtomicU64,
 }
@@ -59,6 +64,8 @@ fn soak_under_flapping_upstream_and_api_server() {
         &upstream.addr.to_string(),
         "--upstream-timeout",
         "500ms",
+        "--cache-max-ttl",
+        "2s",
     ]);
     let server = s.addr;
     let synced = wait_until(Duration::from_secs(20), || {
@@ -96,6 +103,10 @@ fn soak_under_flapping_upstream_and_api_server() {
                     continue;
                 }
                 let ok = matches!(answer, Some((ResponseCode::NoError | ResponseCode::NXDomain, _)));
+                if !ok && name == "www.test" {
+                    counts.seen_failed.fetch_add(1, Relaxed);
+                    eprintln!("soak: a name answered before failed: {answer:?}");
+                }
                 if ok {
                     counts.forwarded_ok.fetch_add(1, Relaxed);
                     let settled = up_since.lock().unwrap().is_some_and(|t| t.elapsed() > Duration::from_secs(7));
@@ -148,12 +159,14 @@ fn soak_under_flapping_upstream_and_api_server() {
 
     let (local, wrong) = (counts.local.load(Relaxed), counts.local_wrong.load(Relaxed));
     let (fwd_ok, fwd_failed) = (counts.forwarded_ok.load(Relaxed), counts.forwarded_failed.load(Relaxed));
+    let seen_failed = counts.seen_failed.load(Relaxed);
     let third = rss.len() / 3;
     let early = *rss[1..third.max(2)].iter().max().unwrap();
     let late = *rss[rss.len() - third.max(1)..].iter().max().unwrap();
     eprintln!(
         "soak: {seconds} s; local {local} queries, {wrong} wrong; forwarded {fwd_ok} ok, {fwd_failed} failed \
-         (upstream down 4 s in 20), {} ok once settled; VmRSS KiB early max {early}, late max {late}, peak {}",
+         (upstream down 4 s in 20; never-seen names), {seen_failed} of them for a name answered before; \
+         {} ok once settled; VmRSS KiB early max {early}, late max {late}, peak {}",
         counts.forwarded_ok_late.load(Relaxed),
         rss.iter().max().unwrap()
     );
@@ -161,6 +174,7 @@ fn soak_under_flapping_upstream_and_api_server() {
     assert!(s.is_running(), "registry-dns died: {:?}", s.logs());
     assert!(local > seconds * 50, "the load kept going: {local} local queries");
     assert_eq!(wrong, 0, "a local name got a wrong or no answer");
+    assert_eq!(seen_failed, 0, "a forwarded name answered before an outage failed during it");
     assert!(counts.forwarded_ok_late.load(Relaxed) > 0, "forwarding recovered after the upstream came back");
     // Flat memory: the last third's peak within 10 % (plus 2 MiB of allocator slack) of the first's.
     assert!(late <= early + early / 10 + 2048, "VmRSS grew: {rss:?}");

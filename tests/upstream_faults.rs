@@ -2,7 +2,8 @@
 //! (silence, slowness, SERVFAIL/REFUSED, forged or broken replies), the client gets the healthy
 //! answer within the per-try timeout plus a margin, never a forged one; a TC answer and one too
 //! large for the client reach it in a form it can retry over TCP; and a failing upstream is
-//! skipped for later queries, then used again once it answers.
+//! skipped for later queries, then used again once it answers. The cache is off here
+//! (`--cache-size 0`): these are the relay's rules, which a cache hit would hide.
 
 mod support;
 
@@ -34,6 +35,8 @@ fn relay(bad: &BadUpstream, healthy: &Nsd) -> RegistryDns {
         &healthy.addr.to_string(),
         "--upstream-timeout",
         &format!("{}ms", TRY.as_millis()),
+        "--cache-size",
+        "0",
     ]);
     assert!(wait_until(Duration::from_secs(5), || bad.queries() >= 1), "the loop probe reaches the bad upstream");
     s
@@ -116,6 +119,19 @@ fn forged_and_broken_replies_are_ignored_and_the_healthy_upstream_answers() {
             assert!(took < TRY, "{forgery:?} over TCP: took {took:?}");
         }
     }
+}
+
+#[test]
+fn an_answer_for_a_type_that_differs_only_in_case_bit_is_not_relayed() {
+    // HTTPS (TYPE65, 0x0041) answered as TYPE97 (0x0061): the same bytes but for bit 0x20.
+    let healthy = healthy_upstream();
+    let bad = BadUpstream::with(Behaviour::Forged(Forgery::WrongType));
+    let s = relay(&bad, &healthy);
+    let d = dig(s.addr, &["www.test", "TYPE65"]);
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    assert!(!d.raw.contains("mismatch"), "dig saw another question:\n{}", d.raw);
+    assert!(d.answer.is_empty(), "the healthy upstream's NODATA, never the forged reply ({FORGED}): {}", d.raw);
+    assert_eq!(bad.queries(), 2, "the forgery was seen (probe + query), and ignored");
 }
 
 #[test]

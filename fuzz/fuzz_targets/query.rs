@@ -59,7 +59,7 @@ fuzz_target!(|packet: &[u8]| {
     for transport in [Transport::Udp, Transport::Tcp] {
         let mut out = Vec::new();
         match request::handle(packet, transport, &server.table, &server.probe, &mut out) {
-            Action::Reply { .. } => {
+            Action::Reply { .. } | Action::LoopedBack { .. } => {
                 check_reply(packet, transport, &out);
             }
             Action::Forward { question_end, edns, qtype } => check_forward(packet, question_end, edns, qtype),
@@ -74,7 +74,7 @@ fuzz_target!(|packet: &[u8]| {
             assert_eq!(u16::from(check_reply(packet, Transport::Udp, &out).metadata.response_code), 5)
         }
         Action::Drop => {}
-        Action::Forward { .. } => panic!("a refused client's query was forwarded"),
+        Action::Forward { .. } | Action::LoopedBack { .. } => panic!("a refused client's query was forwarded"),
     }
 });
 

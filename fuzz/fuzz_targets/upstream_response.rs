@@ -3,7 +3,8 @@
 //! client's ID bit-flipped (the relay's own ID), and `forward::reply::judge` decides on the reply
 //! as both relays do. Whatever the bytes, nothing may panic, and:
 //! - an accepted reply (or one that moves on to the next upstream) is a response with the relay's
-//!   ID and the same question; when hickory-proto parses both, it sees the same question in each;
+//!   ID and the same question (QTYPE and QCLASS byte for byte, the name in any case); when
+//!   hickory-proto parses both, it sees the same question in each;
 //! - restoring the client's ID changes those two bytes and nothing else: the relay is byte for byte.
 #![no_main]
 
@@ -43,6 +44,7 @@ fuzz_target!(|input: &[u8]| {
     assert_eq!(wire::id(reply), !client_id);
     assert_eq!(verdict == Verdict::MoveOn, matches!(wire::rcode_of(reply), 2 | 5));
     assert!(sent[wire::HEADER_LEN..question_end].eq_ignore_ascii_case(&reply[wire::HEADER_LEN..question_end]));
+    assert_eq!(sent[question_end - 4..question_end], reply[question_end - 4..question_end], "QTYPE and QCLASS exactly");
     if let (Ok(answer), Ok(asked)) = (Message::from_vec(reply), Message::from_vec(query)) {
         assert_eq!(answer.metadata.message_type, MessageType::Response);
         assert_eq!(answer.queries, asked.queries, "hickory sees the question we asked");

@@ -10,13 +10,14 @@ use std::time::Duration;
 
 use std::ffi::OsString;
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use ipnet::IpNet;
 
-use super::{Config, StaticRecord, parse_upstream};
+use super::Config;
 use crate::access::{AllowList, DEFAULT_ALLOWED};
-use crate::sources::kubernetes::{AnswerMode, ServiceName};
+use crate::model::{AnswerMode, ServiceName, StaticRecord, parse_upstream};
 
 /// registry-dns: answers a cluster registry's TLD-less name authoritatively and forwards every
 /// other query, unchanged, to the upstream servers.
@@ -66,7 +67,8 @@ pub struct Settings {
     pub service: Vec<ServiceName>,
 
     /// What names that follow a Service answer: its ready endpoints, or its cluster IPs.
-    #[arg(long, env = "REGISTRY_DNS_ANSWER", value_enum, default_value_t = AnswerMode::Endpoints)]
+    #[arg(long, env = "REGISTRY_DNS_ANSWER", default_value = "endpoints",
+          value_parser = PossibleValuesParser::new(AnswerMode::NAMES).map(|v| v.parse::<AnswerMode>().expect("a listed value")))]
     pub answer: AnswerMode,
 
     /// Kubeconfig to use; default: in-cluster service account, else KUBECONFIG or ~/.kube/config.
@@ -110,6 +112,27 @@ pub struct Settings {
     /// Forwarded queries in flight at most; beyond it clients get REFUSED.
     #[arg(long, env = "REGISTRY_DNS_MAX_CONCURRENT", value_name = "N", default_value_t = 1000)]
     pub max_concurrent: usize,
+
+    /// Bytes of cached answers at most (for example 8MiB, 512KiB), shared by the UDP workers and
+    /// TCP; 0 turns the cache off: every query is relayed.
+    #[arg(long, env = "REGISTRY_DNS_CACHE_SIZE", value_name = "SIZE", default_value = "8MiB", value_parser = parse_size)]
+    pub cache_size: usize,
+
+    /// Longest a positive answer is cached (and the largest TTL it is served with).
+    #[arg(long, env = "REGISTRY_DNS_CACHE_MAX_TTL", value_name = "DURATION", default_value = "1h",
+          value_parser = humantime::parse_duration)]
+    pub cache_max_ttl: Duration,
+
+    /// Longest a negative answer (NXDOMAIN, NODATA) is cached; it is also bounded by its SOA.
+    #[arg(long, env = "REGISTRY_DNS_CACHE_MAX_NEGATIVE_TTL", value_name = "DURATION", default_value = "5m",
+          value_parser = humantime::parse_duration)]
+    pub cache_max_negative_ttl: Duration,
+
+    /// How long an expired answer is kept, to be served (TTL 30 s) when the upstreams fail or are
+    /// slow (RFC 8767); 0 turns serve-stale off.
+    #[arg(long, env = "REGISTRY_DNS_SERVE_STALE", value_name = "DURATION", default_value = "1d",
+          value_parser = parse_duration_or_zero)]
+    pub serve_stale: Duration,
 
     /// UDP worker threads, each with its own SO_REUSEPORT socket; 0 means one per usable CPU.
     #[arg(long, env = "REGISTRY_DNS_WORKERS", value_name = "N", default_value_t = 0)]
@@ -166,6 +189,31 @@ fn parse_ops_listen(text: &str) -> Result<OpsListen, String> {
         return Ok(OpsListen(None));
     }
     text.parse().map(|a| OpsListen(Some(a))).map_err(|_| format!("'{text}' is not ADDR:PORT or off"))
+}
+
+/// A size in bytes: a number, optionally followed by KiB, MiB or GiB.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let scale: usize = match unit {
+        "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(format!("'{text}' is not a size such as 8MiB, 512KiB or 0")),
+    };
+    let n: usize = number.parse().map_err(|_| format!("'{text}' is not a size such as 8MiB, 512KiB or 0"))?;
+    n.checked_mul(scale).ok_or_else(|| format!("'{text}' is too large"))
+}
+
+/// A duration such as `1d` or `30s`, or a bare `0`.
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text).map_err(|e| e.to_string())
 }
 
 /// What else the binary does besides serving.
@@ -248,6 +296,12 @@ impl Settings {
             max_answers: self.max_answers,
             upstream_timeout: self.upstream_timeout,
             max_concurrent: self.max_concurrent,
+            cache: crate::cache::Settings {
+                size: self.cache_size,
+                max_ttl: self.cache_max_ttl,
+                max_negative_ttl: self.cache_max_negative_ttl,
+                serve_stale: self.serve_stale,
+            },
             workers: self.workers,
             tcp_idle_timeout: self.tcp_idle_timeout,
             max_tcp_connections: self.max_tcp_connections,
@@ -327,6 +381,32 @@ mod tests {
         assert_eq!(config.listen, vec!["127.0.0.1:5353".parse().unwrap()]);
         assert_eq!(config.ttl, 5);
         assert!(!config.allow_from.networks().is_empty());
+    }
+
+    #[test]
+    fn cache_flags_take_sizes_and_durations() {
+        let config = Cli::try_parse_from(["registry-dns"]).unwrap().settings.into_config();
+        assert_eq!(config.cache, crate::cache::Settings::default(), "the flags' defaults are the library's");
+        let config = Cli::try_parse_from([
+            "registry-dns",
+            "--cache-size",
+            "512KiB",
+            "--cache-max-ttl",
+            "10m",
+            "--serve-stale",
+            "0",
+        ])
+        .unwrap()
+        .settings
+        .into_config();
+        assert_eq!(config.cache.size, 512 << 10);
+        assert_eq!(config.cache.max_ttl, Duration::from_secs(600));
+        assert!(config.cache.serve_stale.is_zero());
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("3GiB"), Ok(3 << 30));
+        for bad in ["8MB", "MiB", "-1", "1.5MiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -5,7 +5,6 @@
 
 pub mod cli;
 mod file;
-mod record;
 mod upstream;
 
 use std::collections::HashSet;
@@ -16,12 +15,11 @@ use std::time::Duration;
 use anyhow::{bail, ensure};
 use tracing::warn;
 
-pub use record::{StaticRecord, parse_local_name};
-pub use upstream::{from_resolv_conf, parse_upstream};
+pub use upstream::from_resolv_conf;
 
 use crate::access::AllowList;
 use crate::forward::MAX_UPSTREAMS;
-use crate::sources::kubernetes::{AnswerMode, ServiceName};
+use crate::model::{AnswerMode, ServiceName, StaticRecord};
 
 /// Everything a server needs to start.
 #[derive(Debug, Clone)]
@@ -51,6 +49,8 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Forwarded queries in flight at most; more get REFUSED.
     pub max_concurrent: usize,
+    /// The packet cache in front of the upstreams.
+    pub cache: crate::cache::Settings,
     /// UDP worker threads; 0 means one per CPU this process may run on.
     pub workers: usize,
     /// A TCP connection with no complete query for this long is closed (RFC 7766 section 6.2.3).
@@ -85,6 +85,7 @@ impl Default for Config {
             max_answers: 16,
             upstream_timeout: Duration::from_secs(2),
             max_concurrent: 1000,
+            cache: crate::cache::Settings::default(),
             workers: 0,
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_connections: 512,

@@ -29,6 +29,9 @@ pub mod types {
     pub const OPT: u16 = 41;
     pub const ANY: u16 = 255;
     pub const CLASS_IN: u16 = 1;
+    /// EDNS option codes (RFC 7873, RFC 7830).
+    pub const OPTION_COOKIE: u16 = 10;
+    pub const OPTION_PADDING: u16 = 12;
     pub const CLASS_ANY: u16 = 255;
 }
 
@@ -51,6 +54,7 @@ const TC: u8 = 0x02;
 const RD: u8 = 0x01;
 const RA: u8 = 0x80;
 const CD: u8 = 0x10;
+const AD_FLAG: u8 = 0x20;
 const DO_BIT: u32 = 0x8000;
 
 /// The EDNS0 parameters of a query's OPT record.
@@ -62,6 +66,9 @@ pub struct Edns {
     pub version: u8,
     /// The DO bit (RFC 3225), echoed in our answers.
     pub dnssec_ok: bool,
+    /// Whether the OPT record carries options other than COOKIE and PADDING (or options that do
+    /// not parse): an answer may depend on them (ECS, NSID...), so it is not cached.
+    pub other_options: bool,
 }
 
 /// What the hot path knows about a query after [`parse_query`].
@@ -236,11 +243,110 @@ pub fn parse_query(packet: &[u8], lower: &mut [u8; MAX_NAME_LEN]) -> Result<Quer
             }
             let class = get_u16(packet, after_name + 2).ok_or(formerr)?;
             let ttl = u32::from_be_bytes(packet[after_name + 4..after_name + 8].try_into().unwrap());
-            edns = Some(Edns { payload: class, version: (ttl >> 16) as u8, dnssec_ok: ttl & DO_BIT != 0 });
+            edns = Some(Edns {
+                payload: class,
+                version: (ttl >> 16) as u8,
+                dnssec_ok: ttl & DO_BIT != 0,
+                other_options: has_other_options(&packet[after_name + 10..end]),
+            });
         }
         at = end;
     }
     Ok(Query { question_end, name_len, qtype, qclass, edns })
+}
+
+/// Whether an OPT record's RDATA holds an option other than COOKIE (10) and PADDING (12), whose
+/// contents never change an answer, or does not parse as options.
+fn has_other_options(mut rdata: &[u8]) -> bool {
+    use types::{OPTION_COOKIE as COOKIE, OPTION_PADDING as PADDING};
+    while !rdata.is_empty() {
+        let (Some(code), Some(len)) = (get_u16(rdata, 0), get_u16(rdata, 2)) else { return true };
+        let next = 4 + usize::from(len);
+        if (code != COOKIE && code != PADDING) || next > rdata.len() {
+            return true;
+        }
+        rdata = &rdata[next..];
+    }
+    false
+}
+
+/// One resource record of a message, as [`Records`] finds it.
+#[derive(Debug, Clone, Copy)]
+pub struct Record {
+    /// 1 answer, 2 authority, 3 additional.
+    pub section: usize,
+    pub rtype: u16,
+    /// Where its 32-bit TTL is.
+    pub ttl_at: usize,
+    /// Where its RDATA starts and ends.
+    pub rdata: (usize, usize),
+}
+
+/// The records after the question of a message that [`is_whole`] accepted, in order. Owner
+/// names are stepped over, not followed: all a cache needs is where each TTL is.
+pub struct Records<'a> {
+    message: &'a [u8],
+    at: usize,
+    index: usize,
+    counts: [usize; 3],
+}
+
+impl<'a> Records<'a> {
+    pub fn new(message: &'a [u8], question_end: usize) -> Self {
+        Self { message, at: question_end, index: 0, counts: [count(message, 1), count(message, 2), count(message, 3)] }
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = Record;
+
+    fn next(&mut self) -> Option<Record> {
+        let section = match self.index {
+            i if i < self.counts[0] => 1,
+            i if i < self.counts[0] + self.counts[1] => 2,
+            i if i < self.counts[0] + self.counts[1] + self.counts[2] => 3,
+            _ => return None,
+        };
+        let after_name = step_over_name(self.message, self.at)?;
+        let rtype = get_u16(self.message, after_name)?;
+        let rdlen = usize::from(get_u16(self.message, after_name + 8)?);
+        let end = after_name + 10 + rdlen;
+        if end > self.message.len() {
+            return None;
+        }
+        self.index += 1;
+        self.at = end;
+        Some(Record { section, rtype, ttl_at: after_name + 4, rdata: (after_name + 10, end) })
+    }
+}
+
+pub fn get_u32(packet: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(packet.get(at..at + 4)?.try_into().ok()?))
+}
+
+pub fn set_u32(packet: &mut [u8], at: usize, value: u32) {
+    packet[at..at + 4].copy_from_slice(&value.to_be_bytes());
+}
+
+/// The header flags that change what an upstream answers (RD, CD, AD), in one byte.
+pub fn answer_flags(packet: &[u8]) -> u8 {
+    (packet[2] & RD) | (packet[3] & (CD | AD_FLAG))
+}
+
+/// Whether a message's header counts records in the answer or authority section, or more
+/// additional records than `additional`: a query like that is not a plain question.
+pub fn has_records_beyond(packet: &[u8], additional: usize) -> bool {
+    count(packet, 1) != 0 || count(packet, 2) != 0 || count(packet, 3) != additional
+}
+
+/// Whether TC is set.
+pub fn is_truncated(packet: &[u8]) -> bool {
+    packet[2] & TC != 0
+}
+
+/// The number of answer records.
+pub fn answer_count(packet: &[u8]) -> usize {
+    count(packet, 1)
 }
 
 /// Appends our OPT record (RFC 6891): our payload size, version 0, the client's DO bit.
@@ -382,12 +488,30 @@ pub fn is_whole(reply: &[u8], question_end: usize) -> bool {
     true
 }
 
-/// Compares the question of `reply` with that of `query` (case-insensitively, as resolvers may
-/// change case): RFC 5452 section 9.1 accepts a reply only for the question that was asked.
+/// Compares the question of `reply` with that of `query`: RFC 5452 section 9.1 accepts a reply
+/// only for the question that was asked. Only the name's label bytes compare without regard to
+/// case (resolvers may change it, RFC 4343); its length bytes, QTYPE and QCLASS must be equal
+/// byte for byte, or TYPE65 (0x0041) would match TYPE97 (0x0061). `query`'s question is
+/// uncompressed (`parse_query` refuses anything else), so a compressed reply question differs.
 pub fn same_question(query: &[u8], question_end: usize, reply: &[u8]) -> bool {
-    reply.len() >= question_end
-        && count(reply, 0) == 1
-        && query[HEADER_LEN..question_end].eq_ignore_ascii_case(&reply[HEADER_LEN..question_end])
+    if reply.len() < question_end || count(reply, 0) != 1 {
+        return false;
+    }
+    let (asked, got) = (&query[HEADER_LEN..question_end], &reply[HEADER_LEN..question_end]);
+    let mut at = 0;
+    loop {
+        let label = usize::from(asked[at]);
+        if got[at] != asked[at] {
+            return false;
+        }
+        if label == 0 {
+            return asked[at + 1..] == got[at + 1..];
+        }
+        if !asked[at + 1..at + 1 + label].eq_ignore_ascii_case(&got[at + 1..at + 1 + label]) {
+            return false;
+        }
+        at += 1 + label;
+    }
 }
 
 #[cfg(test)]
@@ -523,7 +647,7 @@ mod tests {
         reply[2] |= QR | AA;
         set_count(&mut reply, 1, 1);
         reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, 1]);
-        let edns = Edns { payload: 1232, version: 0, dnssec_ok: true };
+        let edns = Edns { payload: 1232, version: 0, dnssec_ok: true, other_options: false };
         let mut out = Vec::new();
         write_truncated(&reply, question_end, Some(&edns), &mut out);
         let m = Message::from_vec(&out).unwrap();
@@ -535,6 +659,34 @@ mod tests {
         assert_eq!(relay_udp_limit(None), 512);
         assert_eq!(relay_udp_limit(Some(&Edns { payload: 100, ..edns })), 512);
         assert_eq!(relay_udp_limit(Some(&Edns { payload: 4096, ..edns })), 4096);
+    }
+
+    #[test]
+    fn a_question_matches_in_any_name_case_but_never_across_types_or_classes() {
+        let q = query("a.example.", RecordType::from(0x41), None);
+        let end = parse_query(&q, &mut [0; MAX_NAME_LEN]).unwrap().question_end;
+        let mut reply = q.clone();
+        reply[2] |= QR;
+        assert!(same_question(&q, end, &reply));
+        reply[HEADER_LEN + 1] = b'A';
+        reply[HEADER_LEN + 3] = b'E';
+        assert!(same_question(&q, end, &reply), "0x20 case changes in the labels");
+        // Each byte of QTYPE and QCLASS, flipped in bit 0x20 alone (0x41 -> 0x61 is TYPE65 -> TYPE97).
+        for at in end - 4..end {
+            let mut other = reply.clone();
+            other[at] ^= 0x20;
+            assert!(!same_question(&q, end, &other), "byte {at} differs only in 0x20");
+        }
+        let mut letter_type = q.clone();
+        letter_type[end - 3] = b'W';
+        letter_type[end - 1] = b'D';
+        let mut reply = letter_type.clone();
+        reply[end - 3] = b'w';
+        reply[end - 1] = b'd';
+        assert!(!same_question(&letter_type, end, &reply), "QTYPE/QCLASS bytes that look like letters");
+        let mut other_length = q.clone();
+        other_length[HEADER_LEN] = 0x21;
+        assert!(!same_question(&q, end, &other_length), "a length byte is never case-folded");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use probe::{PendingLookup, Reply};
 use resolver_setup::{Paths, ResolverSetup};
 use verdict::Findings;
 
-use crate::config::parse_upstream;
+use crate::model::parse_upstream;
 
 /// How long getaddrinfo may take before the doctor stops waiting (glibc's own worst case with
 /// three silent nameservers and a search list is minutes).

@@ -44,24 +44,23 @@ impl LoopProbe {
         Arc::new(Self { names, wire_names, upstreams })
     }
 
-    /// True when `name` (lower-cased wire form) is one of our probes coming back; the upstream it
-    /// was sent to is then dropped. Cheap enough for every forwarded query: all probe names have
-    /// one length, so most names are ruled out by it.
-    pub fn is_own_probe(&self, name: &[u8]) -> bool {
+    /// The upstream whose probe `name` (lower-cased wire form) is, when it is one of ours coming
+    /// back: that upstream loops. Cheap enough for every forwarded query: all probe names have one
+    /// length, so most names are ruled out by it.
+    pub fn upstream_of(&self, name: &[u8]) -> Option<usize> {
         if self.wire_names.first().is_none_or(|n| n.len() != name.len()) {
-            return false;
+            return None;
         }
-        match self.wire_names.iter().position(|n| **n == *name) {
-            Some(index) => {
-                self.upstreams.disable_looped(index);
-                true
-            }
-            None => false,
-        }
+        self.wire_names.iter().position(|n| **n == *name)
+    }
+
+    /// Drops upstream `index` for good: its probe came back (see [`LoopProbe::upstream_of`]).
+    pub fn drop_upstream(&self, index: usize) {
+        self.upstreams.disable_looped(index);
     }
 
     /// Sends every upstream its probe; the answers do not matter, only whether a probe comes
-    /// back to our listeners (see [`LoopProbe::is_own_probe`]).
+    /// back to our listeners (see [`LoopProbe::upstream_of`]).
     pub async fn send(self: Arc<Self>, timeout: Duration) {
         let mut tasks = Vec::new();
         for index in 0..self.names.len() {

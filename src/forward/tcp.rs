@@ -1,22 +1,99 @@
 //! TCP forwarding: a query that came over TCP goes upstream over TCP (RFC 7766), so answers too
 //! large for UDP arrive whole. One connection per query keeps this simple; TCP is the rare path.
+//!
+//! [`answer`] is the TCP entry point: TCP's front decides what the client gets, exactly as a UDP
+//! worker's does.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::Upstreams;
+use super::front::{Begin, Outcome, Ticket};
 use super::reply::{self, Verdict};
-use crate::dns::wire;
-use crate::metrics::Proto;
+use super::{Forwarding, Upstreams};
+use crate::cache::CLIENT_TIMER;
+use crate::dns::wire::{self, Edns};
+use crate::metrics::{Path, Proto};
 
-/// Relays `packet` to the upstreams in turn; returns the first acceptable answer with the
-/// client's ID, or the last SERVFAIL/REFUSED when every upstream gave one, or `None` when none
-/// answered at all.
-pub async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, timeout: Duration) -> Option<Vec<u8>> {
-    let client_id = wire::id(packet);
+/// The client's answer to `query`, a query `request::handle` chose to forward, that arrived at
+/// `arrived`; with the path it took when it was answered at once (the caller records that
+/// latency; the front records the others).
+pub async fn answer(
+    forwarding: Arc<Forwarding>,
+    query: Vec<u8>,
+    question_end: usize,
+    edns: Option<Edns>,
+    arrived: Instant,
+) -> (Vec<u8>, Option<Path>) {
+    let mut out = Vec::new();
+    let begin = forwarding.with_tcp(|front| front.begin(&query, question_end, edns, arrived, &mut out));
+    let ticket = match begin {
+        Begin::Answered(path) => return (out, Some(path)),
+        Begin::AnsweredAndRefresh(path, ticket) => {
+            let exchange = ask(&forwarding, query.clone(), question_end);
+            tokio::spawn(async move {
+                let relayed = exchange.await;
+                conclude(&forwarding, &query, ticket, relayed);
+            });
+            return (out, Some(path));
+        }
+        Begin::Ask(ticket) => ticket,
+    };
+    let mut exchange = Box::pin(ask(&forwarding, query.clone(), question_end));
+    if ticket.stale_fallback {
+        // An expired answer is held: the client gets it if the upstreams take longer than the
+        // client timer, and the exchange goes on in the background to refresh the cache.
+        tokio::select! {
+            relayed = &mut exchange => return (conclude(&forwarding, &query, ticket, relayed), None),
+            () = tokio::time::sleep_until((ticket.started + CLIENT_TIMER).into()) => {}
+        }
+        let now = Instant::now();
+        if forwarding.with_tcp(|front| front.client_timer(&query, wire::id(&query), ticket, now, &mut out)) {
+            let mut ticket = ticket;
+            ticket.client_waits = false;
+            tokio::spawn(async move {
+                let relayed = exchange.await;
+                conclude(&forwarding, &query, ticket, relayed);
+            });
+            return (out, None);
+        }
+    }
+    let relayed = exchange.await;
+    (conclude(&forwarding, &query, ticket, relayed), None)
+}
+
+/// The upstreams' exchange for `query`, owning what it needs so that it can outlive the client.
+fn ask(forwarding: &Forwarding, query: Vec<u8>, question_end: usize) -> impl Future<Output = Relayed> + 'static {
+    let upstreams = forwarding.upstreams.load_full();
+    let timeout = forwarding.timeout;
+    async move { forward(&upstreams, &query, question_end, timeout).await }
+}
+
+/// Hands the upstreams' outcome for `query` to TCP's front; returns the client's answer (empty
+/// when no client waits for it).
+fn conclude(forwarding: &Forwarding, query: &[u8], ticket: Ticket, relayed: Relayed) -> Vec<u8> {
+    let outcome = match &relayed {
+        Relayed::Answer(answer) => Outcome::Answer(answer),
+        Relayed::Failed(last) => Outcome::Failed { last: last.as_deref() },
+    };
+    let mut out = Vec::new();
+    let now = Instant::now();
+    forwarding.with_tcp(|front| front.finish(query, wire::id(query), ticket, outcome, now, &mut out));
+    out
+}
+
+/// What the upstreams made of a query.
+enum Relayed {
+    Answer(Vec<u8>),
+    /// None answered; the last SERVFAIL or REFUSED, if one came.
+    Failed(Option<Vec<u8>>),
+}
+
+/// Relays `packet` to the upstreams in turn, under a random ID of ours.
+async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, timeout: Duration) -> Relayed {
     let mut query = packet.to_vec();
     let mut tried = 0u32;
     let mut last_refusal = None;
@@ -27,14 +104,12 @@ pub async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, 
         let addr = upstreams.addr(upstream);
         upstreams.record_request(upstream, Proto::Tcp);
         match tokio::time::timeout(timeout, exchange(addr, &query)).await {
-            Ok(Ok(mut answer)) => match reply::judge(&query, question_end, &answer) {
+            Ok(Ok(answer)) => match reply::judge(&query, question_end, &answer) {
                 Verdict::Accept => {
-                    wire::set_id(&mut answer, client_id);
                     upstreams.record_success(upstream);
-                    return Some(answer);
+                    return Relayed::Answer(answer);
                 }
                 Verdict::MoveOn => {
-                    wire::set_id(&mut answer, client_id);
                     upstreams.record_failure(upstream);
                     last_refusal = Some(answer);
                 }
@@ -53,7 +128,7 @@ pub async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, 
             }
         }
     }
-    last_refusal
+    Relayed::Failed(last_refusal)
 }
 
 async fn exchange(addr: std::net::SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {

@@ -11,6 +11,9 @@
 //! leave in one `sendmmsg` per upstream socket (all queries of one batch share a socket picked at
 //! random for that batch, each with its own random ID), replies are read with `recvmmsg`, and
 //! answers go back to clients in one `sendmmsg` per listener. Callers `flush` after each batch.
+//!
+//! What a client gets is not decided here: [`UdpForwarder::query`] asks the worker's [`Front`]
+//! first, and every upstream outcome goes back through it.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -25,10 +28,11 @@ use rustc_hash::FxHashMap;
 use tokio::io::unix::AsyncFd;
 use tracing::debug;
 
+use super::Upstreams;
+use super::front::{Begin, Front, Outcome, Ticket};
 use super::reply::{self, Verdict};
-use super::{InFlight, Upstreams};
-use crate::dns::wire::{self, Edns, rcode};
-use crate::metrics::{Path, Proto, Traffic};
+use crate::dns::wire::{self, Edns};
+use crate::metrics::{Path, Proto};
 use crate::net::batch::{self, BATCH, RecvBatch, SendBatch};
 
 /// Sockets per upstream and worker: the source-port spread of RFC 5452 section 9.2, multiplied by
@@ -50,10 +54,9 @@ struct Pending {
     /// Index of the listener the query came in on (and its answer goes out of).
     listener: usize,
     client_id: u16,
-    edns: Option<Edns>,
+    ticket: Ticket,
     /// The client's query as it goes upstream (our ID in it).
     query: Vec<u8>,
-    question_end: usize,
     /// Upstreams already tried, as bits.
     tried: u32,
     /// The upstream and socket of the current try, and the ID it was sent with.
@@ -61,18 +64,6 @@ struct Pending {
     key: (u32, u16),
     /// When the current try times out.
     deadline: Instant,
-    /// When the client's query arrived, for the latency histogram.
-    started: Instant,
-}
-
-/// What [`UdpForwarder::start`] did with a query.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Started {
-    Queued,
-    /// The in-flight cap is reached: the client gets REFUSED, as CoreDNS's `max_concurrent`.
-    OverCapacity,
-    /// No upstream is left to try: the client gets SERVFAIL (queued like any answer).
-    Failed,
 }
 
 pub struct UdpForwarder {
@@ -85,7 +76,7 @@ pub struct UdpForwarder {
     slots: Vec<Option<Pending>>,
     free: Vec<usize>,
     by_key: FxHashMap<(u32, u16), usize>,
-    in_flight: Arc<InFlight>,
+    front: Front,
     timeout: Duration,
     spare_buffers: Vec<Vec<u8>>,
     /// Queries waiting for [`UdpForwarder::flush`]: (socket key, slot).
@@ -95,7 +86,6 @@ pub struct UdpForwarder {
     answers: Vec<SendBatch>,
     replies: Option<RecvBatch>,
     rng: ThreadRng,
-    traffic: Arc<Traffic>,
 }
 
 impl UdpForwarder {
@@ -103,10 +93,9 @@ impl UdpForwarder {
     /// key, for the caller to run a receive loop on each ([`UdpForwarder::receive`]).
     pub fn new(
         upstreams: Arc<Upstreams>,
-        in_flight: Arc<InFlight>,
+        front: Front,
         timeout: Duration,
         listeners: Vec<Socket>,
-        traffic: Arc<Traffic>,
     ) -> io::Result<(Self, Vec<KeyedSocket>)> {
         let mut sockets = Vec::with_capacity(upstreams.len());
         let mut all = Vec::new();
@@ -129,14 +118,13 @@ impl UdpForwarder {
             slots: Vec::new(),
             free: Vec::new(),
             by_key: FxHashMap::default(),
-            in_flight,
+            front,
             timeout,
             spare_buffers: Vec::new(),
             queued: Vec::new(),
             outgoing: SendBatch::default(),
             replies: Some(RecvBatch::new(MAX_REPLY)),
             rng: rand::rng(),
-            traffic,
         };
         Ok((this, all))
     }
@@ -146,34 +134,48 @@ impl UdpForwarder {
         self.by_key.len() + self.queued.len()
     }
 
-    /// Queues a client's query for its first upstream.
-    pub fn start(
+    /// The worker's entry point for a query `request::handle` chose to forward: the front decides
+    /// whether it is answered now (from the cache, or REFUSED over capacity; the answer is then in
+    /// `out` and its path returned) or goes upstream (its answer leaves with a later `flush`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn query(
         &mut self,
         packet: &[u8],
         question_end: usize,
         edns: Option<Edns>,
         client: SocketAddr,
         listener: usize,
-    ) -> Started {
-        if !self.in_flight.try_acquire() {
-            return Started::OverCapacity;
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Option<Path> {
+        match self.front.begin(packet, question_end, edns, now, out) {
+            Begin::Answered(path) => Some(path),
+            Begin::Ask(ticket) => {
+                self.start(packet, ticket, client, listener, now);
+                None
+            }
+            Begin::AnsweredAndRefresh(path, ticket) => {
+                self.start(packet, ticket, client, listener, now);
+                Some(path)
+            }
         }
+    }
+
+    /// Queues a query for its first upstream.
+    fn start(&mut self, packet: &[u8], ticket: Ticket, client: SocketAddr, listener: usize, now: Instant) {
         let mut query = self.spare_buffers.pop().unwrap_or_default();
         query.clear();
         query.extend_from_slice(packet);
-        let now = Instant::now();
         let pending = Pending {
             client,
             listener,
             client_id: wire::id(packet),
-            edns,
+            ticket,
             query,
-            question_end,
             tried: 0,
             upstream: 0,
             key: (0, 0),
             deadline: now,
-            started: now,
         };
         let slot = match self.free.pop() {
             Some(slot) => {
@@ -185,17 +187,17 @@ impl UdpForwarder {
                 self.slots.len() - 1
             }
         };
-        if self.queue_next(slot, now) { Started::Queued } else { Started::Failed }
+        self.queue_next(slot, now);
     }
 
     /// Queues the query in `slot` for the next upstream it has not tried. When none is left the
-    /// client gets SERVFAIL and the slot is freed; returns whether a try is under way. The try
-    /// times out `timeout` after `now` (a time the caller read anyway: one clock read per batch).
-    fn queue_next(&mut self, slot: usize, now: Instant) -> bool {
+    /// query has failed (see [`Outcome::Failed`]) and the slot is freed. The try times out
+    /// `timeout` after `now` (a time the caller read anyway: one clock read per batch).
+    fn queue_next(&mut self, slot: usize, now: Instant) {
         let pending = self.slots[slot].as_mut().expect("live slot");
         let Some(upstream) = self.upstreams.next(pending.tried) else {
-            self.fail(slot);
-            return false;
+            self.finish(slot, Outcome::Failed { last: None }, now);
+            return;
         };
         pending.tried |= 1 << upstream;
         let socket_index =
@@ -214,7 +216,11 @@ impl UdpForwarder {
         self.by_key.insert(pending.key, slot);
         self.upstreams.record_request(upstream, Proto::Udp);
         self.queued.push((key_socket, slot));
-        true
+    }
+
+    /// Empties this forwarder's cache, or drops every entry of `name` (`POST /cache/flush`).
+    pub fn flush_cache(&mut self, name: Option<&[u8]>) {
+        self.front.flush(name);
     }
 
     /// Sends every queued query (one `sendmmsg` per socket; a query the socket refuses moves on
@@ -262,39 +268,17 @@ impl UdpForwarder {
         self.queue_next(slot, Instant::now());
     }
 
-    /// The answer batch of `listener`, with room for one more answer.
-    fn answers_for(&mut self, listener: usize) -> &mut SendBatch {
-        let answers = &mut self.answers[listener];
-        if answers.is_full() {
-            answers.flush(self.listeners[listener].as_raw_fd());
-        }
-        answers
-    }
-
-    /// Answers SERVFAIL to the client of `slot` and frees it.
-    fn fail(&mut self, slot: usize) {
+    /// Ends the query in `slot` with `outcome`: the front writes the client's answer, if one
+    /// waits, into the answer batch of its listener.
+    fn finish(&mut self, slot: usize, outcome: Outcome<'_>, now: Instant) {
         let pending = self.slots[slot].take().expect("live slot");
-        let answers = self.answers_for(pending.listener);
-        let answer = answers.buffer();
-        wire::write_empty_answer(
-            &pending.query,
-            Some(pending.question_end),
-            rcode::SERVFAIL,
-            pending.edns.as_ref(),
-            false,
-            answer,
-        );
-        wire::set_id(answer, pending.client_id);
-        answers.commit(Some(pending.client));
-        self.traffic.response(Path::Forwarded, rcode::SERVFAIL);
-        self.traffic.latency(Path::Forwarded, pending.started.elapsed(), 1);
-        self.release(slot, pending);
-    }
-
-    fn release(&mut self, slot: usize, pending: Pending) {
+        let answers = answer_batch(&mut self.answers, &self.listeners, pending.listener);
+        let out = answers.buffer();
+        if self.front.finish(&pending.query, pending.client_id, pending.ticket, outcome, now, out) {
+            answers.commit(Some(pending.client));
+        }
         self.spare_buffers.push(pending.query);
         self.free.push(slot);
-        self.in_flight.release();
     }
 
     /// Reads one batch of replies from upstream socket `key` and handles each; returns how many
@@ -305,7 +289,7 @@ impl UdpForwarder {
         if let Ok(n) = result {
             let now = Instant::now();
             for i in 0..n {
-                if let Some(reply) = replies.get_mut(i) {
+                if let Some(reply) = replies.message(i) {
                     self.on_reply(key, reply, now);
                 }
             }
@@ -316,7 +300,7 @@ impl UdpForwarder {
 
     /// Handles a datagram from upstream socket `key`. Anything that is not the answer to a
     /// query in flight on that socket, with its ID and question, is ignored (RFC 5452).
-    fn on_reply(&mut self, key: u32, reply: &mut [u8], now: Instant) {
+    fn on_reply(&mut self, key: u32, reply: &[u8], now: Instant) {
         if !wire::is_response(reply) {
             return;
         }
@@ -325,7 +309,7 @@ impl UdpForwarder {
             return;
         };
         let pending = self.slots[slot].as_ref().expect("live slot");
-        let verdict = reply::judge(&pending.query, pending.question_end, reply);
+        let verdict = reply::judge(&pending.query, pending.ticket.question_end, reply);
         if verdict == Verdict::Ignore {
             debug!("ignoring an upstream reply for another question, or a cut-off one");
             return;
@@ -336,31 +320,34 @@ impl UdpForwarder {
             self.upstreams.record_failure(upstream);
             if self.upstreams.next(pending.tried).is_some() {
                 self.queue_next(slot, now);
-                return;
+            } else {
+                self.finish(slot, Outcome::Failed { last: Some(reply) }, now);
             }
-        } else {
-            self.upstreams.record_success(upstream);
+            return;
         }
-        let pending = self.slots[slot].take().expect("live slot");
-        wire::set_id(reply, pending.client_id);
-        self.traffic.response(Path::Forwarded, wire::rcode_of(reply));
-        self.traffic.latency(Path::Forwarded, now.saturating_duration_since(pending.started), 1);
-        let answers = self.answers_for(pending.listener);
-        if reply.len() <= wire::relay_udp_limit(pending.edns.as_ref()) {
-            answers.push(reply, Some(pending.client));
-        } else {
-            wire::write_truncated(reply, pending.question_end, pending.edns.as_ref(), answers.buffer());
-            answers.commit(Some(pending.client));
-        }
-        self.release(slot, pending);
+        self.upstreams.record_success(upstream);
+        self.finish(slot, Outcome::Answer(reply), now);
     }
 
     /// Moves every query whose try timed out to its next upstream (or SERVFAIL). A scan of the
     /// live slots, which `--max-concurrent` bounds: memory stays proportional to the queries in
     /// flight, whatever the query rate and the timeout.
+    ///
+    /// A client that has waited [`crate::cache::CLIENT_TIMER`] for a query whose expired answer
+    /// is held gets that answer now (RFC 8767); the query goes on, to refresh the cache.
     pub fn expire(&mut self, now: Instant) {
         for slot in 0..self.slots.len() {
-            let Some(pending) = self.slots[slot].as_ref() else { continue };
+            let Some(pending) = self.slots[slot].as_mut() else { continue };
+            if Front::timer_due(&pending.ticket, now) {
+                let answers = answer_batch(&mut self.answers, &self.listeners, pending.listener);
+                if self.front.client_timer(&pending.query, pending.client_id, pending.ticket, now, answers.buffer()) {
+                    answers.commit(Some(pending.client));
+                    pending.ticket.client_waits = false;
+                } else {
+                    // Evicted or flushed meanwhile: the client waits for the upstreams after all.
+                    pending.ticket.stale_fallback = false;
+                }
+            }
             if pending.deadline > now || !self.by_key.contains_key(&pending.key) {
                 continue;
             }
@@ -369,6 +356,15 @@ impl UdpForwarder {
             self.queue_next(slot, now);
         }
     }
+}
+
+/// The answer batch of `listener`, with room for one more answer.
+fn answer_batch<'a>(answers: &'a mut [SendBatch], listeners: &[Socket], listener: usize) -> &'a mut SendBatch {
+    let batch = &mut answers[listener];
+    if batch.is_full() {
+        batch.flush(listeners[listener].as_raw_fd());
+    }
+    batch
 }
 
 /// A UDP socket on a random port, connected to `upstream`.

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
@@ -15,11 +14,23 @@ use prometheus_client::registry::Unit;
 
 use super::Metrics;
 use super::traffic::{self, LATENCY_BUCKETS, Path, Proto, Refusal};
-use crate::forward::{InFlight, Upstreams};
 use crate::names::Names;
-use crate::ops::Readiness;
 
 type Result = std::result::Result<(), std::fmt::Error>;
+
+/// The gauges a scrape reads from forwarding (`forward::Forwarding` has them): metrics needs these
+/// readings, not the forwarding types, which record into metrics.
+pub trait ForwardingGauges: Send + Sync + std::fmt::Debug {
+    /// Forwarded queries in flight, and the cap on them.
+    fn in_flight(&self) -> (usize, usize);
+    /// Each configured upstream, and whether it is tried in its turn (healthy).
+    fn upstreams(&self) -> Vec<(SocketAddr, bool)>;
+}
+
+/// Whether a source has synced (`ops::Readiness` records it, for `/readyz`).
+pub trait SourceSync: Send + Sync + std::fmt::Debug {
+    fn is_synced(&self, source: &str) -> bool;
+}
 
 /// What a scrape reads; registered once with the registry the ops endpoint encodes.
 #[derive(Debug)]
@@ -28,16 +39,16 @@ pub struct Collector {
     pub names: Arc<Names>,
     /// Each local name's source, as a label: `static`, or the watched Service.
     pub name_sources: BTreeMap<String, String>,
-    pub upstreams: Arc<ArcSwap<Upstreams>>,
-    pub in_flight: Arc<InFlight>,
+    pub forwarding: Arc<dyn ForwardingGauges>,
     /// Which sources have synced.
-    pub readiness: Arc<Readiness>,
+    pub readiness: Arc<dyn SourceSync>,
 }
 
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result {
         self.traffic(&mut encoder)?;
         self.forwarding(&mut encoder)?;
+        self.cache(&mut encoder)?;
         self.names(&mut encoder)?;
         self.sources(&mut encoder)
     }
@@ -68,7 +79,7 @@ impl Collector {
         counters(
             encoder,
             "registry_dns_responses",
-            "DNS responses sent, by path (local, forwarded, refused) and rcode",
+            "DNS responses sent, by path (local, forwarded, cache, refused) and rcode",
             responses.filter(|(_, n)| *n > 0),
         )?;
 
@@ -113,13 +124,13 @@ impl Collector {
             encoder,
             "registry_dns_forward_in_flight",
             "Forwarded queries waiting for an upstream",
-            ConstGauge::new(self.in_flight.current() as i64),
+            ConstGauge::new(self.forwarding.in_flight().0 as i64),
         )?;
         single(
             encoder,
             "registry_dns_forward_max_in_flight",
             "The cap on forwarded queries in flight (--max-concurrent)",
-            ConstGauge::new(self.in_flight.max() as i64),
+            ConstGauge::new(self.forwarding.in_flight().1 as i64),
         )?;
 
         let stats = self.metrics.upstreams.lock().unwrap().clone();
@@ -142,13 +153,38 @@ impl Collector {
             "Tries that failed otherwise: SERVFAIL or REFUSED answers, send errors, broken TCP exchanges",
             stats.iter().map(|(addr, s)| (upstream(addr), s.failures())),
         )?;
-        let current = self.upstreams.load();
+        let current = self.forwarding.upstreams();
         gauges(
             encoder,
             "registry_dns_upstream_healthy",
             "1 when a configured upstream is tried in its turn, 0 while it is demoted after failures or \
              dropped as a forwarding loop",
-            (0..current.len()).map(|i| (upstream(&current.addr(i)), i64::from(current.is_healthy(i)))),
+            current.iter().map(|(addr, healthy)| (upstream(addr), i64::from(*healthy))),
+        )
+    }
+
+    fn cache(&self, encoder: &mut DescriptorEncoder) -> Result {
+        let all = self.metrics.caches.lock().unwrap().clone();
+        let sum = |i: usize| all.iter().map(|c| c.read()[i]).sum::<u64>();
+        let counters = [
+            ("registry_dns_cache_hits", "Forwarded queries answered from the cache with a fresh answer"),
+            ("registry_dns_cache_misses", "Cacheable forwarded queries that had to ask the upstreams"),
+            (
+                "registry_dns_cache_stale_answers",
+                "Expired answers served because the upstreams failed or were slow (RFC 8767)",
+            ),
+            ("registry_dns_cache_prefetches", "Popular answers refreshed before they expired"),
+            ("registry_dns_cache_evictions", "Answers evicted to stay within --cache-size"),
+        ];
+        for (i, (name, help)) in counters.into_iter().enumerate() {
+            single(encoder, name, help, ConstCounter::new(sum(i)))?;
+        }
+        single(encoder, "registry_dns_cache_entries", "Answers held in the cache", ConstGauge::new(sum(5) as i64))?;
+        single(
+            encoder,
+            "registry_dns_cache_bytes",
+            "Bytes the cached answers take, bookkeeping included (bounded by --cache-size)",
+            ConstGauge::new(sum(6) as i64),
         )
     }
 

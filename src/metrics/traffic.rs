@@ -39,16 +39,19 @@ pub enum Path {
     Forwarded = 1,
     /// REFUSED: a source outside `--allow-from`, or the in-flight cap reached.
     Refused = 2,
+    /// From the cache: a fresh or stale answer, or a cached failure.
+    Cache = 3,
 }
 
 impl Path {
-    pub const ALL: [Path; 3] = [Path::Local, Path::Forwarded, Path::Refused];
+    pub const ALL: [Path; 4] = [Path::Local, Path::Forwarded, Path::Refused, Path::Cache];
 
     pub fn label(self) -> &'static str {
         match self {
             Path::Local => "local",
             Path::Forwarded => "forwarded",
             Path::Refused => "refused",
+            Path::Cache => "cache",
         }
     }
 }
@@ -141,8 +144,8 @@ impl Histogram {
 #[derive(Debug, Default)]
 pub struct Traffic {
     queries: [[AtomicU64; QTYPE_LABELS]; 2],
-    responses: [[AtomicU64; RCODE_LABELS]; 3],
-    latency: [Histogram; 3],
+    responses: [[AtomicU64; RCODE_LABELS]; 4],
+    latency: [Histogram; 4],
     refused: [AtomicU64; 2],
     dropped: AtomicU64,
 }

@@ -103,13 +103,12 @@ impl RecvBatch {
         Ok(n)
     }
 
-    /// Datagram `i` of the last read, mutable (for patching in place), without its sender; `None`
-    /// for one that was cut short.
-    pub fn get_mut(&mut self, i: usize) -> Option<&mut [u8]> {
+    /// Datagram `i` of the last read, without its sender; `None` for one that was cut short.
+    pub fn message(&self, i: usize) -> Option<&[u8]> {
         if self.truncated[i] {
             return None;
         }
-        Some(&mut self.buffers[i * self.buffer_size..i * self.buffer_size + self.lens[i]])
+        Some(&self.buffers[i * self.buffer_size..i * self.buffer_size + self.lens[i]])
     }
 
     /// Datagram `i` of the last read and its sender; `None` for one that was cut short or came

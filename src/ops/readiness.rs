@@ -50,6 +50,12 @@ impl Readiness {
     }
 }
 
+impl crate::metrics::SourceSync for Readiness {
+    fn is_synced(&self, source: &str) -> bool {
+        Readiness::is_synced(self, source)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

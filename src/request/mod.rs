@@ -6,16 +6,10 @@
 
 use tracing::debug;
 
+pub use crate::dns::Transport;
 use crate::dns::wire::{self, Edns, Malformed, Query, rcode, types};
 use crate::forward::LoopProbe;
 use crate::names::{Entry, Lookup, NameTable};
-
-/// Which transport a query came over: it bounds the size of our answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Udp,
-    Tcp,
-}
 
 /// What to do with a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,11 +20,15 @@ pub enum Action {
     /// Not ours: relay the packet upstream as it is. The question's end and the client's EDNS
     /// are what a SERVFAIL needs if no upstream answers.
     Forward { question_end: usize, edns: Option<Edns>, qtype: u16 },
+    /// One of our loop probes came back: `upstream` sends our queries back to us, and the caller
+    /// drops it (`LoopProbe::drop_upstream`). The answer (REFUSED) is in the output buffer.
+    LoopedBack { upstream: usize, qtype: u16 },
     /// Send nothing.
     Drop,
 }
 
-/// Decides what `packet` gets; writes the answer into `out` when the action is [`Action::Reply`].
+/// Decides what `packet` gets; writes the answer into `out` when the action is [`Action::Reply`]
+/// or [`Action::LoopedBack`]. Pure: whatever is to be done beyond the answer, the caller does.
 pub fn handle(packet: &[u8], transport: Transport, table: &NameTable, probe: &LoopProbe, out: &mut Vec<u8>) -> Action {
     let mut lower = [0u8; wire::MAX_NAME_LEN];
     let query = match wire::parse_query(packet, &mut lower) {
@@ -47,15 +45,19 @@ pub fn handle(packet: &[u8], transport: Transport, table: &NameTable, probe: &Lo
     match table.lookup(name) {
         Lookup::Apex(entry) => answer_apex(packet, &query, entry, transport, out),
         Lookup::Below(entry) => answer_below(packet, &query, entry, out),
-        Lookup::Elsewhere if probe.is_own_probe(name) => {
-            reply_with(packet, &query, rcode::REFUSED, out);
-            Action::Reply { qtype: Some(query.qtype) }
-        }
-        Lookup::Elsewhere => {
-            debug!(qtype = query.qtype, "forwarding");
-            Action::Forward { question_end: query.question_end, edns: query.edns, qtype: query.qtype }
-        }
+        Lookup::Elsewhere => match probe.upstream_of(name) {
+            Some(upstream) => {
+                reply_with(packet, &query, rcode::REFUSED, out);
+                Action::LoopedBack { upstream, qtype: query.qtype }
+            }
+            None => forward(&query),
+        },
     }
+}
+
+fn forward(query: &Query) -> Action {
+    debug!(qtype = query.qtype, "forwarding");
+    Action::Forward { question_end: query.question_end, edns: query.edns, qtype: query.qtype }
 }
 
 /// Answers a query from a source outside `--allow-from`: REFUSED for a query, nothing for

@@ -29,9 +29,10 @@ use tracing::{error, info, warn};
 pub use self::reload::Reloader;
 use self::shutdown::Shutdown;
 use crate::access::AllowList;
-use crate::config::{Config, parse_local_name};
-use crate::forward::{InFlight, LoopProbe, Upstreams};
+use crate::config::Config;
+use crate::forward::{Forwarding, LoopProbe, Upstreams};
 use crate::metrics::{self, Collector, Metrics};
+use crate::model::parse_local_name;
 use crate::names::Names;
 use crate::ops::{self, Readiness};
 use crate::sources::kubernetes::{self, KubernetesSource};
@@ -42,9 +43,7 @@ use crate::sources::static_records;
 pub(crate) struct Shared {
     pub names: Arc<Names>,
     pub probe: ArcSwap<LoopProbe>,
-    pub upstreams: Arc<ArcSwap<Upstreams>>,
-    pub in_flight: Arc<InFlight>,
-    pub upstream_timeout: Duration,
+    pub forwarding: Arc<Forwarding>,
     pub tcp_idle_timeout: Duration,
     pub allow: ArcSwap<AllowList>,
     pub metrics: Arc<Metrics>,
@@ -54,7 +53,7 @@ impl Shared {
     /// How long a forwarded query can still take once it has been started: every upstream's try.
     /// Shutdown waits this long (plus a margin) for the queries in flight.
     pub fn forwarding_bound(&self) -> Duration {
-        self.upstream_timeout * self.upstreams.load().len().max(1) as u32
+        self.forwarding.bound()
     }
 }
 
@@ -128,9 +127,14 @@ impl Server {
         let shared = Arc::new(Shared {
             names,
             probe: ArcSwap::new(LoopProbe::new(upstreams.clone())),
-            upstreams: Arc::new(ArcSwap::new(upstreams)),
-            in_flight: Arc::new(InFlight::new(config.max_concurrent)),
-            upstream_timeout: config.upstream_timeout,
+            forwarding: Arc::new(Forwarding::new(
+                upstreams,
+                config.cache,
+                config.max_concurrent,
+                config.upstream_timeout,
+                metrics.clone(),
+                workers,
+            )),
             tcp_idle_timeout: config.tcp_idle_timeout,
             allow: ArcSwap::from_pointee(config.allow_from.clone()),
             metrics,
@@ -150,8 +154,7 @@ impl Server {
             metrics: shared.metrics.clone(),
             names: shared.names.clone(),
             name_sources,
-            upstreams: shared.upstreams.clone(),
-            in_flight: shared.in_flight.clone(),
+            forwarding: shared.forwarding.clone(),
             readiness: readiness.clone(),
         }));
         Ok(Self {
@@ -199,7 +202,8 @@ impl Server {
         let ops_task = match self.ops {
             Some(listener) => {
                 ops_addr = listener.local_addr()?.to_string();
-                let router = ops::router(self.readiness.clone(), self.registry.clone());
+                let router =
+                    ops::router(self.readiness.clone(), self.registry.clone(), self.shared.forwarding.flusher.clone());
                 Some(tokio::spawn(ops::serve(listener, router, stopped.clone())))
             }
             None => None,
@@ -243,7 +247,8 @@ impl Server {
             workers.push(worker);
         }
         let connections = Arc::new(Semaphore::new(self.max_tcp_connections));
-        let tcp_traffic = self.shared.metrics.traffic();
+        let tcp_traffic = self.shared.forwarding.tcp_traffic();
+        let tcp_flushes = tokio::spawn(self.shared.forwarding.clone().serve_tcp_flushes());
         let mut listeners = Vec::new();
         for listener in tcp {
             let listener = TcpListener::from_std(listener)?;
@@ -256,7 +261,7 @@ impl Server {
             )));
         }
 
-        let upstreams = self.shared.upstreams.load();
+        let upstreams = self.shared.forwarding.upstreams.load();
         info!(
             listen = %list(&local_addrs),
             ops = %ops_addr,
@@ -266,11 +271,12 @@ impl Server {
             workers = workers.len(),
             "registry-dns serving"
         );
-        tokio::spawn(self.shared.probe.load_full().send(self.shared.upstream_timeout));
+        tokio::spawn(self.shared.probe.load_full().send(self.shared.forwarding.timeout));
         let resolv_conf_watch = tokio::spawn(self.reloader.clone().watch_resolv_conf());
 
         let how = shutdown.await;
         resolv_conf_watch.abort();
+        tcp_flushes.abort();
         self.readiness.set_shutting_down();
         if how == Shutdown::Graceful && !self.lameduck.is_zero() {
             info!(lameduck = ?self.lameduck, "shutting down: not ready, still answering for the lame-duck period");

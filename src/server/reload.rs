@@ -3,9 +3,10 @@
 //!
 //! What can change live is what users change on a running node: the static records, the
 //! upstreams (`--upstream`, or the resolv.conf's nameservers, which DHCP rewrites), and
-//! `--allow-from`. Each is an atomic swap the hot path picks up at its next batch: the name table
+//! `--allow-from`, and the cache settings. Each is an atomic swap the hot path picks up at its next batch: the name table
 //! in one rebuild, the upstream list with its loop probe (UDP workers open sockets for the new
-//! list and let the old ones finish their queries), the allow list. Everything else (listen
+//! list and let the old ones finish their queries, with an empty cache), the allow list, the cache
+//! settings (a new, empty cache). Everything else (listen
 //! addresses, workers, the Kubernetes sources, limits) is fixed for the life of the sockets and
 //! tasks built from it: a change there is logged as needing a restart, and the rest still applies.
 //! A config that fails validation, or whose upstreams cannot be resolved, changes nothing.
@@ -57,6 +58,12 @@ impl Reloader {
         if self.swap_upstreams(&upstreams) {
             changed.push("upstream");
         }
+        if current.cache != new.cache {
+            // Every forwarder is replaced, with an empty cache of the new size and lifetimes.
+            self.shared.forwarding.cache.store(Arc::new(new.cache));
+            current.cache = new.cache;
+            changed.push("cache");
+        }
         current.upstreams = new.upstreams;
         current.resolv_conf = new.resolv_conf;
         if current.allow_from != new.allow_from {
@@ -77,7 +84,7 @@ impl Reloader {
 
     /// Replaces the upstreams when the list differs; returns whether it did.
     fn swap_upstreams(&self, addrs: &[SocketAddr]) -> bool {
-        let running = self.shared.upstreams.load();
+        let running = self.shared.forwarding.upstreams.load();
         if (0..running.len()).map(|i| running.addr(i)).eq(addrs.iter().copied()) {
             return false;
         }
@@ -86,8 +93,8 @@ impl Reloader {
         // The probe first: a probe name of the new list coming back must be recognized as soon
         // as queries go to that list.
         self.shared.probe.store(probe.clone());
-        self.shared.upstreams.store(upstreams);
-        tokio::spawn(probe.send(self.shared.upstream_timeout));
+        self.shared.forwarding.upstreams.store(upstreams);
+        tokio::spawn(probe.send(self.shared.forwarding.timeout));
         true
     }
 

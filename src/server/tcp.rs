@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::debug;
 
 use super::Shared;
-use crate::dns::wire::{self, rcode};
+use crate::dns::wire;
 use crate::forward::tcp;
 use crate::metrics::{Path, Proto, Refusal, Traffic};
 use crate::request::{self, Action, Transport};
@@ -116,44 +116,26 @@ async fn connection(
                     break;
                 }
             }
+            Action::LoopedBack { upstream, qtype } => {
+                shared.probe.load().drop_upstream(upstream);
+                traffic.query(Proto::Tcp, Some(qtype));
+                traffic.response(Path::Local, wire::rcode_of(&out));
+                traffic.latency(Path::Local, arrived.elapsed(), 1);
+                if answers.send(out).await.is_err() {
+                    break;
+                }
+            }
             Action::Forward { question_end, edns, qtype } => {
                 traffic.query(Proto::Tcp, Some(qtype));
                 let Ok(pipelined) = pipeline.clone().acquire_owned().await else { break };
-                if !shared.in_flight.try_acquire() {
-                    traffic.refused(Refusal::OverCapacity);
-                    traffic.latency(Path::Refused, arrived.elapsed(), 1);
-                    wire::write_empty_answer(
-                        &query,
-                        Some(question_end),
-                        rcode::REFUSED,
-                        edns.as_ref(),
-                        false,
-                        &mut out,
-                    );
-                    let _ = answers.send(out).await;
-                    continue;
-                }
-                let shared = shared.clone();
+                let forwarding = shared.forwarding.clone();
                 let answers = answers.clone();
                 let traffic = traffic.clone();
                 tokio::spawn(async move {
-                    let upstreams = shared.upstreams.load_full();
-                    let answer = tcp::forward(&upstreams, &query, question_end, shared.upstream_timeout)
-                        .await
-                        .unwrap_or_else(|| {
-                            wire::write_empty_answer(
-                                &query,
-                                Some(question_end),
-                                rcode::SERVFAIL,
-                                edns.as_ref(),
-                                false,
-                                &mut out,
-                            );
-                            out
-                        });
-                    shared.in_flight.release();
-                    traffic.response(Path::Forwarded, wire::rcode_of(&answer));
-                    traffic.latency(Path::Forwarded, arrived.elapsed(), 1);
+                    let (answer, path) = tcp::answer(forwarding, query, question_end, edns, arrived).await;
+                    if let Some(path) = path {
+                        traffic.latency(path, arrived.elapsed(), 1);
+                    }
                     let _ = answers.send(answer).await;
                     drop(pipelined);
                 });

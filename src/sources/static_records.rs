@@ -2,7 +2,7 @@
 //! the first query is read, so these names never answer SERVFAIL; a reload replaces them all in
 //! one swap.
 
-use crate::config::StaticRecord;
+use crate::model::StaticRecord;
 use crate::names::{NameState, Names};
 
 pub async fn publish(names: &Names, records: &[StaticRecord]) -> anyhow::Result<()> {

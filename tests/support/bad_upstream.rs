@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
 use hickory_proto::rr::rdata::A;
-use hickory_proto::rr::{Name, RData, Record};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use registry_dns::dns::wire;
 
 /// The address in every genuine answer.
 pub const GENUINE: &str = "192.0.2.99";
@@ -30,6 +31,11 @@ pub enum Forgery {
     WrongId,
     /// A reply with the right ID for another question.
     WrongQuestion,
+    /// A reply with the right ID and name whose QTYPE differs only in bit 0x20 (TYPE65, HTTPS,
+    /// answered as TYPE97): a case-insensitive comparison of the whole question would take it.
+    WrongType,
+    /// The same for QCLASS (IN, 1, answered as class 33).
+    WrongClass,
     /// A reply with the right ID and question from another port of the same address.
     OtherSource,
     /// A reply with the right ID and question from the same port of another address (127.0.0.2).
@@ -42,9 +48,11 @@ pub enum Forgery {
 }
 
 impl Forgery {
-    pub const ALL: [Forgery; 6] = [
+    pub const ALL: [Forgery; 8] = [
         Forgery::WrongId,
         Forgery::WrongQuestion,
+        Forgery::WrongType,
+        Forgery::WrongClass,
         Forgery::OtherSource,
         Forgery::OtherAddress,
         Forgery::Garbage,
@@ -72,6 +80,9 @@ pub enum Behaviour {
     Truncated,
     /// The whole answer of [`BIG_ANSWERS`] records over UDP too, whatever the client's buffer.
     Oversized,
+    /// The genuine answer with an OPT record echoing the query's client COOKIE with a server
+    /// cookie of its own (RFC 7873), as a cookie-aware upstream answers.
+    CookieEcho,
 }
 
 pub struct BadUpstream {
@@ -147,6 +158,7 @@ impl BadUpstream {
                         socket.send_to(&tc.to_vec().unwrap(), client)
                     }
                     Behaviour::Oversized => socket.send_to(&big(&query), client),
+                    Behaviour::CookieEcho => socket.send_to(&with_cookie(genuine(&query), &buf[..n]), client),
                 };
             }
         });
@@ -227,6 +239,7 @@ fn serve_tcp(mut stream: TcpStream, behaviour: &Mutex<Behaviour>, arrivals: &Mut
                 Behaviour::Truncated | Behaviour::Oversized => big(&query),
                 Behaviour::Forged(Forgery::Cut) => forge(Forgery::Cut, &query),
                 Behaviour::Genuine | Behaviour::Forged(_) | Behaviour::ForgedThenGenuine(..) => genuine(&query),
+                Behaviour::CookieEcho => with_cookie(genuine(&query), &message),
             };
             let mut framed = (answer.len() as u16).to_be_bytes().to_vec();
             framed.extend_from_slice(&answer);
@@ -241,6 +254,23 @@ fn genuine(query: &Message) -> Vec<u8> {
     reply(query, query.metadata.id, None, ResponseCode::NoError, &[GENUINE])
 }
 
+/// `reply` with an OPT record whose COOKIE option is the client cookie of `query` (raw bytes)
+/// followed by an 8-byte server cookie; `reply` as it is when the query sent no cookie.
+fn with_cookie(mut reply: Vec<u8>, query: &[u8]) -> Vec<u8> {
+    let Ok(parsed) = wire::parse_query(query, &mut [0; wire::MAX_NAME_LEN]) else { return reply };
+    let Some(opt) = wire::Records::new(query, parsed.question_end).find(|r| r.rtype == 41) else { return reply };
+    let rdata = &query[opt.rdata.0..opt.rdata.1];
+    if rdata.len() < 12 || rdata[..2] != [0, 10] {
+        return reply;
+    }
+    let client_cookie = &rdata[4..12];
+    reply.extend_from_slice(&[0, 0, 41, 4, 0xd0, 0, 0, 0, 0, 0, 20, 0, 10, 0, 16]);
+    reply.extend_from_slice(client_cookie);
+    reply.extend_from_slice(b"servrcke");
+    reply[11] += 1;
+    reply
+}
+
 /// The answer of [`BIG_ANSWERS`] A records, 198.51.100.0 and up.
 fn big(query: &Message) -> Vec<u8> {
     let ips: Vec<String> = (0..BIG_ANSWERS).map(|i| format!("198.51.100.{i}")).collect();
@@ -253,6 +283,16 @@ fn forge(forgery: Forgery, query: &Message) -> Vec<u8> {
     match forgery {
         Forgery::WrongId => reply(query, id.wrapping_add(1), None, ResponseCode::NoError, &[FORGED]),
         Forgery::WrongQuestion => reply(query, id, Some("evil.test."), ResponseCode::NoError, &[FORGED]),
+        Forgery::WrongType | Forgery::WrongClass => {
+            let mut forged = message(query, id, None, ResponseCode::NoError, &[FORGED]);
+            let question = &mut forged.queries[0];
+            if forgery == Forgery::WrongType {
+                question.set_query_type(RecordType::from(u16::from(question.query_type()) ^ 0x20));
+            } else {
+                question.set_query_class(DNSClass::from(u16::from(question.query_class()) ^ 0x20));
+            }
+            forged.to_vec().unwrap()
+        }
         Forgery::OtherSource | Forgery::OtherAddress => reply(query, id, None, ResponseCode::NoError, &[FORGED]),
         Forgery::Garbage => {
             let mut garbage = vec![0xffu8; 40];

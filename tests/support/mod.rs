@@ -6,6 +6,7 @@
 pub mod apiserver;
 pub mod bad_upstream;
 pub mod netns;
+pub mod scrape;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -170,10 +171,20 @@ fn startup_field(line: &str, field: &str) -> Option<SocketAddr> {
 
 /// `GET path` on an HTTP endpoint: status code and body (`None` when nothing answers).
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http(addr, "GET", path)
+}
+
+/// `POST path` (no body) on an HTTP endpoint: status code and body.
+pub fn http_post(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http(addr, "POST", path)
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;

@@ -16,13 +16,10 @@ mod endpoints;
 mod watch;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::ValueEnum;
 use hickory_proto::rr::Name;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -32,51 +29,10 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 
 use self::watch::Watch;
-use crate::config::parse_local_name;
 use crate::metrics::Metrics;
+pub use crate::model::{AnswerMode, ServiceName};
 use crate::names::Names;
 use crate::ops::Readiness;
-
-/// `--service NAME=NAMESPACE/SERVICE`: a local name that follows a Service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceName {
-    pub name: Name,
-    pub namespace: String,
-    pub service: String,
-}
-
-impl FromStr for ServiceName {
-    type Err = String;
-
-    fn from_str(spec: &str) -> Result<Self, String> {
-        let bad = || format!("'{spec}' is not NAME=NAMESPACE/SERVICE");
-        let (name, target) = spec.split_once('=').ok_or_else(bad)?;
-        let (namespace, service) = target.split_once('/').ok_or_else(bad)?;
-        // Both are DNS-1123 labels in Kubernetes; a host-name check catches typos the same way.
-        for part in [namespace, service] {
-            if part.contains('.') || parse_local_name(part).is_err() {
-                return Err(format!("'{part}' is not a Kubernetes namespace or service name"));
-            }
-        }
-        Ok(Self { name: parse_local_name(name)?, namespace: namespace.into(), service: service.into() })
-    }
-}
-
-impl fmt::Display for ServiceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}={}/{}", self.name, self.namespace, self.service)
-    }
-}
-
-/// What a name that follows a Service answers with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum AnswerMode {
-    /// The ready endpoints (pod IPs): clients connect to the pod's port.
-    #[default]
-    Endpoints,
-    /// The Service's cluster IPs: clients connect to the Service's port, through kube-proxy.
-    ClusterIp,
-}
 
 /// The watches to run, ready to start; their sources are registered as not yet synced.
 pub struct KubernetesSource {
@@ -185,19 +141,4 @@ async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
         None => kube::Config::infer().await.context("no Kubernetes configuration (in-cluster or kubeconfig)")?,
     };
     client::build(config).context("creating the Kubernetes client")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_service_names() {
-        let s: ServiceName = "knative-local-registry=registry/knative".parse().unwrap();
-        assert_eq!(s.name, Name::from_ascii("knative-local-registry.").unwrap());
-        assert_eq!((s.namespace.as_str(), s.service.as_str()), ("registry", "knative"));
-        assert!("a=registry".parse::<ServiceName>().unwrap_err().contains("NAMESPACE/SERVICE"));
-        assert!("a=reg.istry/x".parse::<ServiceName>().unwrap_err().contains("namespace"));
-        assert!("bad_name=ns/svc".parse::<ServiceName>().is_err());
-    }
 }
