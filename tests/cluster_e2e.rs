@@ -48,21 +48,8 @@ fn dnsmasq_binary() -> &'static str {
     if std::path::Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" }
 }
 
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|c| c.is_ascii_alphabetic());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 fn logged(server: &RegistryDns, needles: &[&str]) -> bool {
-    server.logs().iter().map(|l| strip_ansi(l)).any(|l| needles.iter().all(|n| l.contains(n)))
+    server.logs().iter().any(|l| needles.iter().all(|n| l.contains(n)))
 }
 
 fn slice(ips: &[&str]) -> serde_json::Value {

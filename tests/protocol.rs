@@ -107,12 +107,36 @@ fn malformed_packets_get_formerr_or_nothing_and_the_server_keeps_answering() {
 }
 
 #[test]
-fn other_opcodes_get_notimp() {
+fn other_opcodes_get_notimp_with_only_id_qr_and_opcode_set() {
     let (_up, s) = server();
-    for opcode in [1u16, 2, 4, 5] {
-        let answer = exchange(s.addr, &query(9, opcode << 11, "knative-local-registry", 1, &[])).unwrap();
-        assert_eq!(rcode(&answer), 4, "opcode {opcode}");
-        assert_eq!((answer[2] >> 3) & 0x0f, opcode as u8, "opcode echoed");
+    // IQUERY, STATUS, NOTIFY, UPDATE and the last opcode, each with every other flag bit set:
+    // AA, TC, RD, Z, AD and CD. The answer must echo none of them nor claim RA.
+    for opcode in [1u16, 2, 4, 5, 15] {
+        let flags = opcode << 11 | 0x0400 | 0x0200 | 0x0100 | 0x0040 | 0x0020 | 0x0010;
+        let packet = query(9, flags, "knative-local-registry", 1, &[&opt(0, 1232)]);
+        let mut tcp = TcpStream::connect(s.addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        tcp.write_all(&(packet.len() as u16).to_be_bytes()).unwrap();
+        tcp.write_all(&packet).unwrap();
+        let mut len = [0u8; 2];
+        tcp.read_exact(&mut len).unwrap();
+        let mut over_tcp = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        tcp.read_exact(&mut over_tcp).unwrap();
+        for (proto, answer) in [("udp", exchange(s.addr, &packet).unwrap()), ("tcp", over_tcp)] {
+            let what = format!("opcode {opcode} over {proto}");
+            assert_eq!(answer[..2], [0, 9], "{what}: ID");
+            assert_eq!(answer[2] & 0x80, 0x80, "{what}: QR");
+            assert_eq!((answer[2] >> 3) & 0x0f, opcode as u8, "{what}: opcode echoed");
+            assert_eq!(answer[2] & 0x04, 0, "{what}: AA");
+            assert_eq!(answer[2] & 0x02, 0, "{what}: TC");
+            assert_eq!(answer[2] & 0x01, 0, "{what}: RD");
+            assert_eq!(answer[3] & 0x80, 0, "{what}: RA");
+            assert_eq!(answer[3] & 0x40, 0, "{what}: Z");
+            assert_eq!(answer[3] & 0x20, 0, "{what}: AD");
+            assert_eq!(answer[3] & 0x10, 0, "{what}: CD");
+            assert_eq!(rcode(&answer), 4, "{what}: NOTIMP");
+            assert_eq!(answer[4..], [0; 8], "{what}: header only, no section echoed");
+        }
     }
 }
 

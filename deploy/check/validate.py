@@ -7,9 +7,9 @@
    through the overlays that use them).
 2. Every built-in object against the Kubernetes OpenAPI schemas of each K8S_VERSION, strictly
    (unknown fields are errors), with kubernetes-validate.
-3. cert-manager objects (CRDs: kubernetes-validate ships no schema for them, and a missing schema
-   is only a warning there) are checked here against the fields cert-manager v1 requires, and
-   any other kind without a schema fails: a new CRD needs a decision, not a silent pass.
+3. cert-manager and Prometheus Operator objects (CRDs: kubernetes-validate ships no schema for
+   them, and a missing schema is only a warning there) are checked here against the fields they
+   require, and any other kind without a schema fails: a new CRD needs a decision, not a silent pass.
 4. References inside each rendering (volume mounts, ConfigMaps, ServiceAccounts, RoleBindings,
    Service selectors, probe ports) and the properties the DaemonSet must keep, including that
    every flag it passes exists in BINARY --help.
@@ -26,6 +26,7 @@ from kubernetes_validate import utils as kv
 kv.schema_contents = functools.lru_cache(maxsize=None)(kv.schema_contents)  # same files, read once
 
 DEPLOY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ALERTS = os.path.join(DEPLOY, "helm", "registry-dns", "files", "alerts.yaml")
 errors = []
 
 
@@ -70,6 +71,37 @@ def check_cert_manager(where, obj):
             err(name, f"privateKey.algorithm {pk['algorithm']}")
     else:
         err(name, "unknown cert-manager kind")
+
+
+def check_monitoring(where, obj):
+    """PodMonitor and PrometheusRule (monitoring.coreos.com/v1): the fields they need, and that
+    the PrometheusRule carries exactly the rule groups of the chart's files/alerts.yaml."""
+    kind, spec = obj["kind"], obj.get("spec") or {}
+    name = f"{where} {kind}/{obj['metadata']['name']}"
+    if obj["apiVersion"] != "monitoring.coreos.com/v1":
+        return err(name, f"apiVersion {obj['apiVersion']}, want monitoring.coreos.com/v1")
+    if kind == "PodMonitor":
+        if not (spec.get("selector") or {}).get("matchLabels"):
+            err(name, "spec.selector.matchLabels is required")
+        endpoints = spec.get("podMetricsEndpoints") or []
+        if len(endpoints) != 1 or endpoints[0].get("path") != "/metrics":
+            err(name, "want one podMetricsEndpoint with path /metrics")
+        for ep in endpoints:
+            for r in ep.get("relabelings", []):
+                if not set(r) <= {"sourceLabels", "regex", "targetLabel", "replacement", "action"}:
+                    err(name, f"unexpected relabeling fields {sorted(r)}")
+    elif kind == "PrometheusRule":
+        with open(ALERTS) as f:
+            if spec != yaml.safe_load(f):
+                err(name, f"spec differs from {os.path.relpath(ALERTS, os.path.dirname(DEPLOY))}, the one copy of the alerts")
+    else:
+        err(name, "unknown monitoring.coreos.com kind")
+
+
+def metrics_port(podmonitor):
+    """The port the PodMonitor's relabelings put on the pod IP."""
+    return {r["replacement"].rsplit(":", 1)[1] for r in podmonitor["spec"]["podMetricsEndpoints"][0]["relabelings"]
+            if r["targetLabel"] == "__address__"}
 
 
 def pod_spec(obj):
@@ -126,6 +158,17 @@ def check_references(where, objs):
                        and all(p["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in sel.items())
                        for p in objs):
                 err(name, "selects no pod template of this rendering")
+        if o["kind"] == "PodMonitor":
+            sel = o["spec"]["selector"]["matchLabels"]
+            targets = [p for p in objs if p["kind"] == "DaemonSet" and p["metadata"].get("namespace") == ns
+                       and all(p["spec"]["template"]["metadata"]["labels"].get(k) == v for k, v in sel.items())]
+            if not targets:
+                err(name, "selects no DaemonSet of this rendering")
+            for ds in targets:
+                args = dict(a[2:].split("=", 1) for a in ds["spec"]["template"]["spec"]["containers"][0]["args"])
+                listen = args.get("metrics-listen", "off")
+                if {listen.rsplit(":", 1)[-1]} != metrics_port(o):
+                    err(name, f"scrapes port {metrics_port(o)}, the pods serve /metrics on --metrics-listen {listen}")
         if o["kind"] == "RoleBinding":
             if o["roleRef"]["kind"] == "Role" and o["roleRef"]["name"] not in names("Role", ns):
                 err(name, f"roleRef Role {o['roleRef']['name']} is not in namespace {ns} of this rendering")
@@ -134,8 +177,10 @@ def check_references(where, objs):
                     err(name, f"subject ServiceAccount {s['namespace']}/{s['name']} is not in this rendering")
 
 
-def check_daemonset(where, ds, binary_help):
-    """What deploy/base/daemonset.yaml promises (deploy/README.md explains each)."""
+def check_daemonset(where, ds, binary_help, defaults=True):
+    """What deploy/base/daemonset.yaml promises (deploy/README.md explains each). With defaults
+    False (a chart rendered with other values), the settings a user may change are not checked:
+    priority class, tolerations and resources."""
     name = f"{where} DaemonSet/registry-dns"
     spec = ds["spec"]["template"]["spec"]
     c = spec["containers"][0]
@@ -145,13 +190,15 @@ def check_daemonset(where, ds, binary_help):
         """A securityContext field as the container gets it: its own, else the pod's."""
         return c.get("securityContext", {}).get(field, spec.get("securityContext", {}).get(field))
 
-    # NET_BIND_SERVICE for port 53 as non-root; NET_ADMIN only to create --interface-name.
-    caps = ["NET_BIND_SERVICE"] + (["NET_ADMIN"] if "interface-name" in args else [])
+    # NET_BIND_SERVICE for port 53 as non-root, NET_ADMIN to create --interface-name. Both even
+    # without --interface-name: the image's binary carries both as file capabilities (+ep), and
+    # the kernel refuses to exec such a binary when its bounding set lacks one of them.
+    caps = ["NET_BIND_SERVICE", "NET_ADMIN"]
     want = {
         "hostNetwork": spec.get("hostNetwork") is True,
         "dnsPolicy Default": spec.get("dnsPolicy") == "Default",
-        "priorityClassName system-node-critical": spec.get("priorityClassName") == "system-node-critical",
-        "tolerates every taint": {"operator": "Exists"} in spec.get("tolerations", []),
+        "priorityClassName system-node-critical": not defaults or spec.get("priorityClassName") == "system-node-critical",
+        "tolerates every taint": not defaults or {"operator": "Exists"} in spec.get("tolerations", []),
         "RollingUpdate maxSurge 1 maxUnavailable 0": ds["spec"]["updateStrategy"] == {
             "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         "no ports (a hostNetwork containerPort is a hostPort and blocks the surge pod)": not c.get("ports"),
@@ -164,7 +211,7 @@ def check_daemonset(where, ds, binary_help):
         "allowPrivilegeEscalation false": c["securityContext"].get("allowPrivilegeEscalation") is False,
         f"capabilities drop ALL add {' '.join(caps)}": c["securityContext"].get("capabilities") == {
             "drop": ["ALL"], "add": caps},
-        "requests 10m/16Mi, limit 64Mi": c["resources"] == {
+        "requests 10m/16Mi, limit 64Mi": not defaults or c["resources"] == {
             "requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "64Mi"}},
     }
     for what, ok in want.items():
@@ -185,11 +232,41 @@ def check_daemonset(where, ds, binary_help):
             err(name, "the resolv.conf volume is not a hostPath of type File")
         if vol["hostPath"]["path"] == "/run/systemd/resolve/stub-resolv.conf":
             err(name, "the systemd-resolved stub resolv.conf (127.0.0.53) loops")
-    if args.get("listen", "").split(":")[0] != args.get("interface-address"):
+    if "interface-name" in args and args.get("listen", "").rsplit(":", 1)[0].strip("[]") != args.get("interface-address"):
         err(name, "--listen is not on --interface-address")
     for flag in args:
         if f"--{flag}" not in binary_help:
             err(name, f"--{flag} is not a flag of registry-dns (--help)")
+
+
+def check_rendering(where, objs, versions, binary_help, defaults=True):
+    """Schemas (or the CRD checks), references and the DaemonSet's promises of one rendering."""
+    for o in objs:
+        if o["apiVersion"].startswith("cert-manager.io/"):
+            check_cert_manager(where, o)
+            continue
+        if o["apiVersion"].startswith("monitoring.coreos.com/"):
+            check_monitoring(where, o)
+            continue
+        for v in versions:
+            try:
+                kv.validate(o, v, strict=True)
+            except kv.ValidationError as e:
+                path = ".".join(str(p) for p in e.path)
+                err(where, f"{o['kind']}/{o['metadata']['name']} against {v}: {path}: {e.message}")
+            except kv.SchemaNotFoundError as e:
+                err(where, f"{e.message} (a CRD needs its own check in validate.py)")
+    check_references(where, objs)
+    for o in objs:
+        if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "registry-dns":
+            check_daemonset(where, o, binary_help, defaults)
+
+
+def summary(where, objs):
+    kinds = [o["kind"] for o in objs]
+    crd = sum(k in ("Issuer", "Certificate", "PodMonitor", "PrometheusRule") for k in kinds)
+    note = f" ({crd} cert-manager or Prometheus Operator objects checked by field, no schema)" if crd else ""
+    return f"  {where}: {len(objs)} objects: {', '.join(sorted(set(kinds)))}{note}"
 
 
 def main():
@@ -204,32 +281,14 @@ def main():
     for root in roots:
         where = os.path.relpath(root, os.path.dirname(DEPLOY))
         objs = render(kubectl, root)
-        kinds = []
+        check_rendering(where, objs, versions, binary_help)
         for o in objs:
-            kinds.append(o["kind"])
-            if o["apiVersion"].startswith("cert-manager.io/"):
-                check_cert_manager(where, o)
-                continue
-            for v in versions:
-                try:
-                    kv.validate(o, v, strict=True)
-                except kv.ValidationError as e:
-                    path = ".".join(str(p) for p in e.path)
-                    err(where, f"{o['kind']}/{o['metadata']['name']} against {v}: {path}: {e.message}")
-                except kv.SchemaNotFoundError as e:
-                    err(where, f"{e.message} (a CRD needs its own check in validate.py)")
-        check_references(where, objs)
-        for o in objs:
-            if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "registry-dns":
-                check_daemonset(where, o, binary_help)
             if o["kind"] == "Role" and o["metadata"]["name"] == "registry-dns":
                 if o["rules"] != [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
                                    "verbs": ["get", "list", "watch"]}]:
                     err(where, "Role registry-dns is no longer get/list/watch on endpointslices only")
         total += len(objs)
-        cm = sum(k in ("Issuer", "Certificate") for k in kinds)
-        note = f" ({cm} cert-manager objects checked by field, no schema)" if cm else ""
-        print(f"  {where}: {len(objs)} objects: {', '.join(sorted(set(kinds)))}{note}")
+        print(summary(where, objs))
     print(f"  {total} objects in {len(roots)} kustomizations, schemas of Kubernetes {', '.join(versions)} (strict)")
     if errors:
         print("\n".join(f"ERROR {e}" for e in errors))

@@ -80,6 +80,11 @@ pub struct Settings {
           value_parser = parse_ops_listen)]
     pub ops_listen: OpsListen,
 
+    /// Where to serve /metrics alone (for Prometheus, on the node's address), or `off`.
+    #[arg(long, env = "REGISTRY_DNS_METRICS_LISTEN", value_name = "ADDR:PORT|off", default_value = "off",
+          value_parser = parse_ops_listen)]
+    pub metrics_listen: OpsListen,
+
     /// Upstream server to forward to, port 53 unless given (repeatable). Default: the nameservers
     /// of --resolv-conf.
     #[arg(long, env = "REGISTRY_DNS_UPSTREAM", value_name = "ADDR[:PORT]", value_parser = parse_upstream,
@@ -175,7 +180,7 @@ pub struct Settings {
     pub log_format: LogFormat,
 }
 
-/// `--ops-listen`: an address, or `off`.
+/// `--ops-listen` and `--metrics-listen`: an address, or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpsListen(pub Option<SocketAddr>);
 
@@ -284,6 +289,7 @@ impl Settings {
             answer: self.answer,
             kubeconfig: self.kubeconfig,
             ops_listen: self.ops_listen.0,
+            metrics_listen: self.metrics_listen.0,
             upstreams: self.upstream,
             resolv_conf: self.resolv_conf,
             ttl: self.ttl,

@@ -36,6 +36,8 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// Where `/healthz` and `/readyz` are served; `None` turns the endpoint off.
     pub ops_listen: Option<SocketAddr>,
+    /// Where `/metrics` alone is served; `None` (the default) serves it on `ops_listen` only.
+    pub metrics_listen: Option<SocketAddr>,
     /// Upstream servers; when empty, the nameservers of `resolv_conf`.
     pub upstreams: Vec<SocketAddr>,
     pub resolv_conf: PathBuf,
@@ -76,6 +78,7 @@ impl Default for Config {
             answer: AnswerMode::default(),
             kubeconfig: None,
             ops_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            metrics_listen: None,
             upstreams: Vec::new(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             ttl: 5,

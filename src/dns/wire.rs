@@ -409,6 +409,16 @@ pub fn write_empty_answer(
     }
 }
 
+/// Writes the NOTIMP answer to an opcode other than QUERY: the ID, QR and the opcode, nothing else
+/// (RFC 8906 section 3.1.3.1). RA, RD, CD and AD describe a query that was never processed, so
+/// echoing them would claim recursion for a NOTIFY or an UPDATE; the sections are not read, so
+/// none is echoed.
+pub fn write_notimp(packet: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&packet[..2]);
+    out.extend_from_slice(&[QR | (packet[2] & OPCODE_MASK), rcode::NOTIMP as u8, 0, 0, 0, 0, 0, 0, 0, 0]);
+}
+
 /// Writes a local answer from a pre-encoded template: the template's records under the client's
 /// own ID, flags, question bytes (so the case of the name is echoed, as 0x20 clients expect) and
 /// OPT record. Falls back to a truncated answer when it would exceed `limit`.
@@ -690,5 +700,22 @@ mod tests {
         // BADVERS and BADSIG share code 16; hickory names it BADSIG.
         assert_eq!(u16::from(m.metadata.response_code), rcode::BADVERS);
         assert_eq!(m.metadata.id, 0x1234);
+    }
+
+    #[test]
+    fn notimp_carries_only_id_qr_opcode_and_rcode() {
+        let mut q = query("a.example.", RecordType::A, Some(HEdns::new()));
+        // Every flag a client can set: RD (from `query`), AA, TC, CD, AD and the Z bit.
+        q[2] |= AA | TC;
+        q[3] |= 0x70;
+        for opcode in [1u8, 2, 4, 5, 15] {
+            q[2] = (q[2] & !OPCODE_MASK) | opcode << 3;
+            let mut out = Vec::new();
+            write_notimp(&q, &mut out);
+            assert_eq!(out[..2], [0x12, 0x34], "opcode {opcode}: ID");
+            assert_eq!(out[2], QR | opcode << 3, "opcode {opcode}: QR and the opcode, no AA, TC or RD");
+            assert_eq!(out[3], rcode::NOTIMP as u8, "opcode {opcode}: NOTIMP, no RA, Z, AD or CD");
+            assert_eq!(out[4..], [0; 8], "opcode {opcode}: no section echoed");
+        }
     }
 }

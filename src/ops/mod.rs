@@ -2,6 +2,9 @@
 //! process is alive, `/readyz` whether it should get traffic (see `readiness`). Plain HTTP/1.1
 //! through axum; `/metrics` serves the Prometheus metrics (see `crate::metrics`), and
 //! `POST /cache/flush` empties the caches (see `flush`).
+//!
+//! `--metrics-listen` serves `/metrics` alone, so that Prometheus can scrape the node's address
+//! (as NodeLocal DNSCache's :9253) while the probes' endpoints stay on loopback.
 
 mod flush;
 mod readiness;
@@ -42,9 +45,13 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// `/healthz`, `/readyz`, `/metrics` (the text exposition of `registry`) and `/cache/flush`.
 pub fn router(readiness: Arc<Readiness>, registry: Arc<Registry>, flusher: Arc<Flusher>) -> Router {
     let health = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(ready));
-    let metrics = Router::new().route("/metrics", get(scrape));
     let cache = Router::new().route("/cache/flush", post(flush::flush));
-    health.with_state(readiness).merge(metrics.with_state(registry)).merge(cache.with_state(flusher))
+    health.with_state(readiness).merge(metrics_router(registry)).merge(cache.with_state(flusher))
+}
+
+/// `/metrics` only; any other path is 404.
+pub fn metrics_router(registry: Arc<Registry>) -> Router {
+    Router::new().route("/metrics", get(scrape)).with_state(registry)
 }
 
 async fn scrape(State(registry): State<Arc<Registry>>) -> impl IntoResponse {

@@ -78,7 +78,7 @@ fn reject(packet: &[u8], malformed: Malformed, out: &mut Vec<u8>) -> Action {
     match malformed {
         Malformed::Drop => Action::Drop,
         Malformed::NotImp => {
-            wire::write_empty_answer(packet, None, rcode::NOTIMP, None, false, out);
+            wire::write_notimp(packet, out);
             Action::Reply { qtype: None }
         }
         Malformed::FormErr { question_end } => {

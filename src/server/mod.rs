@@ -65,6 +65,8 @@ pub struct Server {
     readiness: Arc<Readiness>,
     kubernetes: Option<KubernetesSource>,
     ops: Option<std::net::TcpListener>,
+    /// `--metrics-listen`: `/metrics` alone.
+    metrics: Option<std::net::TcpListener>,
     registry: Arc<Registry>,
     reloader: Arc<Reloader>,
     lameduck: Duration,
@@ -102,6 +104,10 @@ impl Server {
 
         let ops = match config.ops_listen {
             Some(addr) => Some(ops::bind(addr).with_context(|| format!("cannot serve the ops endpoint on {addr}"))?),
+            None => None,
+        };
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(ops::bind(addr).with_context(|| format!("cannot serve the metrics on {addr}"))?),
             None => None,
         };
         let readiness = Arc::new(Readiness::default());
@@ -157,6 +163,7 @@ impl Server {
             readiness,
             kubernetes,
             ops,
+            metrics: metrics_listener,
             registry,
             reloader: Reloader::new(shared.clone(), config.clone()),
             lameduck: config.lameduck,
@@ -197,6 +204,15 @@ impl Server {
                 ops_addr = listener.local_addr()?.to_string();
                 let router =
                     ops::router(self.readiness.clone(), self.registry.clone(), self.shared.forwarding.flusher.clone());
+                Some(tokio::spawn(ops::serve(listener, router, stopped.clone())))
+            }
+            None => None,
+        };
+        let mut metrics_addr = String::from("off");
+        let metrics_task = match self.metrics {
+            Some(listener) => {
+                metrics_addr = listener.local_addr()?.to_string();
+                let router = ops::metrics_router(self.registry.clone());
                 Some(tokio::spawn(ops::serve(listener, router, stopped.clone())))
             }
             None => None,
@@ -249,6 +265,7 @@ impl Server {
         info!(
             listen = %list(&local_addrs),
             ops = %ops_addr,
+            metrics = %metrics_addr,
             names = %self.shared.names.describe().await,
             upstreams = %list(&(0..upstreams.len()).map(|i| upstreams.addr(i)).collect::<Vec<_>>()),
             workers = workers.len(),
@@ -267,7 +284,7 @@ impl Server {
         }
         info!("shutting down: no new queries; finishing those in flight");
         let _ = stop.send(true);
-        if let Some(task) = ops_task {
+        for task in ops_task.into_iter().chain(metrics_task) {
             let _ = task.await;
         }
         for listener in listeners {

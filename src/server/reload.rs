@@ -165,6 +165,7 @@ fn needs_restart(a: &Config, b: &Config) -> Vec<&'static str> {
     check(a.answer != b.answer, "answer");
     check(a.kubeconfig != b.kubeconfig, "kubeconfig");
     check(a.ops_listen != b.ops_listen, "ops-listen");
+    check(a.metrics_listen != b.metrics_listen, "metrics-listen");
     check(a.ttl != b.ttl, "ttl");
     check(a.max_answers != b.max_answers, "max-answers");
     check(a.upstream_timeout != b.upstream_timeout, "upstream-timeout");

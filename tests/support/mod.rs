@@ -164,27 +164,9 @@ fn startup_field(line: &str, field: &str) -> Option<SocketAddr> {
     if !line.contains("registry-dns serving") && !line.contains("joining once our sources have synced") {
         return None;
     }
-    let plain = strip_ansi(line);
     let key = format!(" {field}=");
-    let rest = &plain[plain.find(&key)? + key.len()..];
+    let rest = &line[line.find(&key)? + key.len()..];
     rest.split([',', ' ']).next()?.parse().ok()
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// `GET path` on an HTTP endpoint: status code and body (`None` when nothing answers).

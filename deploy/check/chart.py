@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""The Helm chart deploy/helm/registry-dns, checked as the kustomizations are and against them.
+
+  chart.py HELM KUBECTL BINARY K8S_VERSION...
+
+1. `helm lint --strict` with the default values and with deploy/check/chart-values.yaml.
+2. `helm template` with each, for each K8S_VERSION (--kube-version), through validate.py's checks:
+   schemas strictly, the Prometheus Operator objects by field, references, the DaemonSet's
+   promises (with the defaults: all of them), and every flag in BINARY --help.
+3. The non-default values reach the objects: names, one Role per Service namespace with what
+   --answer needs, no interface, image digest, metrics port, cache flags, PodMonitor, rules.
+4. Drift: the default rendering against `kubectl kustomize deploy/base`, and the PodMonitor and
+   PrometheusRule against deploy/overlays/monitoring: security contexts, capabilities, probes,
+   RBAC rules, arguments and the rest of what base promises must be identical.
+
+The cache flags (--cache-size, --cache-max-ttl, --serve-stale) are the chart's own tuning, passed
+only when set; deploy/base leaves the binary's defaults. A binary without them (before the cache)
+is checked with cache.* set empty, which is how the chart is used with it.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+import validate
+from validate import DEPLOY, err
+
+CHART = os.path.join(DEPLOY, "helm", "registry-dns")
+VALUES = os.path.join(DEPLOY, "check", "chart-values.yaml")
+CACHE_FLAGS = ("cache-size", "cache-max-ttl", "serve-stale")
+NO_CACHE = ["--set-string", "cache.size=,cache.maxTTL=,cache.serveStale="]
+MONITORING = ["--set", "metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true"]
+
+
+def run(cmd):
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"FAIL: {' '.join(cmd)}:\n{out.stdout}{out.stderr}")
+    return out.stdout
+
+
+def template(helm, args, version):
+    text = run([helm, "template", "registry-dns", CHART, "--namespace", "registry-dns",
+                "--kube-version", version, *args])
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def one(objs, kind):
+    found = [o for o in objs if o["kind"] == kind]
+    assert len(found) == 1, f"{len(found)} {kind} objects"
+    return found[0]
+
+
+def args_of(ds):
+    return ds["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def flag(arg):
+    return arg[2:].split("=", 1)[0]
+
+
+def rbac(objs):
+    """Roles and RoleBindings as comparable sets, names aside."""
+    roles = {(o["metadata"]["namespace"], json.dumps(o["rules"], sort_keys=True)) for o in objs if o["kind"] == "Role"}
+    bindings = {(o["metadata"]["namespace"], o["roleRef"]["kind"],
+                 json.dumps([(s["kind"], s["namespace"]) for s in o["subjects"]]))
+                for o in objs if o["kind"] == "RoleBinding"}
+    return roles, bindings
+
+
+def drift(base, chart):
+    b, c = one(base, "DaemonSet"), one(chart, "DaemonSet")
+    bp, cp = b["spec"]["template"]["spec"], c["spec"]["template"]["spec"]
+    bc, cc = bp["containers"][0], cp["containers"][0]
+    pairs = {
+        "pod securityContext": (bp.get("securityContext"), cp.get("securityContext")),
+        "container securityContext (capabilities, read-only root, privilege escalation)":
+            (bc.get("securityContext"), cc.get("securityContext")),
+        "livenessProbe": (bc.get("livenessProbe"), cc.get("livenessProbe")),
+        "readinessProbe": (bc.get("readinessProbe"), cc.get("readinessProbe")),
+        "args (but the chart's cache flags)":
+            (sorted(args_of(b)), sorted(a for a in args_of(c) if flag(a) not in CACHE_FLAGS)),
+        "ports": (bc.get("ports"), cc.get("ports")),
+        "image (deploy/base's images: and the chart's repository and appVersion)": (bc["image"], cc["image"]),
+        "resources": (bc.get("resources"), cc.get("resources")),
+        "volumeMounts": (bc.get("volumeMounts"), cc.get("volumeMounts")),
+        "volumes": (bp.get("volumes"), cp.get("volumes")),
+        "updateStrategy": (b["spec"].get("updateStrategy"), c["spec"].get("updateStrategy")),
+    }
+    for field in ("hostNetwork", "dnsPolicy", "priorityClassName", "tolerations", "terminationGracePeriodSeconds",
+                  "serviceAccountName"):
+        pairs[field] = (bp.get(field), cp.get(field))
+    pairs["RBAC (Roles' namespaces and rules, RoleBindings' subjects)"] = (rbac(base), rbac(chart))
+    for what, (want, got) in pairs.items():
+        if want != got:
+            err("helm default vs deploy/base", f"{what} differ:\n    base:  {want}\n    chart: {got}")
+
+
+def expect(what, ok):
+    if not ok:
+        err("helm non-default values", what)
+
+
+def check_values_reach(objs):
+    ds = one(objs, "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    args = args_of(ds)
+    for a in ("--service=knative-local-registry=registry/knative", "--service=registry-mirror=mirror/registry",
+              "--record=build-cache=10.0.0.20,fd00::20", "--answer=cluster-ip", "--listen=10.0.0.53:53",
+              "--ops-listen=127.0.0.1:8199", "--metrics-listen=0.0.0.0:9353", "--cache-size=64MiB",
+              "--cache-max-ttl=30m", "--allow-from=10.0.0.0/8", "--allow-from=127.0.0.0/8"):
+        expect(f"{a} not in args {args}", a in args)
+    for f in ("interface-name", "interface-address", "serve-stale"):
+        expect(f"--{f} passed though unset", not any(flag(a) == f for a in args))
+    expect(f"image {c['image']}", c["image"] == "registry.example.org/dns/registry-dns@sha256:" + "0123456789abcdef" * 4)
+    expect("probes on ops.port", c["livenessProbe"]["httpGet"]["port"] == 8199 == c["readinessProbe"]["httpGet"]["port"])
+    expect("upstream.resolvConf", spec["volumes"][0]["hostPath"]["path"] == "/etc/resolv.conf")
+    expect("resources", c["resources"]["limits"] == {"memory": "128Mi"})
+    expect("tolerations", spec["tolerations"][0]["key"] == "node-role.kubernetes.io/control-plane")
+    expect("nodeSelector", spec.get("nodeSelector") == {"kubernetes.io/os": "linux"})
+    expect("priorityClassName empty leaves it out", "priorityClassName" not in spec)
+    expect("imagePullSecrets", spec.get("imagePullSecrets") == [{"name": "registry-example-org"}])
+    expect("podAnnotations", ds["spec"]["template"]["metadata"].get("annotations") == {"example.org/owner": "platform"})
+    roles, _ = rbac(objs)
+    services_only = json.dumps([{"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]}],
+                               sort_keys=True)
+    expect(f"one Role per Service namespace, services only (cluster-ip): {roles}",
+           roles == {("registry", services_only), ("mirror", services_only)})
+    pm, rule = one(objs, "PodMonitor"), one(objs, "PrometheusRule")
+    expect("PodMonitor port", validate.metrics_port(pm) == {"9353"})
+    expect("PodMonitor interval", pm["spec"]["podMetricsEndpoints"][0]["interval"] == "15s")
+    for o in (pm, rule):
+        expect(f"{o['kind']} labels", o["metadata"]["labels"].get("release") == "kube-prometheus-stack")
+
+
+def main():
+    helm, kubectl, binary, versions = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+    binary_help = subprocess.run([binary, "--help"], capture_output=True, text=True, check=True).stdout
+    has_cache = all(f"--{f}" in binary_help for f in CACHE_FLAGS)
+    for values in ([], ["-f", VALUES]):
+        run([helm, "lint", "--strict", CHART, *values])
+    print("  helm lint --strict: clean, default and non-default values")
+
+    blank = [] if has_cache else NO_CACHE
+    if not has_cache:
+        print("  this registry-dns has no cache flags yet: renderings checked against it with cache.* empty")
+    for label, values in (("default", []), ("non-default", ["-f", VALUES])):
+        for v in versions:
+            where = f"helm template, {label} values, Kubernetes {v}"
+            objs = template(helm, values + blank, v)
+            validate.check_rendering(where, objs, [v], binary_help, defaults=not values)
+            print(validate.summary(where, objs))
+
+    defaults = template(helm, [], versions[-1])
+    cache_args = sorted(a for a in args_of(one(defaults, "DaemonSet")) if flag(a) in CACHE_FLAGS)
+    if cache_args != ["--cache-max-ttl=1h", "--cache-size=8MiB", "--serve-stale=1d"]:
+        err("helm default values", f"cache flags {cache_args}")
+    check_values_reach(template(helm, ["-f", VALUES], versions[-1]))
+    print("  non-default values: each reaches the objects; defaults pass " + " ".join(cache_args))
+
+    base = validate.render(kubectl, os.path.join(DEPLOY, "base"))
+    drift(base, defaults)
+    monitoring = validate.render(kubectl, os.path.join(DEPLOY, "overlays", "monitoring"))
+    with_monitoring = template(helm, MONITORING, versions[-1])
+    for kind in ("PodMonitor", "PrometheusRule"):
+        want, got = one(monitoring, kind)["spec"], one(with_monitoring, kind)["spec"]
+        if kind == "PodMonitor":
+            want, got = want["podMetricsEndpoints"], got["podMetricsEndpoints"]
+        if want != got:
+            err("helm vs deploy/components/monitoring", f"{kind} differs:\n    kustomize: {want}\n    chart:     {got}")
+    print("  drift: chart defaults = deploy/base (security contexts, capabilities, probes, RBAC, args, pod spec);"
+          " PodMonitor and PrometheusRule = deploy/components/monitoring")
+    if validate.errors:
+        print("\n".join(f"ERROR {e}" for e in validate.errors))
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "registry-dns.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "registry-dns.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "registry-dns.labels" -}}
+{{ include "registry-dns.selectorLabels" . }}
+app.kubernetes.io/part-of: registry-dns
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
+
+{{/* repository:tag, or repository@digest when a digest is set. */}}
+{{- define "registry-dns.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The namespaces of the Services in .Values.names, each once, sorted: one Role in each. */}}
+{{- define "registry-dns.serviceNamespaces" -}}
+{{- $namespaces := dict -}}
+{{- range .Values.names -}}
+{{- $parts := splitList "/" (required "names[].service is required (NAMESPACE/SERVICE)" .service) -}}
+{{- if or (ne (len $parts) 2) (not (first $parts)) (not (last $parts)) -}}
+{{- fail (printf "names: service %q is not NAMESPACE/SERVICE" .service) -}}
+{{- end -}}
+{{- $_ := set $namespaces (first $parts) true -}}
+{{- end -}}
+{{- keys $namespaces | sortAlpha | join " " -}}
+{{- end -}}
+
+{{/* ADDR:PORT, with brackets for an IPv6 address. */}}
+{{- define "registry-dns.hostPort" -}}
+{{- if contains ":" .host -}}[{{ .host }}]:{{ .port }}{{- else -}}{{ .host }}:{{ .port }}{{- end -}}
+{{- end -}}
