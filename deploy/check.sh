@@ -222,4 +222,23 @@ step "kustomizations (kubectl kustomize + kubernetes-validate --strict, Kubernet
 step "Helm chart (deploy/helm/registry-dns: lint, templates validated, drift from deploy/base)"
 "$venv/bin/python" deploy/check/chart.py "$HELM" "$KUBECTL" "$bin" "${K8S_VERSIONS[@]}"
 
+step "Helm chart installed into a real control plane (tests/cluster/control-plane.sh)"
+# The API server accepts (admission, RBAC validation, server-side schemas) what the chart renders.
+# There is no kubelet: the DaemonSet's objects are stored, no pod runs. tests/run.sh builds the
+# binaries before this script runs in CI; a machine without them builds them here.
+read -r k8s_bin _ < <(tests/cluster/control-plane.sh build)
+cp_dir=$(mktemp -d)
+trap 'tests/cluster/control-plane.sh stop "$cp_dir" >/dev/null 2>&1 || true; rm -rf "$t" "$cp_dir"' EXIT
+ETCD_PORT=23791 ETCD_PEER_PORT=23792 APISERVER_PORT=26443 tests/cluster/control-plane.sh start "$cp_dir" >/dev/null
+export KUBECONFIG=$cp_dir/admin.kubeconfig
+"$k8s_bin/kubectl" create namespace registry >/dev/null   # the registry's, where the chart's Role goes
+"$HELM" install registry-dns deploy/helm/registry-dns --namespace registry-dns --create-namespace \
+    --set image.repository=ghcr.io/registry-dns/registry-dns --wait=false >/dev/null || fail "helm install"
+"$k8s_bin/kubectl" -n registry-dns get daemonset registry-dns -o name | grep -qx daemonset.apps/registry-dns \
+    || fail "the chart's DaemonSet is not in the API server"
+"$k8s_bin/kubectl" -n registry get role registry-dns -o name >/dev/null || fail "the chart's Role in the registry namespace"
+echo "  helm install: $("$HELM" list -n registry-dns -o json | "$venv/bin/python" -c 'import json,sys; r=json.load(sys.stdin)[0]; print(r["name"], r["status"], r["chart"])')"
+tests/cluster/control-plane.sh stop "$cp_dir" >/dev/null
+unset KUBECONFIG
+
 step "deploy/check.sh: all passed"
