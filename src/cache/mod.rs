@@ -19,7 +19,7 @@ mod store;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use answer::{Kind, Lifetimes, Stored};
+use answer::{Kind, Lifetimes, Stored};
 pub use flush::Flusher;
 pub use key::{Key, wire_name};
 
@@ -98,7 +98,7 @@ impl Cache {
         Self { store: Store::new(share), settings, stats }
     }
 
-    pub fn lifetimes(&self) -> Lifetimes {
+    fn lifetimes(&self) -> Lifetimes {
         Lifetimes { max_ttl: self.settings.max_ttl, max_negative_ttl: self.settings.max_negative_ttl }
     }
 
