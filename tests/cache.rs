@@ -30,6 +30,14 @@ fn zone() -> String {
     zone
 }
 
+/// Held by the tests with timing bounds (RFC 8767's timers, prefetch) and by the flood, which
+/// loads both cores: they never run at the same time.
+static TIMED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn timed() -> std::sync::MutexGuard<'static, ()> {
+    TIMED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn nsd() -> Nsd {
     Nsd::start(&[("cache.test.", Some(&zone()))])
 }
@@ -250,6 +258,7 @@ fn answers_larger_than_the_clients_buffer_are_neither_cached_nor_served_to_it() 
 
 #[test]
 fn stale_answers_when_the_upstream_is_killed_or_silent_and_fresh_ones_when_it_is_back() {
+    let _timed = timed();
     // Killed: nsd stops; the client gets the expired answer with TTL 30 instead of SERVFAIL.
     let mut upstream = nsd();
     let s = start(upstream.addr, &["--upstream-timeout", "500ms"]);
@@ -368,6 +377,7 @@ fn flush_empties_every_cache_or_one_name() {
 
 #[test]
 fn a_popular_answer_is_refreshed_before_it_expires() {
+    let _timed = timed();
     let upstream = nsd();
     // `www` lives 300 s; capped at 10 s, the last second (10%) is when a popular entry is refreshed.
     let s = start(upstream.addr, &["--cache-max-ttl", "10s"]);
@@ -471,6 +481,7 @@ fn flood(s: &RegistryDns, count: usize, tag: &str) {
 
 #[test]
 fn a_flood_of_unique_names_ten_times_the_cache_stays_within_its_size() {
+    let _timed = timed();
     // Large enough that the run-to-run spread of RSS (a few hundred KiB) cannot decide the test.
     const SIZE: u64 = 4 << 20;
     // An entry here counts about 530 bytes (answer, key, bookkeeping): 10x the cache is ~80,000.
