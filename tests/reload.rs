@@ -130,8 +130,9 @@ fn sighup_swaps_records_and_upstreams_without_dropping_a_query() {
     let line = s.logs().into_iter().find(|l| l.contains("configuration reloaded")).unwrap();
     assert!(line.contains("record,upstream"), "{line}");
     // Each swap opened new upstream sockets in every worker; the replaced ones are closed once
-    // their queries are done (within one upstream timeout).
-    let closed = wait_until(Duration::from_secs(5), || fds() <= fds_before);
+    // their queries are done (within one upstream timeout), and the current ones once they sat
+    // idle for their lifetime (10 s, `forward/sockets.rs`).
+    let closed = wait_until(Duration::from_secs(20), || fds() <= fds_before);
     assert!(closed, "file descriptors: {fds_before} before the reloads, {} after", fds());
 
     // A name dropped from the config stops being local (it is forwarded, and the upstream has no

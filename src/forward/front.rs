@@ -48,6 +48,9 @@ pub enum Begin {
 pub enum Outcome<'a> {
     /// An answer the relay accepted (`reply::judge`), under any ID.
     Answer(&'a [u8]),
+    /// An accepted answer not to be cached: it came over UDP during a spoofing episode of its
+    /// upstream (`Upstreams::is_defending`).
+    Uncached(&'a [u8]),
     /// No upstream answered: every one timed out or failed; `last` is the last SERVFAIL or
     /// REFUSED one of them sent, if any, which the client gets (byte for byte, as any answer)
     /// when no stale answer is held.
@@ -135,8 +138,9 @@ impl Front {
         let key = if ticket.cacheable { Key::of(query, ticket.question_end, ticket.edns.as_ref()) } else { None };
         let mut cache = self.cache.as_mut().zip(key.as_ref());
         match outcome {
-            Outcome::Answer(reply) => {
+            Outcome::Answer(reply) | Outcome::Uncached(reply) => {
                 if let Some((cache, key)) = cache
+                    && matches!(outcome, Outcome::Answer(_))
                     && reply.len() <= limit
                 {
                     cache.insert(key, reply, ticket.question_end, now);

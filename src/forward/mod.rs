@@ -9,7 +9,8 @@
 //!
 //! - `front`: what the client sees (cache, in-flight cap, REFUSED, SERVFAIL, truncation, metrics);
 //! - `relay`: a UDP worker's forwarder and its lifecycle (receive loops, timeouts, reloads);
-//! - `udp`: the UDP upstream sockets and in-flight table;
+//! - `udp`: the UDP in-flight table, and what a reply that matches no query means;
+//! - `sockets`: the short-lived UDP sockets queries leave on (the source-port entropy);
 //! - `tcp`: the TCP entry point and upstream exchange;
 //! - `reply`: which upstream replies count, for both relays;
 //! - `upstream`: the upstream list, its order and health;
@@ -19,6 +20,7 @@ pub mod front;
 mod loop_probe;
 pub mod relay;
 pub mod reply;
+mod sockets;
 pub mod tcp;
 pub mod udp;
 mod upstream;

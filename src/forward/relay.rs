@@ -1,7 +1,7 @@
-//! A UDP worker's forwarder and its lifecycle: the receive loop on each upstream socket, the
-//! timeout tick, and the swap to a new forwarder (new sockets, new cache) when a reload changes
-//! the upstreams or the cache settings. The old forwarder keeps its sockets until its queries
-//! are answered or have timed out, so none is dropped.
+//! A UDP worker's forwarder and its lifecycle: the receive loop on its upstream sockets, the TCP
+//! checks it asks for, the timeout tick, and the swap to a new forwarder (new sockets, new cache)
+//! when a reload changes the upstreams or the cache settings. The old forwarder keeps its sockets
+//! until its queries are answered or have timed out, so none is dropped.
 
 use std::cell::RefCell;
 use std::io;
@@ -9,15 +9,16 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::warn;
 
+use super::sockets::Readiness;
 use super::udp::{Socket, UdpForwarder};
-use super::{Forwarding, Upstreams};
+use super::{Forwarding, Upstreams, tcp};
 use crate::cache;
 use crate::dns::Transport;
 use crate::metrics::Traffic;
-use crate::net::batch;
 
 /// How often timed-out upstream tries are moved on and client timers checked; bounds their
 /// overshoot.
@@ -92,14 +93,13 @@ fn open(
     traffic: &Arc<Traffic>,
 ) -> io::Result<(SharedForwarder, Vec<JoinHandle<()>>)> {
     let front = forwarding.front(Transport::Udp, settings, traffic.clone());
-    let (forwarder, upstream_sockets) =
-        UdpForwarder::new(upstreams.clone(), front, forwarding.timeout, listeners.to_vec())?;
+    let forwarder = UdpForwarder::new(upstreams.clone(), front, forwarding.timeout, listeners.to_vec())?;
+    let readiness = forwarder.readiness();
     let forwarder = Rc::new(RefCell::new(forwarder));
-    let mut tasks: Vec<_> = upstream_sockets
-        .into_iter()
-        .map(|(key, socket)| tokio::task::spawn_local(receive_upstream(key, socket, forwarder.clone())))
-        .collect();
-    tasks.push(tokio::task::spawn_local(expire_timeouts(forwarder.clone())));
+    let tasks = vec![
+        tokio::task::spawn_local(receive_upstreams(readiness, forwarder.clone(), forwarding.timeout)),
+        tokio::task::spawn_local(expire_timeouts(forwarder.clone())),
+    ];
     Ok((forwarder, tasks))
 }
 
@@ -114,14 +114,37 @@ async fn retire(forwarder: SharedForwarder, tasks: Vec<JoinHandle<()>>, bound: D
     }
 }
 
-async fn receive_upstream(key: u32, socket: Socket, forwarder: SharedForwarder) {
+/// Reads replies whenever an upstream socket has some, then runs the TCP checks the forwarder
+/// asked for.
+async fn receive_upstreams(readiness: Rc<AsyncFd<Readiness>>, forwarder: SharedForwarder, timeout: Duration) {
     loop {
-        // ECONNREFUSED and the like: an upstream is down; the query's timeout moves it on. The
-        // error is consumed by the read that reported it, so the next read goes on.
-        if let Err(e) = batch::drain(&socket, |fd| forwarder.borrow_mut().receive(key, fd)).await {
-            debug!(error = %e, "upstream socket error");
+        let Ok(mut guard) = readiness.readable().await else { return };
+        match forwarder.borrow_mut().receive() {
+            // Every ready socket was drained; the epoll set reports nothing more until a new edge.
+            Ok(0) => guard.clear_ready(),
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot poll the upstream sockets");
+                guard.clear_ready();
+            }
         }
-        forwarder.borrow_mut().flush();
+        let rechecks = {
+            let mut forwarder = forwarder.borrow_mut();
+            forwarder.flush();
+            forwarder.take_rechecks()
+        };
+        for check in rechecks {
+            let forwarder = forwarder.clone();
+            tokio::task::spawn_local(async move {
+                let result = match tokio::time::timeout(timeout, tcp::exchange(check.upstream, &check.query)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(io::ErrorKind::TimedOut.into()),
+                };
+                let mut forwarder = forwarder.borrow_mut();
+                forwarder.rechecked(check.slot, result, Instant::now());
+                forwarder.flush();
+            });
+        }
     }
 }
 

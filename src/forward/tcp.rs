@@ -131,7 +131,8 @@ async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, time
     Relayed::Failed(last_refusal)
 }
 
-async fn exchange(addr: std::net::SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+/// One query and its answer over a new TCP connection to `addr`.
+pub(super) async fn exchange(addr: std::net::SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let mut framed = Vec::with_capacity(query.len() + 2);

@@ -1,23 +1,26 @@
-//! UDP forwarding for one worker: upstream sockets, the in-flight table, timeouts and failover.
+//! UDP forwarding for one worker: the in-flight table, timeouts, failover, and what a reply that
+//! matches no query means.
 //!
 //! Each worker thread owns one of these, so nothing here is shared or locked. Spoofing resistance
-//! follows RFC 5452: every upstream has a pool of connected sockets on kernel-chosen random ports
-//! (a connected socket only receives from the address it was connected to), each query leaves on
-//! a random socket of the pool with a random ID, and a reply is accepted only when its socket,
-//! ID and question all match a query in flight. The client's bytes go upstream unchanged but for
-//! the ID, and the upstream's answer comes back unchanged but for the ID.
+//! follows RFC 5452: each query leaves with a random ID on a short-lived connected socket on a
+//! random port (`sockets`), and a reply is accepted only when its socket, ID and question all
+//! match a query in flight. A datagram that matches none is counted against its upstream as a
+//! likely forgery, and the answers still due on its socket are asked again over TCP before they
+//! are relayed or cached: a forger who learned the port may be guessing their IDs. The client's
+//! bytes go upstream unchanged but for the ID, and the upstream's answer comes back unchanged but
+//! for the ID.
 //!
 //! Every leg is batched, because system calls are most of a relay's cost: queries are queued and
-//! leave in one `sendmmsg` per upstream socket (all queries of one batch share a socket picked at
-//! random for that batch, each with its own random ID), replies are read with `recvmmsg`, and
-//! answers go back to clients in one `sendmmsg` per listener. Callers `flush` after each batch.
+//! leave in one `sendmmsg` per upstream socket, replies are read with `recvmmsg` from every socket
+//! one wakeup found ready, and answers go back to clients in one `sendmmsg` per listener. Callers
+//! `flush` after each batch.
 //!
 //! What a client gets is not decided here: [`UdpForwarder::query`] asks the worker's [`Front`]
 //! first, and every upstream outcome goes back through it.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,13 +34,10 @@ use tracing::debug;
 use super::Upstreams;
 use super::front::{Begin, Front, Outcome, Ticket};
 use super::reply::{self, Verdict};
+use super::sockets::{Readiness, SocketKey, Sockets};
 use crate::dns::wire::{self, Edns};
 use crate::metrics::{Path, Proto};
-use crate::net::batch::{self, BATCH, RecvBatch, SendBatch};
-
-/// Sockets per upstream and worker: the source-port spread of RFC 5452 section 9.2, multiplied by
-/// the 16-bit ID.
-pub const SOCKETS_PER_UPSTREAM: usize = 8;
+use crate::net::batch::{BATCH, RecvBatch, SendBatch};
 
 /// Largest upstream reply we relay: any UDP DNS message.
 const MAX_REPLY: usize = 65535;
@@ -45,8 +45,14 @@ const MAX_REPLY: usize = 65535;
 /// A non-blocking UDP socket registered with the worker's runtime.
 pub type Socket = Rc<AsyncFd<std::net::UdpSocket>>;
 
-/// An upstream socket and the key that identifies it in the in-flight table.
-pub type KeyedSocket = (u32, Socket);
+/// A query whose UDP answer is to be checked over TCP: the caller runs the exchange
+/// ([`super::tcp::exchange`]) and hands the result to [`UdpForwarder::rechecked`].
+pub struct Recheck {
+    pub slot: usize,
+    pub upstream: SocketAddr,
+    /// The query as it went upstream.
+    pub query: Vec<u8>,
+}
 
 /// One forwarded query waiting for an answer.
 struct Pending {
@@ -61,26 +67,30 @@ struct Pending {
     tried: u32,
     /// The upstream and socket of the current try, and the ID it was sent with.
     upstream: usize,
-    key: (u32, u16),
+    key: (SocketKey, u16),
     /// When the current try times out.
     deadline: Instant,
 }
 
 pub struct UdpForwarder {
     upstreams: Arc<Upstreams>,
-    /// `sockets[upstream][i]`, all connected to that upstream.
-    sockets: Vec<Vec<Socket>>,
-    /// The pool socket each upstream's queries leave on until the next flush.
-    batch_socket: Vec<Option<usize>>,
+    sockets: Sockets,
+    /// Per upstream, its spoofing episodes this forwarder has replaced its sockets for.
+    episodes_seen: Vec<u32>,
     listeners: Vec<Socket>,
     slots: Vec<Option<Pending>>,
     free: Vec<usize>,
-    by_key: FxHashMap<(u32, u16), usize>,
+    by_key: FxHashMap<(SocketKey, u16), usize>,
+    /// Queries being checked over TCP, out of `by_key`.
+    rechecking: usize,
+    /// TCP checks decided since the caller last took them.
+    rechecks: Vec<Recheck>,
+    ready: Vec<SocketKey>,
     front: Front,
     timeout: Duration,
     spare_buffers: Vec<Vec<u8>>,
     /// Queries waiting for [`UdpForwarder::flush`]: (socket key, slot).
-    queued: Vec<(u32, usize)>,
+    queued: Vec<(SocketKey, usize)>,
     outgoing: SendBatch,
     /// Answers waiting for [`UdpForwarder::flush`], one batch per listener.
     answers: Vec<SendBatch>,
@@ -89,30 +99,17 @@ pub struct UdpForwarder {
 }
 
 impl UdpForwarder {
-    /// Opens the upstream socket pools. Returns the forwarder and every upstream socket with its
-    /// key, for the caller to run a receive loop on each ([`UdpForwarder::receive`]).
-    pub fn new(
-        upstreams: Arc<Upstreams>,
-        front: Front,
-        timeout: Duration,
-        listeners: Vec<Socket>,
-    ) -> io::Result<(Self, Vec<KeyedSocket>)> {
-        let mut sockets = Vec::with_capacity(upstreams.len());
-        let mut all = Vec::new();
-        for index in 0..upstreams.len() {
-            let addr = upstreams.addr(index);
-            let mut pool = Vec::with_capacity(SOCKETS_PER_UPSTREAM);
-            for i in 0..SOCKETS_PER_UPSTREAM {
-                let socket = Rc::new(connected_socket(addr)?);
-                all.push(((index * SOCKETS_PER_UPSTREAM + i) as u32, socket.clone()));
-                pool.push(socket);
-            }
-            sockets.push(pool);
-        }
-        let this = Self {
-            batch_socket: vec![None; upstreams.len()],
+    /// A forwarder answering clients on `listeners`, by index; must run inside the worker's
+    /// runtime. The caller runs its receive loop on [`UdpForwarder::readiness`].
+    pub fn new(upstreams: Arc<Upstreams>, front: Front, timeout: Duration, listeners: Vec<Socket>) -> io::Result<Self> {
+        let sockets = Sockets::new((0..upstreams.len()).map(|i| upstreams.addr(i)).collect())?;
+        Ok(Self {
+            episodes_seen: (0..upstreams.len()).map(|i| upstreams.episodes(i)).collect(),
             upstreams,
             sockets,
+            rechecking: 0,
+            rechecks: Vec::new(),
+            ready: Vec::new(),
             answers: listeners.iter().map(|_| SendBatch::default()).collect(),
             listeners,
             slots: Vec::new(),
@@ -125,13 +122,17 @@ impl UdpForwarder {
             outgoing: SendBatch::default(),
             replies: Some(RecvBatch::new(MAX_REPLY)),
             rng: rand::rng(),
-        };
-        Ok((this, all))
+        })
+    }
+
+    /// What the receive loop waits on: any upstream socket readable.
+    pub fn readiness(&self) -> Rc<AsyncFd<Readiness>> {
+        self.sockets.readiness()
     }
 
     /// Number of queries waiting for an upstream.
     pub fn pending(&self) -> usize {
-        self.by_key.len() + self.queued.len()
+        self.by_key.len() + self.queued.len() + self.rechecking
     }
 
     /// The worker's entry point for a query `request::handle` chose to forward: the front decides
@@ -195,27 +196,38 @@ impl UdpForwarder {
     /// `timeout` after `now` (a time the caller read anyway: one clock read per batch).
     fn queue_next(&mut self, slot: usize, now: Instant) {
         let pending = self.slots[slot].as_mut().expect("live slot");
-        let Some(upstream) = self.upstreams.next(pending.tried) else {
-            self.finish(slot, Outcome::Failed { last: None }, now);
-            return;
+        let (upstream, socket) = loop {
+            let Some(upstream) = self.upstreams.next(pending.tried) else {
+                self.finish(slot, Outcome::Failed { last: None }, now);
+                return;
+            };
+            pending.tried |= 1 << upstream;
+            let episodes = self.upstreams.episodes(upstream);
+            if self.episodes_seen[upstream] != episodes {
+                self.episodes_seen[upstream] = episodes;
+                self.sockets.replace_all(upstream);
+            }
+            match self.sockets.take(upstream, now) {
+                Ok(socket) => break (upstream, socket),
+                Err(e) => {
+                    debug!(upstream = %self.upstreams.addr(upstream), error = %e, "cannot open an upstream socket");
+                    self.upstreams.record_failure(upstream);
+                }
+            }
         };
-        pending.tried |= 1 << upstream;
-        let socket_index =
-            *self.batch_socket[upstream].get_or_insert_with(|| self.rng.random_range(0..SOCKETS_PER_UPSTREAM));
-        let key_socket = (upstream * SOCKETS_PER_UPSTREAM + socket_index) as u32;
         let id = loop {
             let id: u16 = self.rng.random();
-            if !self.by_key.contains_key(&(key_socket, id)) {
+            if !self.by_key.contains_key(&(socket, id)) {
                 break id;
             }
         };
         wire::set_id(&mut pending.query, id);
         pending.upstream = upstream;
-        pending.key = (key_socket, id);
+        pending.key = (socket, id);
         pending.deadline = now + self.timeout;
         self.by_key.insert(pending.key, slot);
         self.upstreams.record_request(upstream, Proto::Udp);
-        self.queued.push((key_socket, slot));
+        self.queued.push((socket, slot));
     }
 
     /// Empties this forwarder's cache, or drops every entry of `name` (`POST /cache/flush`).
@@ -230,8 +242,7 @@ impl UdpForwarder {
             let mut queued = std::mem::take(&mut self.queued);
             queued.sort_unstable_by_key(|&(key, _)| key);
             for group in queued.chunk_by(|a, b| a.0 == b.0) {
-                let key = group[0].0;
-                let fd = self.socket_fd(key);
+                let fd = self.sockets.fd(group[0].0);
                 for chunk in group.chunks(BATCH) {
                     for &(_, slot) in chunk {
                         self.outgoing.push(&self.slots[slot].as_ref().expect("live slot").query, None);
@@ -249,21 +260,16 @@ impl UdpForwarder {
                 self.queued = queued;
             }
         }
-        self.batch_socket.fill(None);
         for (answers, listener) in self.answers.iter_mut().zip(&self.listeners) {
             answers.flush(listener.as_raw_fd());
         }
-    }
-
-    fn socket_fd(&self, key: u32) -> RawFd {
-        let key = key as usize;
-        self.sockets[key / SOCKETS_PER_UPSTREAM][key % SOCKETS_PER_UPSTREAM].as_raw_fd()
     }
 
     fn send_failed(&mut self, slot: usize) {
         let pending = self.slots[slot].as_ref().expect("live slot");
         debug!(upstream = %self.upstreams.addr(pending.upstream), "upstream send failed");
         self.by_key.remove(&pending.key);
+        self.sockets.release(pending.key.0, None);
         self.upstreams.record_failure(pending.upstream);
         self.queue_next(slot, Instant::now());
     }
@@ -281,40 +287,86 @@ impl UdpForwarder {
         self.free.push(slot);
     }
 
-    /// Reads one batch of replies from upstream socket `key` and handles each; returns how many
-    /// datagrams were read (`WouldBlock` when there were none).
-    pub fn receive(&mut self, key: u32, fd: RawFd) -> io::Result<usize> {
+    /// Reads every upstream socket with replies waiting and handles each reply; returns how many
+    /// sockets were ready (0: all drained, the caller may wait for readiness again).
+    pub fn receive(&mut self) -> io::Result<usize> {
+        self.ready.clear();
+        let mut ready = std::mem::take(&mut self.ready);
+        self.sockets.ready(&mut ready)?;
         let mut replies = self.replies.take().expect("not re-entered");
-        let result = replies.recv(fd);
-        if let Ok(n) = result {
-            let now = Instant::now();
-            for i in 0..n {
-                if let Some(reply) = replies.message(i) {
-                    self.on_reply(key, reply, now);
+        for &key in &ready {
+            // Readiness is edge-triggered: read until a short batch proves the queue empty. An
+            // error (ECONNREFUSED: the upstream is down) is consumed by the read that reports it;
+            // the query's timeout moves it on.
+            while self.sockets.is_open(key) {
+                match replies.recv(self.sockets.fd(key)) {
+                    Ok(n) => {
+                        let now = Instant::now();
+                        for i in 0..n {
+                            if let Some(reply) = replies.message(i) {
+                                self.on_reply(key, reply, now);
+                            }
+                        }
+                        if n < BATCH {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => debug!(error = %e, "upstream socket error"),
                 }
             }
         }
         self.replies = Some(replies);
-        result
+        let count = ready.len();
+        self.ready = ready;
+        Ok(count)
     }
 
-    /// Handles a datagram from upstream socket `key`. Anything that is not the answer to a
-    /// query in flight on that socket, with its ID and question, is ignored (RFC 5452).
-    fn on_reply(&mut self, key: u32, reply: &[u8], now: Instant) {
-        if !wire::is_response(reply) {
-            return;
-        }
-        let Some(&slot) = self.by_key.get(&(key, wire::id(reply))) else {
-            debug!("ignoring an upstream reply with an unknown ID");
-            return;
+    /// Handles a datagram from upstream socket `key`. Anything that is not the answer to a query
+    /// in flight on that socket, with its ID and question, is ignored (RFC 5452) and counted.
+    fn on_reply(&mut self, key: SocketKey, reply: &[u8], now: Instant) {
+        let id = wire::id(reply);
+        let slot = match self.by_key.get(&(key, id)) {
+            Some(&slot) if wire::is_response(reply) => slot,
+            _ => {
+                if !self.sockets.is_late(key, id) {
+                    self.unexpected(key);
+                }
+                return;
+            }
         };
         let pending = self.slots[slot].as_ref().expect("live slot");
         let verdict = reply::judge(&pending.query, pending.ticket.question_end, reply);
         if verdict == Verdict::Ignore {
-            debug!("ignoring an upstream reply for another question, or a cut-off one");
+            self.unexpected(key);
             return;
         }
-        self.by_key.remove(&(key, wire::id(reply)));
+        self.by_key.remove(&(key, id));
+        let upstream = pending.upstream;
+        if self.sockets.is_suspect(key) {
+            // A forger knows this port and may have guessed this ID: only TCP can tell.
+            self.upstreams.record_recheck(upstream);
+            self.rechecks.push(Recheck { slot, upstream: self.upstreams.addr(upstream), query: pending.query.clone() });
+            self.rechecking += 1;
+            self.sockets.release(key, None);
+            return;
+        }
+        self.sockets.release(key, None);
+        self.accept(slot, verdict, reply, now);
+    }
+
+    /// A datagram on `key` matched no query in flight.
+    fn unexpected(&mut self, key: SocketKey) {
+        debug!("ignoring an upstream reply that matches no query in flight");
+        if let Some(upstream) = self.sockets.upstream(key) {
+            self.upstreams.record_unexpected(upstream);
+        }
+        self.sockets.suspect(key);
+    }
+
+    /// Ends the try of the query in `slot` with a reply `reply::judge` did not ignore.
+    fn accept(&mut self, slot: usize, verdict: Verdict, reply: &[u8], now: Instant) {
+        let pending = self.slots[slot].as_ref().expect("live slot");
         let upstream = pending.upstream;
         if verdict == Verdict::MoveOn {
             self.upstreams.record_failure(upstream);
@@ -326,7 +378,42 @@ impl UdpForwarder {
             return;
         }
         self.upstreams.record_success(upstream);
-        self.finish(slot, Outcome::Answer(reply), now);
+        if self.upstreams.is_defending(upstream, now) {
+            self.finish(slot, Outcome::Uncached(reply), now);
+        } else {
+            self.finish(slot, Outcome::Answer(reply), now);
+        }
+    }
+
+    /// The TCP checks decided since the last call, for the caller to run.
+    pub fn take_rechecks(&mut self) -> Vec<Recheck> {
+        std::mem::take(&mut self.rechecks)
+    }
+
+    /// The outcome of the TCP check of [`Recheck`] `slot`: its answer counts as the upstream's
+    /// (and is cached as any TCP answer); a failed check moves the query on.
+    pub fn rechecked(&mut self, slot: usize, result: io::Result<Vec<u8>>, now: Instant) {
+        self.rechecking -= 1;
+        let pending = self.slots[slot].as_ref().expect("a query being checked keeps its slot");
+        let upstream = pending.upstream;
+        let verdict = match &result {
+            Ok(answer) => reply::judge(&pending.query, pending.ticket.question_end, answer),
+            Err(e) => {
+                debug!(error = %e, "TCP check of a UDP answer failed");
+                Verdict::Ignore
+            }
+        };
+        match (verdict, result) {
+            (Verdict::Accept, Ok(answer)) => {
+                self.upstreams.record_success(upstream);
+                self.finish(slot, Outcome::Answer(&answer), now);
+            }
+            (Verdict::MoveOn, Ok(answer)) => self.accept(slot, Verdict::MoveOn, &answer, now),
+            _ => {
+                self.upstreams.record_failure(upstream);
+                self.queue_next(slot, now);
+            }
+        }
     }
 
     /// Moves every query whose try timed out to its next upstream (or SERVFAIL). A scan of the
@@ -352,9 +439,11 @@ impl UdpForwarder {
                 continue;
             }
             self.by_key.remove(&pending.key);
+            self.sockets.release(pending.key.0, Some(pending.key.1));
             self.upstreams.record_timeout(pending.upstream);
             self.queue_next(slot, now);
         }
+        self.sockets.sweep(now);
     }
 }
 
@@ -365,13 +454,4 @@ fn answer_batch<'a>(answers: &'a mut [SendBatch], listeners: &[Socket], listener
         batch.flush(listeners[listener].as_raw_fd());
     }
     batch
-}
-
-/// A UDP socket on a random port, connected to `upstream`.
-fn connected_socket(upstream: SocketAddr) -> io::Result<AsyncFd<std::net::UdpSocket>> {
-    let local: SocketAddr =
-        if upstream.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
-    let socket = std::net::UdpSocket::bind(local)?;
-    socket.connect(upstream)?;
-    batch::register(socket)
 }

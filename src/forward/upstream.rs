@@ -3,6 +3,11 @@
 //! Order is the configured one (resolv.conf order is meaningful), except that an upstream that
 //! just failed is tried after the healthy ones until its penalty runs out, and one found to send
 //! our queries back to us is never tried again.
+//!
+//! It also keeps each upstream's spoofing state: replies that matched no query in flight are
+//! counted, and enough of them in a short time start an episode (unbound's
+//! `unwanted-reply-threshold`), during which every worker replaces its sockets to that upstream
+//! and its UDP answers are relayed but not cached.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,6 +24,14 @@ const MAX_FAILS: u32 = 2;
 const PENALTY: Duration = Duration::from_secs(5);
 /// At most this many upstreams, so a query's tries fit a bit set (CoreDNS allows 15).
 pub const MAX_UPSTREAMS: usize = 16;
+/// Unexpected replies from one upstream within [`SPOOF_WINDOW`] that start a spoofing episode. A
+/// healthy upstream sends none (late answers to timed-out queries are not counted), so a handful
+/// is already a forger at work.
+pub const SPOOF_THRESHOLD: u32 = 10;
+/// The window [`SPOOF_THRESHOLD`] is counted in.
+pub const SPOOF_WINDOW: Duration = Duration::from_secs(10);
+/// How long an episode lasts after its latest unexpected reply.
+pub const SPOOF_DEFENSE: Duration = Duration::from_secs(60);
 
 /// One upstream server.
 #[derive(Debug)]
@@ -28,6 +41,13 @@ pub struct Upstream {
     /// Milliseconds since [`Upstreams::epoch`] until which this upstream is penalized.
     penalized_until: AtomicU64,
     looped: AtomicBool,
+    /// Start of the current [`SPOOF_WINDOW`] (ms since the epoch) and the unexpected replies in it.
+    unexpected_since: AtomicU64,
+    unexpected: AtomicU32,
+    /// Until when (ms since the epoch) a spoofing episode lasts; 0 when there has been none.
+    defended_until: AtomicU64,
+    /// Spoofing episodes so far: a worker that sees this change replaces its sockets.
+    episodes: AtomicU32,
     stats: Arc<UpstreamStats>,
 }
 
@@ -49,6 +69,10 @@ impl Upstreams {
                 failures: AtomicU32::new(0),
                 penalized_until: AtomicU64::new(0),
                 looped: AtomicBool::new(false),
+                unexpected_since: AtomicU64::new(0),
+                unexpected: AtomicU32::new(0),
+                defended_until: AtomicU64::new(0),
+                episodes: AtomicU32::new(0),
                 stats: metrics.upstream(addr),
             })
             .collect();
@@ -129,6 +153,60 @@ impl Upstreams {
         }
     }
 
+    /// A datagram from upstream `index`'s address matched no query in flight: a forgery, as far as
+    /// anyone can tell. Enough of them start an episode, logged once.
+    pub fn record_unexpected(&self, index: usize) {
+        let u = &self.list[index];
+        u.stats.unexpected_reply();
+        let now = self.now_ms();
+        if u.defended_until.load(Relaxed) > now {
+            u.defended_until.store(now + SPOOF_DEFENSE.as_millis() as u64, Relaxed);
+            return;
+        }
+        let count = if now.saturating_sub(u.unexpected_since.load(Relaxed)) > SPOOF_WINDOW.as_millis() as u64 {
+            u.unexpected_since.store(now, Relaxed);
+            u.unexpected.store(1, Relaxed);
+            1
+        } else {
+            u.unexpected.fetch_add(1, Relaxed) + 1
+        };
+        if count < SPOOF_THRESHOLD {
+            return;
+        }
+        let until = u.defended_until.load(Relaxed);
+        if until <= now
+            && u.defended_until
+                .compare_exchange(until, now + SPOOF_DEFENSE.as_millis() as u64, Relaxed, Relaxed)
+                .is_ok()
+        {
+            u.unexpected.store(0, Relaxed);
+            u.episodes.fetch_add(1, Relaxed);
+            u.stats.episode();
+            warn!(
+                upstream = %u.addr,
+                unexpected = count,
+                "replies from this upstream's address match no query: someone may be forging them to poison \
+                 the cache; its sockets are replaced and its UDP answers are not cached while it goes on"
+            );
+        }
+    }
+
+    /// Spoofing episodes of upstream `index` so far.
+    pub fn episodes(&self, index: usize) -> u32 {
+        self.list[index].episodes.load(Relaxed)
+    }
+
+    /// Whether a spoofing episode of upstream `index` lasts at `now` (its UDP answers are not cached).
+    pub fn is_defending(&self, index: usize, now: Instant) -> bool {
+        let until = self.list[index].defended_until.load(Relaxed);
+        until != 0 && until > now.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// A UDP answer of upstream `index` is checked over TCP, its socket having seen a forgery.
+    pub fn record_recheck(&self, index: usize) {
+        self.list[index].stats.recheck();
+    }
+
     /// Takes an upstream out for good: it sent our own query back to us.
     pub fn disable_looped(&self, index: usize) {
         let u = &self.list[index];
@@ -164,5 +242,26 @@ mod tests {
         assert_eq!(ups.next(0), Some(0));
         ups.disable_looped(1);
         assert_eq!(ups.next(0b01), None);
+    }
+
+    #[test]
+    fn an_episode_starts_at_the_threshold_once() {
+        let metrics = Metrics::default();
+        let ups = Upstreams::new(&["127.0.0.1:1".parse().unwrap()], &metrics);
+        for _ in 1..SPOOF_THRESHOLD {
+            ups.record_unexpected(0);
+        }
+        assert_eq!(ups.episodes(0), 0);
+        assert!(!ups.is_defending(0, Instant::now()));
+        ups.record_unexpected(0);
+        assert_eq!(ups.episodes(0), 1);
+        assert!(ups.is_defending(0, Instant::now()));
+        assert!(!ups.is_defending(0, Instant::now() + SPOOF_DEFENSE + Duration::from_secs(1)));
+        for _ in 0..3 * SPOOF_THRESHOLD {
+            ups.record_unexpected(0);
+        }
+        assert_eq!(ups.episodes(0), 1, "more forgeries extend the episode");
+        let stats = metrics.upstream(ups.addr(0));
+        assert_eq!((stats.unexpected_replies(), stats.episodes()), (u64::from(4 * SPOOF_THRESHOLD), 1));
     }
 }

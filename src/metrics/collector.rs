@@ -153,6 +153,26 @@ impl Collector {
             "Tries that failed otherwise: SERVFAIL or REFUSED answers, send errors, broken TCP exchanges",
             stats.iter().map(|(addr, s)| (upstream(addr), s.failures())),
         )?;
+        counters(
+            encoder,
+            "registry_dns_upstream_unexpected_replies",
+            "Datagrams from an upstream's address that matched no query in flight (another ID or \
+             question, or no query at all): forgeries, as far as anyone can tell",
+            stats.iter().map(|(addr, s)| (upstream(addr), s.unexpected_replies())),
+        )?;
+        counters(
+            encoder,
+            "registry_dns_upstream_tcp_rechecks",
+            "UDP answers asked again over TCP because their socket had received an unexpected reply",
+            stats.iter().map(|(addr, s)| (upstream(addr), s.rechecks())),
+        )?;
+        counters(
+            encoder,
+            "registry_dns_upstream_spoofing_episodes",
+            "Times an upstream's unexpected replies crossed the threshold: its sockets were replaced and \
+             its UDP answers went uncached for a while",
+            stats.iter().map(|(addr, s)| (upstream(addr), s.episodes())),
+        )?;
         let current = self.forwarding.upstreams();
         gauges(
             encoder,

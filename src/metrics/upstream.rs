@@ -10,6 +10,9 @@ pub struct UpstreamStats {
     requests: [AtomicU64; 2],
     timeouts: AtomicU64,
     failures: AtomicU64,
+    unexpected: AtomicU64,
+    rechecks: AtomicU64,
+    episodes: AtomicU64,
 }
 
 impl UpstreamStats {
@@ -26,6 +29,33 @@ impl UpstreamStats {
     /// A try failed otherwise: SERVFAIL or REFUSED, a send error, a broken TCP exchange.
     pub fn failure(&self) {
         self.failures.fetch_add(1, Relaxed);
+    }
+
+    /// A datagram from the upstream's address matched no query in flight.
+    pub fn unexpected_reply(&self) {
+        self.unexpected.fetch_add(1, Relaxed);
+    }
+
+    /// A UDP answer was asked again over TCP because its socket had seen an unexpected reply.
+    pub fn recheck(&self) {
+        self.rechecks.fetch_add(1, Relaxed);
+    }
+
+    /// A spoofing episode began.
+    pub fn episode(&self) {
+        self.episodes.fetch_add(1, Relaxed);
+    }
+
+    pub fn unexpected_replies(&self) -> u64 {
+        self.unexpected.load(Relaxed)
+    }
+
+    pub fn rechecks(&self) -> u64 {
+        self.rechecks.load(Relaxed)
+    }
+
+    pub fn episodes(&self) -> u64 {
+        self.episodes.load(Relaxed)
     }
 
     pub fn requests_of(&self, proto: Proto) -> u64 {

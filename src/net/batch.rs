@@ -21,9 +21,15 @@ pub const BATCH: usize = 32;
 /// a full socket buffer drops the datagram, as the network may).
 pub fn register(socket: std::net::UdpSocket) -> io::Result<AsyncFd<std::net::UdpSocket>> {
     socket.set_nonblocking(true)?;
-    // SAFETY: the AsyncFd owns the socket, so its descriptor stays open and the same for the
-    // AsyncFd's whole life.
-    unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }.map_err(|e| e.into_parts().1)
+    register_owned(socket)
+}
+
+/// Registers `owner`'s descriptor with the current runtime for readability. `owner` must own the
+/// descriptor (close it on drop, never replace it), as an epoll instance or a socket does.
+pub fn register_owned<T: AsRawFd>(owner: T) -> io::Result<AsyncFd<T>> {
+    // SAFETY: the AsyncFd owns `owner`, which owns its descriptor, so the descriptor stays open
+    // and the same for the AsyncFd's whole life.
+    unsafe { AsyncFd::register_with_interest(owner, Interest::READABLE) }.map_err(|e| e.into_parts().1)
 }
 
 /// Waits until `socket` is readable, then calls `read_batch` (one `recvmmsg` and the handling of
