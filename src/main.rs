@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use registry_dns::config::cli::{Command, CommandLine, one_line};
 use registry_dns::server::shutdown::signal_shutdown;
-use registry_dns::{Server, doctor, logging};
+use registry_dns::{Server, doctor, logging, net};
 
 fn main() -> ExitCode {
     let command_line = match CommandLine::parse() {
@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         return doctor::run(&args);
     }
     logging::init(cli.settings.log_format);
+    if let Err(e) = net::limits::raise_open_files() {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
     let config = cli.settings.into_config();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(runtime) => runtime,

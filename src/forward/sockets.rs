@@ -67,8 +67,9 @@ struct Outbound {
     /// Received a datagram that matched no query in flight: someone who is not the upstream knows
     /// this port, so the answers still due on it are checked over TCP.
     suspect: bool,
-    /// IDs of its queries that timed out: their late replies are not forgeries.
-    timed_out: Vec<u16>,
+    /// IDs of its queries whose replies may still come though no query waits for them (timed
+    /// out, or checked over TCP): such a late reply is no forgery.
+    late: Vec<u16>,
 }
 
 /// The upstream sockets of one worker.
@@ -148,21 +149,21 @@ impl Sockets {
     }
 
     /// A query that [`Sockets::take`] counted on `key` is over there (answered, failed, moved
-    /// on, or `timed_out` with its ID); a retired socket closes with its last query.
-    pub fn release(&mut self, key: SocketKey, timed_out: Option<u16>) {
+    /// on), with its ID when its reply may still come; a retired socket closes with its last query.
+    pub fn release(&mut self, key: SocketKey, late: Option<u16>) {
         let socket = self.slots[key as usize].as_mut().expect("open socket");
         socket.in_flight -= 1;
-        if let Some(id) = timed_out {
-            socket.timed_out.push(id);
+        if let Some(id) = late {
+            socket.late.push(id);
         }
         if socket.retired && socket.in_flight == 0 {
             self.close(key);
         }
     }
 
-    /// Whether `id` is that of a query that timed out on `key` (its reply is late, not forged).
+    /// Whether `id` is that of a query released with its reply still to come on `key`.
     pub fn is_late(&self, key: SocketKey, id: u16) -> bool {
-        self.slots[key as usize].as_ref().is_some_and(|s| s.timed_out.contains(&id))
+        self.slots[key as usize].as_ref().is_some_and(|s| s.late.contains(&id))
     }
 
     /// `key` received a datagram that matched no query in flight: it takes no new queries, and
@@ -233,7 +234,7 @@ impl Sockets {
             opened: now,
             retired: false,
             suspect: false,
-            timed_out: Vec::new(),
+            late: Vec::new(),
         };
         if key as usize == self.slots.len() {
             self.slots.push(Some(outbound));

@@ -348,7 +348,7 @@ impl UdpForwarder {
             self.upstreams.record_recheck(upstream);
             self.rechecks.push(Recheck { slot, upstream: self.upstreams.addr(upstream), query: pending.query.clone() });
             self.rechecking += 1;
-            self.sockets.release(key, None);
+            self.sockets.release(key, Some(id));
             return;
         }
         self.sockets.release(key, None);

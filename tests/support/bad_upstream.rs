@@ -307,7 +307,8 @@ fn forge(forgery: Forgery, query: &Message) -> Vec<u8> {
     }
 }
 
-fn reply(query: &Message, id: u16, name: Option<&str>, rcode: ResponseCode, ips: &[&str]) -> Vec<u8> {
+/// A reply to `query` with `id` (see [`message`]), as bytes.
+pub fn reply(query: &Message, id: u16, name: Option<&str>, rcode: ResponseCode, ips: &[&str]) -> Vec<u8> {
     message(query, id, name, rcode, ips).to_vec().unwrap()
 }
 

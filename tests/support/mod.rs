@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod bad_upstream;
+pub mod forger;
 pub mod netns;
 pub mod scrape;
 
