@@ -120,9 +120,10 @@ async fn receive_upstreams(readiness: Rc<AsyncFd<Readiness>>, forwarder: SharedF
     loop {
         let Ok(mut guard) = readiness.readable().await else { return };
         match forwarder.borrow_mut().receive() {
-            // Every ready socket was drained; the epoll set reports nothing more until a new edge.
-            Ok(0) => guard.clear_ready(),
-            Ok(_) => {}
+            // Every ready socket was drained. A reply arriving since makes a new edge, which
+            // clearing does not lose (the runtime clears only the readiness it reported).
+            Ok(false) => guard.clear_ready(),
+            Ok(true) => {}
             Err(e) => {
                 warn!(error = %e, "cannot poll the upstream sockets");
                 guard.clear_ready();

@@ -37,6 +37,9 @@ pub const QUERIES_PER_SOCKET: u32 = 8;
 /// How long a socket takes new queries before a fresh one replaces it, however few it carried.
 pub const SOCKET_LIFETIME: Duration = Duration::from_secs(10);
 
+/// Readiness events read per poll.
+const EVENTS: usize = 256;
+
 /// Identifies a socket while it is open (an index, reused after it closes).
 pub type SocketKey = u32;
 
@@ -92,7 +95,7 @@ impl Sockets {
         let readiness = Readiness { fd: poll.as_raw_fd(), poll: RefCell::new(poll) };
         Ok(Self {
             readiness: Rc::new(batch::register_owned(readiness)?),
-            events: Events::with_capacity(256),
+            events: Events::with_capacity(EVENTS),
             active: vec![Vec::new(); addrs.len()],
             addrs,
             slots: Vec::new(),
@@ -106,11 +109,12 @@ impl Sockets {
         self.readiness.clone()
     }
 
-    /// The sockets with datagrams waiting, appended to `ready`; none when every one was drained.
-    pub fn ready(&mut self, ready: &mut Vec<SocketKey>) -> io::Result<()> {
+    /// Appends the sockets that received datagrams since they were last read to `ready`; returns
+    /// whether more may be waiting (the events filled the buffer).
+    pub fn ready(&mut self, ready: &mut Vec<SocketKey>) -> io::Result<bool> {
         self.readiness.get_ref().poll.borrow_mut().poll(&mut self.events, Some(Duration::ZERO))?;
         ready.extend(self.events.iter().map(|e| e.token().0 as SocketKey));
-        Ok(())
+        Ok(ready.len() == EVENTS)
     }
 
     /// The socket a query for `upstream` leaves on, counted as carrying it: a random one of the

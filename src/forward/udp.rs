@@ -287,12 +287,12 @@ impl UdpForwarder {
         self.free.push(slot);
     }
 
-    /// Reads every upstream socket with replies waiting and handles each reply; returns how many
-    /// sockets were ready (0: all drained, the caller may wait for readiness again).
-    pub fn receive(&mut self) -> io::Result<usize> {
+    /// Reads every upstream socket with replies waiting and handles each reply; returns whether
+    /// more sockets may be waiting (false: all drained, the caller may wait for readiness again).
+    pub fn receive(&mut self) -> io::Result<bool> {
         self.ready.clear();
         let mut ready = std::mem::take(&mut self.ready);
-        self.sockets.ready(&mut ready)?;
+        let more = self.sockets.ready(&mut ready)?;
         let mut replies = self.replies.take().expect("not re-entered");
         for &key in &ready {
             // Readiness is edge-triggered: read until a short batch proves the queue empty. An
@@ -317,9 +317,8 @@ impl UdpForwarder {
             }
         }
         self.replies = Some(replies);
-        let count = ready.len();
         self.ready = ready;
-        Ok(count)
+        Ok(more)
     }
 
     /// Handles a datagram from upstream socket `key`. Anything that is not the answer to a query
@@ -435,7 +434,8 @@ impl UdpForwarder {
                     pending.ticket.stale_fallback = false;
                 }
             }
-            if pending.deadline > now || !self.by_key.contains_key(&pending.key) {
+            // Not in the table: queued for TCP's check, or the key is now another query's.
+            if pending.deadline > now || self.by_key.get(&pending.key) != Some(&slot) {
                 continue;
             }
             self.by_key.remove(&pending.key);

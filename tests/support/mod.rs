@@ -45,10 +45,15 @@ impl Drop for TempDir {
 
 /// A loopback port free on both UDP and TCP right now, for servers that need a port up front.
 pub fn free_port() -> u16 {
+    // Below the kernel's ephemeral range: registry-dns opens a fresh upstream socket every few
+    // queries, on an ephemeral port, and one of the tests running beside this one could take the
+    // port between this check and the bind of whoever asked for it.
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
+    assert!(low > 2048, "ephemeral ports start at {low}: no room below them for test servers");
     loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let port = rand::random_range(1024..low);
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
