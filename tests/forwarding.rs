@@ -98,16 +98,16 @@ fn a_silent_first_upstream_fails_over_to_the_second_within_the_timeout() {
         "--upstream-timeout",
         "400ms",
     ]);
-    let started = Instant::now();
     let d = dig(s.addr, &["www.test", "A"]);
-    let took = started.elapsed();
+    let took = d.query_time();
     assert_eq!(d.rdata("A"), ["192.0.2.1"]);
     assert!(took >= Duration::from_millis(350) && took < Duration::from_millis(1500), "took {took:?}");
-    // After two failures the silent upstream is tried last: the next answers come at once.
+    // After two failures the silent upstream is tried last: the next answers come at once (a
+    // name not cached yet, so that it is forwarded).
     dig(s.addr, &["www.test", "AAAA"]);
-    let started = Instant::now();
-    assert_eq!(dig(s.addr, &["www.test", "A"]).rdata("A"), ["192.0.2.1"]);
-    assert!(started.elapsed() < Duration::from_millis(300), "healthy upstream preferred: {:?}", started.elapsed());
+    let d = dig(s.addr, &["www.test", "TXT"]);
+    assert_eq!(d.status, "NOERROR", "{}", d.raw);
+    assert!(d.query_time() < Duration::from_millis(300), "healthy upstream preferred: {:?}", d.query_time());
 }
 
 #[test]

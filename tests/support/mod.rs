@@ -225,6 +225,14 @@ impl Dig {
         self.answer.iter().filter(|r| r.get(3).map(String::as_str) == Some(rtype)).map(|r| r[4..].join(" ")).collect()
     }
 
+    /// How long the answer took as dig measured it, from its query to the answer: without the
+    /// start of the dig process, which a loaded machine can delay by hundreds of milliseconds.
+    pub fn query_time(&self) -> Duration {
+        let line = self.raw.lines().find(|l| l.starts_with(";; Query time:"));
+        let ms = line.and_then(|l| l.split_whitespace().nth(3)).and_then(|ms| ms.parse().ok());
+        Duration::from_millis(ms.unwrap_or_else(|| panic!("no answer:\n{}", self.raw)))
+    }
+
     /// The answer section with TTLs left out, for comparing two servers' answers.
     pub fn answer_without_ttl(&self) -> Vec<String> {
         self.answer
