@@ -102,60 +102,57 @@ fn relay_to(upstream: &TapUpstream, extra: &[&str]) -> RegistryDns {
 }
 
 #[test]
-fn upstream_queries_carry_over_26_bits_of_source_port_and_id_and_the_ports_keep_changing() {
+fn upstream_queries_carry_over_26_bits_of_source_port_and_id() {
     const QUERIES: usize = 10_000;
-    const WINDOW: usize = 100;
+    const CLIENTS: usize = 16;
     let upstream = TapUpstream::start(Duration::ZERO);
-    let s = relay_to(&upstream, &["--cache-size", "0"]);
-    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Two workers, as on the 2-CPU nodes this is measured on; each has its own pool.
+    let s = relay_to(&upstream, &["--cache-size", "0", "--workers", "2"]);
+    // One query at a time, as a forger triggers the one it wants to answer (queries of one send
+    // batch share a socket); from several client sockets, which the kernel spreads over the workers.
+    let clients: Vec<UdpSocket> = (0..CLIENTS)
+        .map(|_| {
+            let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+            client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            client
+        })
+        .collect();
     let mut seen: Vec<(u16, u16)> = Vec::with_capacity(QUERIES);
     let mut buf = [0u8; 512];
-    for start in (0..QUERIES).step_by(WINDOW) {
-        for i in start..start + WINDOW {
-            let mut query = Message::query();
-            query.metadata.id = i as u16;
-            query.metadata.recursion_desired = true;
-            query.add_query(hickory_proto::op::Query::query(
-                format!("n{i}.example.").parse().unwrap(),
-                hickory_proto::rr::RecordType::A,
-            ));
-            client.send_to(&query.to_vec().unwrap(), s.addr).unwrap();
-        }
-        for _ in 0..WINDOW {
-            client.recv(&mut buf).expect("every query is answered");
-        }
-        while let Ok(arrival) = upstream.arrivals.try_recv() {
-            seen.push((arrival.from.port(), u16::from_be_bytes([arrival.query[0], arrival.query[1]])));
-        }
-    }
-    while seen.len() < QUERIES
-        && let Ok(arrival) = upstream.arrivals.recv_timeout(Duration::from_secs(2))
-    {
+    for i in 0..QUERIES {
+        let mut query = Message::query();
+        query.metadata.id = i as u16;
+        query.metadata.recursion_desired = true;
+        query.add_query(hickory_proto::op::Query::query(
+            format!("n{i}.example.").parse().unwrap(),
+            hickory_proto::rr::RecordType::A,
+        ));
+        let client = &clients[i % CLIENTS];
+        client.send_to(&query.to_vec().unwrap(), s.addr).unwrap();
+        client.recv(&mut buf).expect("every query is answered");
+        let arrival = upstream.arrivals.recv_timeout(Duration::from_secs(5)).expect("the query went upstream");
         seen.push((arrival.from.port(), u16::from_be_bytes([arrival.query[0], arrival.query[1]])));
     }
-    assert_eq!(seen.len(), QUERIES, "each client query went upstream once");
 
-    let ports: HashSet<u16> = seen.iter().map(|&(port, _)| port).collect();
-    let ids: HashSet<u16> = seen.iter().map(|&(_, id)| id).collect();
-    let bits = (ports.len() as f64).log2() + 16.0;
-    eprintln!("{QUERIES} upstream queries: {} source ports, {} IDs: {bits:.1} bits", ports.len(), ids.len());
-    assert!(ports.len() >= 1024, "at least 10 bits of source port: {} ports", ports.len());
-    // 10,000 uniform 16-bit IDs are about 9,280 distinct ones; a counter or a small pool are far fewer.
-    assert!(ids.len() >= 9_000, "IDs look uniform over 16 bits: {} distinct", ids.len());
-    assert!(bits >= 26.0);
-    // A port serves a handful of queries; the kernel may hand out a freed port again later.
     let mut per_port: HashMap<u16, usize> = HashMap::new();
     for &(port, _) in &seen {
         *per_port.entry(port).or_default() += 1;
     }
-    let busy = per_port.values().filter(|&&n| n > 8).count();
-    assert!(busy * 10 <= ports.len(), "{busy} of {} ports carried more than 8 queries", ports.len());
-    // The ports of the first thousand queries are gone by the last thousand.
-    let first: HashSet<u16> = seen[..1000].iter().map(|&(port, _)| port).collect();
-    let last: HashSet<u16> = seen[QUERIES - 1000..].iter().map(|&(port, _)| port).collect();
-    let kept = first.intersection(&last).count();
-    assert!(kept * 10 <= first.len(), "{kept} of the first {} ports still in use at the end", first.len());
+    let ids: HashSet<u16> = seen.iter().map(|&(_, id)| id).collect();
+    // The Shannon entropy of the ports as sampled (a little under the true figure, for 10,000
+    // samples), plus 16 bits of ID.
+    let n = QUERIES as f64;
+    let port_bits: f64 = per_port.values().map(|&c| c as f64 / n).map(|p| -p * p.log2()).sum();
+    let bits = port_bits + 16.0;
+    eprintln!(
+        "{QUERIES} upstream queries: {} source ports ({port_bits:.2} bits), {} IDs: {bits:.1} bits",
+        per_port.len(),
+        ids.len()
+    );
+    assert!(per_port.len() >= 1024, "at least 1,024 source ports: {}", per_port.len());
+    assert!(bits >= 26.0, "{bits:.2} bits of port and ID");
+    // 10,000 uniform 16-bit IDs are about 9,280 distinct ones; a counter or a small pool are far fewer.
+    assert!(ids.len() >= 9_000, "IDs look uniform over 16 bits: {} distinct", ids.len());
 }
 
 #[test]

@@ -1,18 +1,21 @@
 //! The UDP sockets a worker's queries leave on: the source-port half of the spoofing resistance
 //! (RFC 5452 section 9.2), the ID being the other half.
 //!
-//! A forger who wants a reply accepted must hit the port and the ID of a query in flight. So every
-//! socket is connected to its upstream (the kernel drops datagrams from any other address), sits
-//! on a port the kernel chose at random, and is short-lived: it carries at most
-//! [`QUERIES_PER_SOCKET`] queries and lives at most [`SOCKET_LIFETIME`], then a fresh socket on a
-//! new port replaces it. Over 10,000 queries that is at least 1,250 ports, so ID and port give
-//! more than 26 bits, and a port learned by scanning (SAD DNS) is useless within seconds. Each
-//! upstream has up to [`ACTIVE_PER_UPSTREAM`] sockets taking queries, picked at random per query.
-//! A retired socket stays open until its queries are answered or have timed out.
+//! A forger who wants a reply accepted must hit the port and the ID of a query in flight. Every
+//! socket is connected to its upstream (the kernel drops datagrams from any other address) and sits
+//! on a port the kernel chose at random. Each upstream has [`POOL`] slots per worker; each send batch
+//! for an upstream goes out of a slot picked at random, so even a forger who knows every open port
+//! must guess one of 1,024 ports and one of 65,536 IDs: 26 bits. A slot's socket is replaced by a
+//! fresh one on a new port once it has carried [`QUERIES_PER_SOCKET`] queries or lived
+//! [`SOCKET_LIFETIME`], so a port found by scanning (SAD DNS) does not stay useful; a replaced
+//! socket stays open until its queries are answered or have timed out. Slots are filled when
+//! first picked, and idle sockets close, so a quiet node holds few sockets open.
 //!
+//! Sharing one socket per batch keeps the batching (one `sendmmsg` per upstream per batch, one
+//! `recvmmsg` for its replies); a fresh socket per query would cost system calls on every query.
 //! All of a worker's upstream sockets sit in one epoll set (mio), registered with the runtime as
-//! one descriptor: opening and closing a socket costs no task and no runtime registration, and
-//! one wakeup reads every socket with replies.
+//! one descriptor: opening and closing a socket costs no task and no runtime registration, and one
+//! wakeup reads every socket with replies.
 
 use std::cell::RefCell;
 use std::io;
@@ -30,12 +33,14 @@ use tracing::debug;
 
 use crate::net::batch;
 
-/// Sockets per upstream taking new queries at any moment.
-pub const ACTIVE_PER_UPSTREAM: usize = 8;
+/// Socket slots per upstream and worker: 10 bits of source port.
+pub const POOL: usize = 1024;
 /// Queries a socket carries before a fresh one replaces it.
-pub const QUERIES_PER_SOCKET: u32 = 8;
+pub const QUERIES_PER_SOCKET: u32 = 64;
 /// How long a socket takes new queries before a fresh one replaces it, however few it carried.
 pub const SOCKET_LIFETIME: Duration = Duration::from_secs(10);
+/// How often idle sockets past their lifetime are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Readiness events read per poll.
 const EVENTS: usize = 256;
@@ -60,12 +65,14 @@ impl AsRawFd for Readiness {
 struct Outbound {
     socket: std::net::UdpSocket,
     upstream: usize,
+    /// Its slot in the upstream's pool.
+    slot: usize,
     /// Queries sent on it so far, in its life.
     sent: u32,
     /// Queries waiting for their reply on it.
     in_flight: u32,
     opened: Instant,
-    /// Takes no new queries; closes when `in_flight` reaches 0.
+    /// Out of its slot: takes no new queries, closes when `in_flight` reaches 0.
     retired: bool,
     /// Received a datagram that matched no query in flight: someone who is not the upstream knows
     /// this port, so the answers still due on it are checked over TCP.
@@ -80,10 +87,14 @@ pub struct Sockets {
     readiness: Rc<AsyncFd<Readiness>>,
     events: Events,
     addrs: Vec<SocketAddr>,
-    slots: Vec<Option<Outbound>>,
+    /// Open sockets by key.
+    open: Vec<Option<Outbound>>,
     free: Vec<SocketKey>,
-    /// Per upstream, the sockets taking new queries.
-    active: Vec<Vec<SocketKey>>,
+    /// Per upstream, its [`POOL`] slots: the socket taking queries in each, if one is open.
+    pool: Vec<Vec<Option<SocketKey>>>,
+    /// Per upstream, the socket the current send batch leaves on.
+    batch: Vec<Option<SocketKey>>,
+    last_sweep: Instant,
     rng: ThreadRng,
 }
 
@@ -96,10 +107,12 @@ impl Sockets {
         Ok(Self {
             readiness: Rc::new(batch::register_owned(readiness)?),
             events: Events::with_capacity(EVENTS),
-            active: vec![Vec::new(); addrs.len()],
+            pool: vec![vec![None; POOL]; addrs.len()],
+            batch: vec![None; addrs.len()],
             addrs,
-            slots: Vec::new(),
+            open: Vec::new(),
             free: Vec::new(),
+            last_sweep: Instant::now(),
             rng: rand::rng(),
         })
     }
@@ -117,45 +130,55 @@ impl Sockets {
         Ok(ready.len() == EVENTS)
     }
 
-    /// The socket a query for `upstream` leaves on, counted as carrying it: a random one of the
-    /// upstream's active sockets, or a fresh one in place of one that carried its share or lived
-    /// its time. Fails only when no socket can be opened and none is open.
+    /// The socket a query for `upstream` leaves on, counted as carrying it: the current batch's
+    /// for that upstream while it has room, else the socket of a slot picked at random (a fresh
+    /// one when the slot is empty or its socket carried its share or lived its time). Fails only
+    /// when no socket can be opened.
     pub fn take(&mut self, upstream: usize, now: Instant) -> io::Result<SocketKey> {
-        let active = self.active[upstream].len();
-        let key = if active < ACTIVE_PER_UPSTREAM {
-            match self.open(upstream, now) {
-                Ok(key) => key,
-                Err(e) => *self.active[upstream].first().ok_or(e)?,
-            }
-        } else {
-            let key = self.active[upstream][self.rng.random_range(0..active)];
-            let socket = self.slots[key as usize].as_ref().expect("active socket");
-            if socket.sent >= QUERIES_PER_SOCKET || now.saturating_duration_since(socket.opened) >= SOCKET_LIFETIME {
-                match self.open(upstream, now) {
-                    Ok(fresh) => {
-                        self.retire(key);
-                        fresh
-                    }
-                    // Out of descriptors, say: an old port beats no answer.
-                    Err(e) => {
-                        debug!(error = %e, "cannot open a fresh upstream socket; reusing one");
-                        key
-                    }
-                }
-            } else {
+        let key = match self.batch[upstream] {
+            Some(key) => key,
+            None => {
+                let slot = self.rng.random_range(0..POOL);
+                let key = match self.pool[upstream][slot] {
+                    Some(key) if self.is_fresh(key, now) => key,
+                    old => match self.open(upstream, slot, now) {
+                        Ok(fresh) => {
+                            if let Some(old) = old {
+                                self.retire(old);
+                            }
+                            self.pool[upstream][slot] = Some(fresh);
+                            fresh
+                        }
+                        // Out of descriptors, say: an old port beats no answer.
+                        Err(e) => {
+                            debug!(error = %e, "cannot open a fresh upstream socket");
+                            old.ok_or(e)?
+                        }
+                    },
+                };
+                self.batch[upstream] = Some(key);
                 key
             }
         };
-        let socket = self.slots[key as usize].as_mut().expect("open socket");
+        let socket = self.open[key as usize].as_mut().expect("open socket");
         socket.sent += 1;
         socket.in_flight += 1;
+        if socket.sent == QUERIES_PER_SOCKET {
+            // Its share carried: out of its slot now, closed with its last query.
+            self.retire(key);
+        }
         Ok(key)
+    }
+
+    /// The send batch is out: the next queries pick slots anew.
+    pub fn end_batch(&mut self) {
+        self.batch.fill(None);
     }
 
     /// A query that [`Sockets::take`] counted on `key` is over there (answered, failed, moved
     /// on), with its ID when its reply may still come; a retired socket closes with its last query.
     pub fn release(&mut self, key: SocketKey, late: Option<u16>) {
-        let socket = self.slots[key as usize].as_mut().expect("open socket");
+        let socket = self.open[key as usize].as_mut().expect("open socket");
         socket.in_flight -= 1;
         if let Some(id) = late {
             socket.late.push(id);
@@ -167,64 +190,75 @@ impl Sockets {
 
     /// Whether `id` is that of a query released with its reply still to come on `key`.
     pub fn is_late(&self, key: SocketKey, id: u16) -> bool {
-        self.slots[key as usize].as_ref().is_some_and(|s| s.late.contains(&id))
+        self.open[key as usize].as_ref().is_some_and(|s| s.late.contains(&id))
     }
 
     /// `key` received a datagram that matched no query in flight: it takes no new queries, and
     /// the answers still due on it are to be checked over TCP.
     pub fn suspect(&mut self, key: SocketKey) {
-        if let Some(socket) = self.slots[key as usize].as_mut() {
+        if let Some(socket) = self.open[key as usize].as_mut() {
             socket.suspect = true;
         }
         self.retire(key);
     }
 
     pub fn is_suspect(&self, key: SocketKey) -> bool {
-        self.slots[key as usize].as_ref().is_some_and(|s| s.suspect)
+        self.open[key as usize].as_ref().is_some_and(|s| s.suspect)
     }
 
     /// The upstream `key` is connected to.
     pub fn upstream(&self, key: SocketKey) -> Option<usize> {
-        self.slots[key as usize].as_ref().map(|s| s.upstream)
+        self.open[key as usize].as_ref().map(|s| s.upstream)
     }
 
     /// Replaces every socket of `upstream`: the next queries leave on fresh ports.
     pub fn replace_all(&mut self, upstream: usize) {
-        for key in std::mem::take(&mut self.active[upstream]) {
-            self.retire(key);
+        for slot in 0..POOL {
+            if let Some(key) = self.pool[upstream][slot] {
+                self.retire(key);
+            }
         }
     }
 
-    /// Retires the idle sockets that outlived [`SOCKET_LIFETIME`], so that a port no query uses
-    /// does not stay open to be scanned.
+    /// At most once per [`SWEEP_EVERY`], retires the idle sockets that outlived
+    /// [`SOCKET_LIFETIME`], so that a port no query uses does not stay open to be scanned.
     pub fn sweep(&mut self, now: Instant) {
-        for upstream in 0..self.active.len() {
-            let expired: Vec<SocketKey> = self.active[upstream]
-                .iter()
-                .copied()
-                .filter(|&key| {
-                    let socket = self.slots[key as usize].as_ref().expect("active socket");
-                    socket.in_flight == 0 && now.saturating_duration_since(socket.opened) >= SOCKET_LIFETIME
-                })
-                .collect();
-            for key in expired {
+        if now.saturating_duration_since(self.last_sweep) < SWEEP_EVERY {
+            return;
+        }
+        self.last_sweep = now;
+        for key in 0..self.open.len() as SocketKey {
+            let expired = self.open[key as usize].as_ref().is_some_and(|s| {
+                !s.retired && s.in_flight == 0 && now.saturating_duration_since(s.opened) >= SOCKET_LIFETIME
+            });
+            if expired {
                 self.retire(key);
             }
         }
     }
 
     pub fn fd(&self, key: SocketKey) -> RawFd {
-        self.slots[key as usize].as_ref().expect("open socket").socket.as_raw_fd()
+        self.get(key).socket.as_raw_fd()
     }
 
     /// Whether `key` is open (a stale readiness event may name a closed one).
     pub fn is_open(&self, key: SocketKey) -> bool {
-        self.slots.get(key as usize).is_some_and(Option::is_some)
+        self.open.get(key as usize).is_some_and(Option::is_some)
     }
 
-    fn open(&mut self, upstream: usize, now: Instant) -> io::Result<SocketKey> {
+    fn get(&self, key: SocketKey) -> &Outbound {
+        self.open[key as usize].as_ref().expect("open socket")
+    }
+
+    /// Whether the socket `key` still takes queries at `now` (one that carried its share is out
+    /// of its slot already).
+    fn is_fresh(&self, key: SocketKey, now: Instant) -> bool {
+        now.saturating_duration_since(self.get(key).opened) < SOCKET_LIFETIME
+    }
+
+    fn open(&mut self, upstream: usize, slot: usize, now: Instant) -> io::Result<SocketKey> {
         let socket = connected_socket(self.addrs[upstream])?;
-        let key = self.free.pop().unwrap_or(self.slots.len() as SocketKey);
+        let key = self.free.pop().unwrap_or(self.open.len() as SocketKey);
         self.readiness.get_ref().poll.borrow().registry().register(
             &mut SourceFd(&socket.as_raw_fd()),
             Token(key as usize),
@@ -233,6 +267,7 @@ impl Sockets {
         let outbound = Outbound {
             socket,
             upstream,
+            slot,
             sent: 0,
             in_flight: 0,
             opened: now,
@@ -240,30 +275,33 @@ impl Sockets {
             suspect: false,
             late: Vec::new(),
         };
-        if key as usize == self.slots.len() {
-            self.slots.push(Some(outbound));
+        if key as usize == self.open.len() {
+            self.open.push(Some(outbound));
         } else {
-            self.slots[key as usize] = Some(outbound);
+            self.open[key as usize] = Some(outbound);
         }
-        self.active[upstream].push(key);
         Ok(key)
     }
 
+    /// Takes `key` out of its slot (and out of the current batch); closes it once idle.
     fn retire(&mut self, key: SocketKey) {
-        let Some(socket) = self.slots[key as usize].as_mut() else { return };
-        if !socket.retired {
-            socket.retired = true;
-            let upstream = socket.upstream;
-            self.active[upstream].retain(|&k| k != key);
+        let Some(socket) = self.open[key as usize].as_mut() else { return };
+        socket.retired = true;
+        let (upstream, slot, idle) = (socket.upstream, socket.slot, socket.in_flight == 0);
+        if self.pool[upstream][slot] == Some(key) {
+            self.pool[upstream][slot] = None;
         }
-        if socket.in_flight == 0 {
+        if self.batch[upstream] == Some(key) {
+            self.batch[upstream] = None;
+        }
+        if idle {
             self.close(key);
         }
     }
 
     /// Closing the descriptor also takes it out of the epoll set.
     fn close(&mut self, key: SocketKey) {
-        self.slots[key as usize] = None;
+        self.open[key as usize] = None;
         self.free.push(key);
     }
 }
@@ -276,4 +314,66 @@ fn connected_socket(upstream: SocketAddr) -> io::Result<std::net::UdpSocket> {
     socket.connect(upstream)?;
     socket.set_nonblocking(true)?;
     Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(sockets: &Sockets, key: SocketKey) -> u16 {
+        sockets.get(key).socket.local_addr().unwrap().port()
+    }
+
+    #[tokio::test]
+    async fn a_socket_carries_its_share_of_queries_then_closes_and_idle_ones_close_after_their_lifetime() {
+        let mut sockets = Sockets::new(vec!["127.0.0.1:9".parse().unwrap()]).unwrap();
+        let now = Instant::now();
+        let first = sockets.take(0, now).unwrap();
+        let first_port = port(&sockets, first);
+        for _ in 1..QUERIES_PER_SOCKET {
+            assert_eq!(sockets.take(0, now).unwrap(), first, "one batch, one socket");
+        }
+        let second = sockets.take(0, now).unwrap();
+        assert_ne!(second, first, "a fresh socket once the first carried its share");
+        assert_ne!(port(&sockets, second), first_port);
+        sockets.end_batch();
+        // The first is retired: it closes with its last query, not before.
+        for _ in 1..QUERIES_PER_SOCKET {
+            sockets.release(first, None);
+        }
+        sockets.sweep(now + SWEEP_EVERY);
+        assert!(sockets.is_open(first));
+        sockets.release(first, Some(7));
+        assert!(!sockets.is_open(first));
+        // The second sits idle past its lifetime: the sweep closes it.
+        sockets.release(second, None);
+        sockets.sweep(now + SOCKET_LIFETIME - Duration::from_millis(1));
+        assert!(sockets.is_open(second), "not before its lifetime");
+        sockets.sweep(now + SOCKET_LIFETIME + SWEEP_EVERY);
+        assert!(!sockets.is_open(second));
+        assert!(sockets.pool[0].iter().all(Option::is_none));
+    }
+
+    #[tokio::test]
+    async fn a_suspect_socket_takes_no_more_queries_and_an_episode_replaces_every_socket() {
+        let mut sockets = Sockets::new(vec!["127.0.0.1:9".parse().unwrap()]).unwrap();
+        let now = Instant::now();
+        let key = sockets.take(0, now).unwrap();
+        sockets.suspect(key);
+        assert!(sockets.is_suspect(key) && sockets.is_open(key), "open until its query is done");
+        assert_ne!(sockets.take(0, now).unwrap(), key);
+        sockets.end_batch();
+        let others: Vec<SocketKey> = (0..10)
+            .map(|_| {
+                sockets.end_batch();
+                sockets.take(0, now).unwrap()
+            })
+            .collect();
+        sockets.replace_all(0);
+        assert!(sockets.pool[0].iter().all(Option::is_none));
+        sockets.end_batch();
+        let fresh = sockets.take(0, now).unwrap();
+        assert!(!others.contains(&fresh) || !sockets.get(fresh).retired);
+        assert!(others.iter().all(|&k| sockets.get(k).retired));
+    }
 }

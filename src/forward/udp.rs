@@ -260,6 +260,7 @@ impl UdpForwarder {
                 self.queued = queued;
             }
         }
+        self.sockets.end_batch();
         for (answers, listener) in self.answers.iter_mut().zip(&self.listeners) {
             answers.flush(listener.as_raw_fd());
         }
