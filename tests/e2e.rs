@@ -613,24 +613,20 @@ impl Containerd {
     }
 
     /// Writes certs.d/knative-local-registry:5000/hosts.toml as deploy/README.md documents it:
-    /// plain HTTP, or HTTPS with `ca` naming the registry's CA copied beside it.
-    fn hosts_toml(&self, ca: Option<&Path>) {
+    /// plain HTTP, or HTTPS with `ca` naming the registry's CA copied beside it (or, to show the
+    /// refusal, HTTPS without it: the system's roots only).
+    fn hosts_toml(&self, scheme: &str, ca: Option<&Path>) {
         let dir = self.hosts_dir.join("knative-local-registry:5000");
         std::fs::create_dir_all(&dir).unwrap();
-        let toml = match ca {
-            None => "server = \"http://knative-local-registry:5000\"\n\
-                     [host.\"http://knative-local-registry:5000\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n"
-                .to_string(),
-            Some(ca) => {
-                let copy = dir.join("registry-ca.crt");
-                std::fs::copy(ca, &copy).unwrap();
-                format!(
-                    "server = \"https://knative-local-registry:5000\"\n\
-                     [host.\"https://knative-local-registry:5000\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n  ca = \"{}\"\n",
-                    copy.display()
-                )
-            }
-        };
+        let mut toml = format!(
+            "server = \"{scheme}://knative-local-registry:5000\"\n\
+             [host.\"{scheme}://knative-local-registry:5000\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n"
+        );
+        if let Some(ca) = ca {
+            let copy = dir.join("registry-ca.crt");
+            std::fs::copy(ca, &copy).unwrap();
+            toml.push_str(&format!("  ca = \"{}\"\n", copy.display()));
+        }
         std::fs::write(dir.join("hosts.toml"), toml).unwrap();
     }
 
@@ -749,7 +745,7 @@ fn dig_a(ns: &Netns, server: &str, name: &str) -> Option<Vec<String>> {
 /// registry-dns on the node, registry-1 serving, a client pod, containerd.
 struct Kubeadm {
     cluster: Cluster,
-    cluster_dns: PodNet,
+    _cluster_dns: PodNet,
     client: PodNet,
     _coredns: Process,
     registry_dns: (RegistryDns, TempDir),
@@ -779,9 +775,19 @@ impl Kubeadm {
         cluster.slices_become(&["10.199.3.2"]);
         let registry_dns = cluster.start_registry_dns();
         let containerd = Containerd::start(&cluster);
-        containerd.hosts_toml(cluster.tls.as_ref().map(|(ca, _, _)| ca.as_path()));
+        if !tls {
+            containerd.hosts_toml("http", None);
+        }
         let registry1 = Some(Kept(registry_process, registry));
-        Some(Self { cluster, cluster_dns, client, _coredns: coredns, registry_dns, containerd, registry1 })
+        Some(Self {
+            cluster,
+            _cluster_dns: cluster_dns,
+            client,
+            _coredns: coredns,
+            registry_dns,
+            containerd,
+            registry1,
+        })
     }
 }
 
@@ -879,4 +885,107 @@ fn a_pod_pushes_and_the_node_pulls_by_name_through_coredns_and_registry_dns_and_
     assert_eq!(k.client.ns.getent(NAME).ok(), only_new);
     assert!(k.registry_dns.0.logs().iter().all(|l| !l.contains("ERROR")), "{:?}", k.registry_dns.0.logs());
     drop(registry2_process);
+}
+
+#[test]
+fn over_tls_both_sides_trust_the_registrys_ca_and_a_client_without_it_is_refused() {
+    let Some(k) = Kubeadm::start(true) else { return };
+    let c = &k.cluster;
+    let (ca, _, _) = c.tls.clone().unwrap();
+    let reference = format!("{REPO}:tls");
+
+    // crane with the system's roots only: refused, nothing pushed.
+    let untrusting = Crane { cluster: c, pod: &k.client, ca_bundle: None };
+    let refused = untrusting.build_and_push(&reference, "over TLS").expect_err("a client without the CA");
+    eprintln!("crane without the CA: {refused}");
+    assert!(refused.contains("x509") || refused.contains("certificate"), "{refused}");
+
+    // With the CA bundle a Kaniko or Knative pod mounts (the system's roots and the registry's CA).
+    let bundle = c.dir.path("ca-bundle.crt");
+    let system = std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+    std::fs::write(&bundle, [system, std::fs::read(&ca).unwrap()].concat()).unwrap();
+    let trusting = Crane { cluster: c, pod: &k.client, ca_bundle: Some(bundle) };
+    let pushed = trusting.build_and_push(&reference, "over TLS").unwrap_or_else(|e| panic!("crane over TLS: {e}"));
+    eprintln!("crane pushed {reference} over TLS = {pushed}");
+
+    // containerd: HTTPS without `ca` is refused; with it, the pull matches the push.
+    k.containerd.hosts_toml("https", None);
+    let refused = k.containerd.pull(c, &reference).expect_err("containerd without the CA");
+    eprintln!("containerd without the CA: {refused}");
+    assert!(refused.contains("x509") || refused.contains("certificate"), "{refused}");
+    k.containerd.hosts_toml("https", Some(&ca));
+    let pulled = k.containerd.pull(c, &reference).unwrap_or_else(|e| panic!("ctr pull over TLS: {e}"));
+    assert_eq!(pulled, pushed);
+    k.containerd
+        .push(c, &reference, &format!("{REPO}:tls-from-node"))
+        .unwrap_or_else(|e| panic!("ctr push over TLS: {e}"));
+    assert_eq!(trusting.try_run(&["digest", &format!("{REPO}:tls-from-node")]), Ok(pushed));
+}
+
+#[test]
+fn with_node_local_dns_pods_resolve_the_name_once_its_corefile_is_patched_and_the_doctor_names_the_fix() {
+    let Some(k) = Kubeadm::start(false) else { return };
+    let c = &k.cluster;
+    let pushed = Crane { cluster: c, pod: &k.client, ca_bundle: None }
+        .build_and_push(&format!("{REPO}:1"), "one")
+        .unwrap_or_else(|e| panic!("crane push: {e}"));
+
+    // NodeLocal DNSCache on the node: its interface with its link-local address and kube-dns's
+    // Service IP; its `.` block forwards to the node's real upstreams (here a dnsmasq that, like
+    // the Internet, knows no knative-local-registry), its cluster.local block to CoreDNS.
+    dummy_interface(&c.node, "nodelocaldns", &[NODE_LOCAL_DNS, KUBE_DNS]);
+    let dnsmasq = Process::spawn(
+        c.node.exec(&[
+            if Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" },
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--port=5300",
+            "--address=/#/",
+            "--pid-file=",
+            "--user=root",
+        ]),
+        "upstream-dnsmasq",
+        &c.dir,
+    );
+    // What node-local-dns's own entrypoint does to its ConfigMap's Corefile.
+    let pillars = |corefile: String| {
+        corefile
+            .replace("__PILLAR__CLUSTER__DNS__", "10.199.1.2")
+            .replace("__PILLAR__UPSTREAM__SERVERS__", "127.0.0.1:5300")
+    };
+    let account = c.service_account_files("kube-system", "coredns");
+    let health: SocketAddr = format!("{NODE_LOCAL_DNS}:8080").parse().unwrap();
+    let unpatched = pillars(c.corefile("node-local-dns", "node-local-dns.Corefile", false));
+    let node_local = c.start_coredns(&c.node, "node-local-dns", &unpatched, &account, health);
+    let pod = c.pod_net("client-nodelocal", 5, &format!("nameserver {NODE_LOCAL_DNS}\n{POD_SEARCH}"));
+    let crane = Crane { cluster: c, pod: &pod, ca_bundle: None };
+
+    // Unpatched: the cluster zone works through it, the registry's name does not.
+    let kubernetes = dig_a(&pod.ns, NODE_LOCAL_DNS, "kubernetes.default.svc.cluster.local");
+    assert_eq!(kubernetes, Some(vec![KUBERNETES_SERVICE.to_string()]), "node-local-dns -> CoreDNS");
+    assert!(pod.ns.getent(NAME).is_err(), "glibc in the pod must not resolve {NAME} yet");
+    let failed = crane.try_run(&["digest", &format!("{REPO}:1")]).expect_err("crane must not resolve it yet");
+    eprintln!("crane through unpatched node-local-dns: {failed}");
+    assert!(failed.contains("no such host"), "{failed}");
+    let (code, report) = doctor(&pod.ns);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("patch-corefile.sh add --configmap node-local-dns"), "the doctor names the fix: {report}");
+
+    // Patched (the ConfigMap, through the API), and node-local-dns restarted (its rollout).
+    let patched = pillars(c.corefile("node-local-dns", "node-local-dns.Corefile", true));
+    let block = &patched[patched.find("# BEGIN registry-dns").unwrap()..];
+    assert!(
+        block.contains(&format!("bind {NODE_LOCAL_DNS} {KUBE_DNS}")),
+        "the block binds node-local-dns's addresses: {block}"
+    );
+    drop(node_local);
+    let _node_local = c.start_coredns(&c.node, "node-local-dns-patched", &patched, &account, health);
+    assert_eq!(pod.ns.getent(NAME), Ok(vec!["10.199.3.2".to_string()]));
+    assert_eq!(crane.try_run(&["digest", &format!("{REPO}:1")]), Ok(pushed));
+    let (code, report) = doctor(&pod.ns);
+    assert_eq!(code, Some(0), "{report}");
+    drop(dnsmasq);
 }
