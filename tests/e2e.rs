@@ -743,8 +743,8 @@ fn dig_a(ns: &Netns, server: &str, name: &str) -> Option<Vec<String>> {
 
 /// The kubeadm cluster: CoreDNS in its pod with kubeadm's Corefile as patch-corefile.sh leaves it,
 /// registry-dns on the node, registry-1 serving, a client pod, containerd.
+/// Fields drop in order: the processes and namespaces before the control plane and its directory.
 struct Kubeadm {
-    cluster: Cluster,
     _cluster_dns: PodNet,
     client: PodNet,
     _coredns: Process,
@@ -752,6 +752,7 @@ struct Kubeadm {
     containerd: Containerd,
     /// The first registry Pod's process and network.
     registry1: Option<Kept>,
+    cluster: Cluster,
 }
 
 impl Kubeadm {
