@@ -9,7 +9,8 @@
 // moved 12 modules the Kubernetes binaries use, for CoreDNS and crane: grpc 1.83.2 -> 1.84.0,
 // protobuf to v1.36.12, zap 1.27.1 -> 1.28.0, prometheus client_golang 1.24.0 -> 1.24.1, common
 // 0.70.0 -> 0.72.0, client_model 0.6.2 -> 0.6.3, httpsnoop 1.0.4 -> 1.1.0, yaml/v3 3.0.4 -> 3.0.5,
-// genproto rpc, x/exp, x/oauth2 0.37.0, x/time 0.16.0 (k8s.io/* stay at the replace lines).
+// genproto rpc, x/exp, x/oauth2 0.37.0, x/time 0.16.0 (k8s.io/* stay at the replace lines). The
+// control plane built from it with an empty build cache passes tests/control_plane.rs and e2e.rs.
 module registry-dns/tests/cluster/go
 
 go 1.26.0
