@@ -10,6 +10,10 @@
 #
 # Usage:
 #   control-plane.sh build               build (or find) the binaries; prints their two directories
+#   control-plane.sh build-e2e           build (or find) CoreDNS and crane for tests/e2e.rs, from the
+#                                        same go.mod (so the packages they share with Kubernetes,
+#                                        client-go, grpc, protobuf..., compile once); prints their
+#                                        two directories
 #   control-plane.sh start DIR           start everything, with its state (certs, etcd data, logs,
 #                                        admin.kubeconfig, env) in DIR
 #   control-plane.sh stop DIR            stop everything started in DIR
@@ -28,8 +32,12 @@ gomod="$here/go"
 cache="${REGISTRY_DNS_TOOLS_CACHE:-/var/cache/registry-dns/tools}"
 k8s_version="$(awk '$1=="k8s.io/kubernetes"{print $2; exit}' "$gomod/go.mod")"
 etcd_version="$(awk '$1=="go.etcd.io/etcd/server/v3"{print $2; exit}' "$gomod/go.mod")"
+coredns_version="$(awk '$1=="github.com/coredns/coredns"{print $2; exit} $2=="github.com/coredns/coredns"{print $3; exit}' "$gomod/go.mod")"
+crane_version="$(awk '$1=="github.com/google/go-containerregistry"{print $2; exit}' "$gomod/go.mod")"
 k8s_bin="$cache/kubernetes-$k8s_version"
 etcd_bin="$cache/etcd-$etcd_version"
+coredns_bin="$cache/coredns-$coredns_version"
+crane_bin="$cache/crane-$crane_version"
 etcd_port="${ETCD_PORT:-2379}"
 etcd_peer_port="${ETCD_PEER_PORT:-2380}"
 apiserver_port="${APISERVER_PORT:-6443}"
@@ -114,6 +122,38 @@ build() {
   rm -rf "$k8s_bin" "$etcd_bin"
   mv "$out/k8s" "$k8s_bin"
   mv "$out/etcd" "$etcd_bin"
+  trap - EXIT
+  rmdir "$out"
+  log "built in $((SECONDS - start)) s"
+}
+
+e2e_built() {
+  [ -x "$coredns_bin/coredns" ] && [ -x "$crane_bin/crane" ]
+}
+
+# CoreDNS (tests/cluster/go/coredns: coremain with the plugins kubeadm's and NodeLocal DNSCache's
+# Corefiles use) and go-containerregistry's crane, in one `go build` with the same flags and lock.
+build_e2e() {
+  e2e_built && return
+  mkdir -p "$cache"
+  exec 9>"$cache/.build.lock"
+  flock 9
+  e2e_built && return
+  ensure_go
+  local out
+  out="$(mktemp -d "$cache/.build.XXXXXX")"
+  trap "rm -rf '$out'" EXIT
+  log "building coredns $coredns_version and crane $crane_version into $cache (once)"
+  local start=$SECONDS
+  (cd "$gomod" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 \
+    go build -trimpath -ldflags="-s -w -X github.com/coredns/coredns/coremain.GitCommit=$coredns_version" -o "$out/" \
+    ./coredns github.com/google/go-containerregistry/cmd/crane)
+  mkdir -p "$out/coredns-dir" "$out/crane-dir"
+  mv "$out/coredns" "$out/coredns-dir/coredns"
+  mv "$out/crane" "$out/crane-dir/crane"
+  rm -rf "$coredns_bin" "$crane_bin"
+  mv "$out/coredns-dir" "$coredns_bin"
+  mv "$out/crane-dir" "$crane_bin"
   trap - EXIT
   rmdir "$out"
   log "built in $((SECONDS - start)) s"
@@ -289,6 +329,10 @@ case "${1:-}" in
     build
     echo "$k8s_bin $etcd_bin"
     ;;
+  build-e2e)
+    build_e2e
+    echo "$coredns_bin $crane_bin"
+    ;;
   start) start "$2" ;;
   stop) stop "$2" ;;
   start-apiserver) load_env "$2" && start_apiserver "$(cd "$2" && pwd)" "$3" "$4" ;;
@@ -296,7 +340,7 @@ case "${1:-}" in
   start-controller-manager) load_env "$2" && start_controller_manager "$(cd "$2" && pwd)" "$3" "$4" ;;
   compact) load_env "$2" && compact "$2" ;;
   *)
-    sed -n '2,23p' "$0" >&2
+    sed -n '2,27p' "$0" >&2
     exit 2
     ;;
 esac
