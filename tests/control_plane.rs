@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{RegistryDns, TempDir, ask, free_port, http_get, wait_until};
+use support::{RegistryDns, TempDir, ask, free_port, http_get, registry_pod, wait_until};
 
 const NAME: &str = "knative-local-registry";
 const SERVICE: &str = "knative-local-registry=registry/knative";
@@ -159,36 +159,13 @@ impl ControlPlane {
     /// A registry Pod (the Service's selector, the namespace's restricted Pod Security level), bound
     /// to [`NODE`], then made Running and Ready with `ips` through its status subresource.
     fn add_ready_pod(&self, client: &kube::Client, name: &str, ips: &[&str]) {
-        let pod = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "registry"}},
-            "spec": {
-                "nodeName": NODE,
-                "automountServiceAccountToken": false,
-                "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-                "containers": [{
-                    "name": "registry",
-                    "image": "docker.io/library/registry:2",
-                    "ports": [{"containerPort": 5000}],
-                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-                }],
-            },
-        });
-        let pod: Pod = serde_json::from_value(pod).unwrap();
+        let pod = registry_pod::manifest(name, NODE);
         self.runtime.block_on(self.pods(client).create(&PostParams::default(), &pod)).unwrap();
         self.set_ready(client, name, ips, true);
     }
 
-    /// What a kubelet would report: the Pod's IPs (IPv4 first) and its Ready condition.
     fn set_ready(&self, client: &kube::Client, name: &str, ips: &[&str], ready: bool) {
-        let pod_ips: Vec<serde_json::Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
-        let status = json!({"status": {
-            "phase": "Running",
-            "podIP": ips[0],
-            "podIPs": pod_ips,
-            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
-        }});
+        let status = registry_pod::running(ips, ready);
         self.runtime
             .block_on(self.pods(client).patch_status(name, &PatchParams::default(), &Patch::Merge(&status)))
             .unwrap();

@@ -42,6 +42,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::netns::Netns;
+use support::registry_pod;
 use support::{RegistryDns, TempDir, free_port, http_get, wait_until};
 
 const NAME: &str = "knative-local-registry";
@@ -514,30 +515,9 @@ impl Cluster {
     /// A registry Pod (deploy/registry's labels), bound to the node, then Running and Ready with
     /// `ip` through its status subresource, as a kubelet would report it.
     fn add_ready_pod(&self, name: &str, ip: &str) {
-        let pod = json!({
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "registry"}},
-            "spec": {
-                "nodeName": NODE,
-                "automountServiceAccountToken": false,
-                "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-                "containers": [{
-                    "name": "registry",
-                    "image": "docker.io/library/registry:2",
-                    "ports": [{"containerPort": 5000}],
-                    "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
-                }],
-            },
-        });
-        let pod: Pod = serde_json::from_value(pod).unwrap();
+        let pod = registry_pod::manifest(name, NODE);
         self.runtime.block_on(self.pods().create(&PostParams::default(), &pod)).unwrap();
-        let status = json!({"status": {
-            "phase": "Running",
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "conditions": [{"type": "Ready", "status": "True"}],
-        }});
+        let status = registry_pod::running(&[ip], true);
         self.runtime.block_on(self.pods().patch_status(name, &PatchParams::default(), &Patch::Merge(&status))).unwrap();
     }
 

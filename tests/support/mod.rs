@@ -7,6 +7,7 @@ pub mod apiserver;
 pub mod bad_upstream;
 pub mod forger;
 pub mod netns;
+pub mod registry_pod;
 pub mod scrape;
 
 use std::io::{BufRead, BufReader};
