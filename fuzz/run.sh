@@ -2,20 +2,24 @@
 # Builds the fuzz targets (cargo fuzz, libFuzzer) and runs each for a bounded time over the
 # committed seeds (fuzz/seeds/TARGET) and the corpus it grows (fuzz/corpus/TARGET, not committed).
 # Exits non-zero on a crash; libFuzzer saves the crashing input under fuzz/artifacts/TARGET/.
-# Usage: fuzz/run.sh [--seconds N] [--runs N] [TARGET...]
-#   (default: every target, 20 seconds each; --runs also stops a target after N executions)
+# Usage: fuzz/run.sh [--seconds N] [--runs N] [--seed N] [TARGET...]
+#   (default: every target, 20 seconds each; --runs also stops a target after N executions;
+#   --seed fixes libFuzzer's random choices, so a run over the committed seeds alone repeats the
+#   same inputs in the same order, however far a faster machine gets)
 set -euo pipefail
 cd "$(dirname "$0")"
 
 CARGO_FUZZ_VERSION=0.13.1
 seconds=20
 runs=-1
+seed=0
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="$2"; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
-    -*) echo "usage: fuzz/run.sh [--seconds N] [--runs N] [TARGET...]" >&2; exit 2 ;;
+    --seed) seed="$2"; shift 2 ;;
+    -*) echo "usage: fuzz/run.sh [--seconds N] [--runs N] [--seed N] [TARGET...]" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac
 done
@@ -38,5 +42,5 @@ cargo metadata --locked --format-version 1 >/dev/null
 for target in "${targets[@]}"; do
   mkdir -p "corpus/$target"
   echo "fuzz/run.sh: $target for ${seconds}s"
-  "${fuzz[@]}" run "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$seconds" -runs="$runs" -print_final_stats=1
+  "${fuzz[@]}" run "$target" "corpus/$target" "seeds/$target" -- -max_total_time="$seconds" -runs="$runs" -seed="$seed" -print_final_stats=1
 done

@@ -5,7 +5,9 @@
 //! panic, and a hit:
 //! - carries the second query's ID and its question bytes exactly;
 //! - is no longer than the reply (its COOKIE option is not stored) and, when hickory-proto parses
-//!   the reply, parses too, with the question that was asked and the reply's records (TTLs aside);
+//!   the reply, parses too, with the question that was asked and the reply's records (TTLs aside,
+//!   and read as the client would get them: a name that points into an ID or a TTL has no meaning
+//!   a relay or a cache keeps);
 //! - is never served to a client whose buffer it exceeds.
 #![no_main]
 
@@ -15,7 +17,7 @@ use std::time::Instant;
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 use registry_dns::cache::{Cache, Key, Lookup, Settings};
-use registry_dns::dns::wire;
+use registry_dns::dns::wire::{self, types};
 use registry_dns::forward::reply::{self, Verdict};
 use registry_dns::forward::{LoopProbe, Upstreams};
 use registry_dns::metrics::{CacheStats, Metrics};
@@ -63,11 +65,21 @@ fuzz_target!(|input: &[u8]| {
             assert!(out.len() <= reply.len(), "the reply, less at most its COOKIE option");
             assert_eq!(out[..2], again[..2], "the client's ID");
             assert_eq!(out[wire::HEADER_LEN..question_end], again[wire::HEADER_LEN..question_end], "its question");
-            // The reply as relayed to this client: under its ID. A compression pointer into the
-            // header (malformed, but hickory follows it) reads the ID as a name, so whether a
-            // message parses can depend on its ID; any relay changes the ID.
+            // The reply as this client would get it relayed: under its ID, with the TTLs the hit
+            // carries. A compression pointer into the header or into a TTL (malformed, but
+            // hickory follows it) reads those bytes as a name, so a message's names can depend on
+            // its ID and TTLs, which every relay and every cache rewrite.
             let mut relayed = reply.to_vec();
             wire::set_id(&mut relayed, wire::id(&again));
+            let ttls = |m: &[u8]| {
+                wire::Records::new(m, question_end)
+                    .filter(|r| r.rtype != types::OPT)
+                    .map(|r| r.ttl_at)
+                    .collect::<Vec<_>>()
+            };
+            for (from, to) in ttls(&out).into_iter().zip(ttls(reply)) {
+                relayed[to..to + 4].copy_from_slice(&out[from..from + 4]);
+            }
             if let Ok(original) = Message::from_vec(&relayed) {
                 let hit = Message::from_vec(&out).expect("a hit parses when the reply under its ID did");
                 let asked = Message::from_vec(&again).expect("the query parses when its reply did");
