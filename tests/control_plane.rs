@@ -13,254 +13,81 @@
 
 mod support;
 
-use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use serde_json::json;
-use support::{RegistryDns, TempDir, ask, free_port, http_get, registry_pod, wait_until};
+use support::control_plane::{self, ControlPlane, client_from, skip_or_fail};
+use support::{RegistryDns, TempDir, ask, free_port, http_get, wait_until};
 
 const NAME: &str = "knative-local-registry";
 const SERVICE: &str = "knative-local-registry=registry/knative";
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/control-plane.sh");
-/// The Node the Pods are bound to: the EndpointSlice controller skips a Pod whose Node it cannot find.
-const NODE: &str = "node-1";
 
-/// The directory holding kubectl, once the script has built (or found) the binaries; `None`, after
-/// a loud message, when they cannot be built outside CI.
-fn kubernetes_bin() -> Option<&'static Path> {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let out = Command::new("bash")
-            .args([SCRIPT, "build"])
-            .stderr(Stdio::inherit())
-            .output()
-            .map_err(|e| format!("running {SCRIPT}: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("{SCRIPT} build exited with {}", out.status));
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        stdout.split_whitespace().next().map(PathBuf::from).ok_or_else(|| format!("build printed {stdout:?}"))
+/// One started, with the manifests applied; `None`, after a loud line, when the components cannot
+/// be built outside CI.
+fn start() -> Option<ControlPlane> {
+    static KUBECTL: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let kubectl = KUBECTL.get_or_init(|| {
+        let dirs = control_plane::build("build")?;
+        dirs.first().map(|dir| dir.join("kubectl")).ok_or_else(|| "control-plane.sh build printed nothing".into())
     });
-    match built {
-        Ok(dir) => Some(dir),
-        Err(e) if std::env::var_os("CI").is_some() => panic!("CI never skips: the control plane did not build: {e}"),
-        Err(e) => {
-            eprintln!("\n********** SKIPPED: the Kubernetes control plane could not be built: {e} **********\n");
-            None
-        }
+    match kubectl {
+        Ok(kubectl) => Some(ControlPlane::start(kubectl.clone(), "control-plane")),
+        Err(e) => skip_or_fail(&format!("the Kubernetes control plane could not be built: {e}")),
     }
 }
 
-/// Held by each test for its whole run.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// registry-dns as its DaemonSet's Pod would see the API: the service account files at the
+/// in-cluster path in a private mount namespace (a tmpfs over /var/run hides the host's, and
+/// the files are bound in), the API server's address in the environment, no kubeconfig.
+fn start_registry_dns(cp: &ControlPlane, account: &TempDir, args: &[&str]) -> RegistryDns {
+    const MOUNT: &str = "set -e; mount -t tmpfs -o mode=755 tmpfs /var/run; \
+        mkdir -p /var/run/secrets/kubernetes.io/serviceaccount; \
+        mount --bind \"$ACCOUNT\" /var/run/secrets/kubernetes.io/serviceaccount; exec \"$@\"";
+    let mut command = Command::new("unshare");
+    command
+        .args(["--mount", "sh", "-c", MOUNT, "sh", RegistryDns::BIN])
+        .env("ACCOUNT", &account.0)
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("KUBERNETES_SERVICE_PORT", cp.port.to_string())
+        .env_remove("KUBECONFIG")
+        .env("HOME", &account.0);
+    let mut args = args.to_vec();
+    args.extend(["--upstream", "127.0.0.1:9"]);
+    RegistryDns::start_with(command, &args)
 }
 
-async fn client_from(kubeconfig: &Path) -> kube::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let file = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.unwrap();
-    kube::Client::try_from(config).unwrap()
-}
-
-/// A running control plane with deploy/registry and deploy/base applied.
-struct ControlPlane {
-    dir: TempDir,
-    kubectl: PathBuf,
-    /// The main kube-apiserver's port, which registry-dns is given.
-    port: u16,
-    runtime: tokio::runtime::Runtime,
-    /// An admin client of the main kube-apiserver.
-    admin: kube::Client,
-    _serial: MutexGuard<'static, ()>,
-}
-
-impl ControlPlane {
-    /// Starts one, applies the manifests (server-side, as the README says) and adds a Node for the
-    /// Pods; `None` when the components could not be built.
-    fn start() -> Option<Self> {
-        let serial = one_at_a_time();
-        let kubectl = kubernetes_bin()?.join("kubectl");
-        let dir = TempDir::new("control-plane");
-        let port = free_port();
-        let status = Command::new("bash")
-            .args([SCRIPT, "start"])
-            .arg(&dir.0)
-            .env("APISERVER_PORT", port.to_string())
-            .env("ETCD_PORT", free_port().to_string())
-            .env("ETCD_PEER_PORT", free_port().to_string())
-            .status()
-            .unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let admin = runtime.block_on(client_from(&dir.path("admin.kubeconfig")));
-        let cp = Self { dir, kubectl, port, runtime, admin, _serial: serial };
-        assert!(status.success(), "control-plane.sh start failed (its output is above)");
-        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
-        cp.kubectl(&["apply", "--server-side", "-k", &format!("{deploy}/registry")]);
-        cp.kubectl(&["apply", "--server-side", "-k", &format!("{deploy}/base")]);
-        cp.apply(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}));
-        // Pods are admitted once the ServiceAccount controller has made the namespace's default one.
+/// Waits until the slices, and registry-dns's answers, show `want` (`rtype` A or AAAA), and
+/// checks that the answers followed the slices within a second.
+fn follows(cp: &ControlPlane, s: &RegistryDns, rtype: RecordType, want: &[&str]) {
+    let family = if rtype == RecordType::A { "IPv4" } else { "IPv6" };
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let want: Vec<String> = want.iter().map(|ip| ip.to_string()).collect();
+    let expected = Some((ResponseCode::NoError, want.clone()));
+    let (mut slice_at, mut answer_at) = (None, None);
+    let start = Instant::now();
+    while slice_at.is_none() || answer_at.is_none() {
         assert!(
-            wait_until(Duration::from_secs(30), || cp.try_kubectl(&["get", "sa", "default", "-n", "registry"]).is_ok()),
-            "no default ServiceAccount in registry"
+            start.elapsed() < Duration::from_secs(30),
+            "{rtype} {want:?}: slice {slice_at:?}, answer {answer_at:?}"
         );
-        Some(cp)
-    }
-
-    fn try_kubectl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(&self.kubectl)
-            .args(args)
-            .env("KUBECONFIG", self.dir.path("admin.kubeconfig"))
-            .output()
-            .unwrap();
-        match out.status.success() {
-            true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-            false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
+        if slice_at.is_none() && cp.slice_addresses(&cp.admin, family) == want {
+            slice_at = Some(Instant::now());
         }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        self.try_kubectl(args).unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
-    }
-
-    fn apply(&self, object: &serde_json::Value) {
-        let mut child = Command::new(&self.kubectl)
-            .args(["apply", "--server-side", "-f", "-"])
-            .env("KUBECONFIG", self.dir.path("admin.kubeconfig"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(object.to_string().as_bytes()).unwrap();
-        assert!(child.wait().unwrap().success(), "kubectl apply {object}");
-    }
-
-    /// Runs a subcommand of the script on this control plane.
-    fn script(&self, command: &str, args: &[&str]) {
-        let status = Command::new("bash").args([SCRIPT, command]).arg(&self.dir.0).args(args).status().unwrap();
-        assert!(status.success(), "control-plane.sh {command} {args:?}");
-    }
-
-    fn pods(&self, client: &kube::Client) -> Api<Pod> {
-        Api::namespaced(client.clone(), "registry")
-    }
-
-    /// A registry Pod (the Service's selector, the namespace's restricted Pod Security level), bound
-    /// to [`NODE`], then made Running and Ready with `ips` through its status subresource.
-    fn add_ready_pod(&self, client: &kube::Client, name: &str, ips: &[&str]) {
-        let pod = registry_pod::manifest(name, NODE);
-        self.runtime.block_on(self.pods(client).create(&PostParams::default(), &pod)).unwrap();
-        self.set_ready(client, name, ips, true);
-    }
-
-    fn set_ready(&self, client: &kube::Client, name: &str, ips: &[&str], ready: bool) {
-        let status = registry_pod::running(ips, ready);
-        self.runtime
-            .block_on(self.pods(client).patch_status(name, &PatchParams::default(), &Patch::Merge(&status)))
-            .unwrap();
-    }
-
-    /// Gone at once: without a kubelet, a graceful delete would wait forever.
-    fn delete_pod(&self, name: &str) {
-        let now = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
-        self.runtime.block_on(self.pods(&self.admin).delete(name, &now)).unwrap();
-    }
-
-    /// The ready addresses of one family (`IPv4`, `IPv6`) in the Service's EndpointSlices, sorted.
-    fn slice_addresses(&self, client: &kube::Client, family: &str) -> Vec<String> {
-        let api: Api<EndpointSlice> = Api::namespaced(client.clone(), "registry");
-        let slices = self
-            .runtime
-            .block_on(api.list(&ListParams::default().labels("kubernetes.io/service-name=knative")))
-            .unwrap();
-        let mut ips: Vec<String> = slices
-            .items
-            .iter()
-            .filter(|s| s.address_type == family)
-            .flat_map(|s| &s.endpoints)
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-            .flat_map(|e| e.addresses.clone())
-            .collect();
-        ips.sort();
-        ips.dedup();
-        ips
-    }
-
-    /// The files a Pod of the registry-dns ServiceAccount gets: a token from the TokenRequest API,
-    /// the cluster CA and the namespace.
-    fn service_account_files(&self) -> TempDir {
-        let dir = TempDir::new("serviceaccount");
-        let token = self.kubectl(&["create", "token", "registry-dns", "-n", "registry-dns", "--duration=2h"]);
-        std::fs::write(dir.path("token"), token.trim()).unwrap();
-        std::fs::copy(self.dir.path("ca.crt"), dir.path("ca.crt")).unwrap();
-        std::fs::write(dir.path("namespace"), "registry-dns").unwrap();
-        dir
-    }
-
-    /// registry-dns as its DaemonSet's Pod would see the API: the service account files at the
-    /// in-cluster path in a private mount namespace (a tmpfs over /var/run hides the host's, and
-    /// the files are bound in), the API server's address in the environment, no kubeconfig.
-    fn start_registry_dns(&self, account: &TempDir, args: &[&str]) -> RegistryDns {
-        const MOUNT: &str = "set -e; mount -t tmpfs -o mode=755 tmpfs /var/run; \
-            mkdir -p /var/run/secrets/kubernetes.io/serviceaccount; \
-            mount --bind \"$ACCOUNT\" /var/run/secrets/kubernetes.io/serviceaccount; exec \"$@\"";
-        let mut command = Command::new("unshare");
-        command
-            .args(["--mount", "sh", "-c", MOUNT, "sh", RegistryDns::BIN])
-            .env("ACCOUNT", &account.0)
-            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-            .env("KUBERNETES_SERVICE_PORT", self.port.to_string())
-            .env_remove("KUBECONFIG")
-            .env("HOME", &account.0);
-        let mut args = args.to_vec();
-        args.extend(["--upstream", "127.0.0.1:9"]);
-        RegistryDns::start_with(command, &args)
-    }
-
-    /// Waits until the slices, and registry-dns's answers, show `want` (`rtype` A or AAAA), and
-    /// checks that the answers followed the slices within a second.
-    fn follows(&self, s: &RegistryDns, rtype: RecordType, want: &[&str]) {
-        let family = if rtype == RecordType::A { "IPv4" } else { "IPv6" };
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-        let want: Vec<String> = want.iter().map(|ip| ip.to_string()).collect();
-        let expected = Some((ResponseCode::NoError, want.clone()));
-        let (mut slice_at, mut answer_at) = (None, None);
-        let start = Instant::now();
-        while slice_at.is_none() || answer_at.is_none() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "{rtype} {want:?}: slice {slice_at:?}, answer {answer_at:?}"
-            );
-            if slice_at.is_none() && self.slice_addresses(&self.admin, family) == want {
-                slice_at = Some(Instant::now());
-            }
-            if answer_at.is_none() && ask(&socket, s.addr, NAME, rtype) == expected {
-                answer_at = Some(Instant::now());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        if answer_at.is_none() && ask(&socket, s.addr, NAME, rtype) == expected {
+            answer_at = Some(Instant::now());
         }
-        let lag = answer_at.unwrap().saturating_duration_since(slice_at.unwrap());
-        eprintln!("{rtype} {want:?}: answered {lag:?} after the slice changed");
-        assert!(lag < Duration::from_secs(1), "{rtype} {want:?} answered {lag:?} after the slice");
+        std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = Command::new("bash").args([SCRIPT, "stop"]).arg(&self.dir.0).status();
-    }
+    let lag = answer_at.unwrap().saturating_duration_since(slice_at.unwrap());
+    eprintln!("{rtype} {want:?}: answered {lag:?} after the slice changed");
+    assert!(lag < Duration::from_secs(1), "{rtype} {want:?} answered {lag:?} after the slice");
 }
 
 fn ready(s: &RegistryDns) -> bool {
@@ -284,21 +111,21 @@ fn logged(s: &RegistryDns, needles: &[&str]) -> Option<String> {
 
 #[test]
 fn the_manifests_apply_and_least_privilege_holds_in_cluster() {
-    let Some(cp) = ControlPlane::start() else { return };
+    let Some(cp) = start() else { return };
     // Applied in start(); the API server accepted and stored them.
     cp.kubectl(&["get", "daemonset/registry-dns", "-n", "registry-dns"]);
     cp.kubectl(&["get", "role/registry-dns", "rolebinding/registry-dns", "service/knative", "-n", "registry"]);
     cp.add_ready_pod(&cp.admin, "registry-1", &["10.244.1.5"]);
-    let account = cp.service_account_files();
+    let account = cp.service_account_files("registry-dns", "registry-dns");
 
     // deploy/base's Role: the EndpointSlices of `registry`.
-    let s = cp.start_registry_dns(&account, &["--service", SERVICE]);
+    let s = start_registry_dns(&cp, &account, &["--service", SERVICE]);
     assert!(wait_until(Duration::from_secs(20), || ready(&s)), "{:?}", s.logs());
     assert!(wait_until(Duration::from_secs(10), || answer(&s, NAME, RecordType::A) == found(&["10.244.1.5"])));
 
     // A namespace the Role does not cover: never ready, and a log line names the permission.
     cp.kubectl(&["create", "namespace", "elsewhere"]);
-    let other = cp.start_registry_dns(&account, &["--service", "other-registry=elsewhere/knative"]);
+    let other = start_registry_dns(&cp, &account, &["--service", "other-registry=elsewhere/knative"]);
     assert!(other.wait_for_log("forbidden", Duration::from_secs(20)), "{:?}", other.logs());
     let line = logged(&other, &["watch failed", "forbidden"]).unwrap();
     eprintln!("namespace not covered: {line}");
@@ -311,7 +138,7 @@ fn the_manifests_apply_and_least_privilege_holds_in_cluster() {
     assert_eq!(answer(&other, "other-registry", RecordType::A).map(|a| a.0), Some(ResponseCode::ServFail));
 
     // --answer cluster-ip needs the Services too, which deploy/base does not grant...
-    let cluster_ip = cp.start_registry_dns(&account, &["--service", SERVICE, "--answer", "cluster-ip"]);
+    let cluster_ip = start_registry_dns(&cp, &account, &["--service", SERVICE, "--answer", "cluster-ip"]);
     assert!(cluster_ip.wait_for_log("forbidden", Duration::from_secs(20)), "{:?}", cluster_ip.logs());
     let line = logged(&cluster_ip, &["watch failed", "forbidden"]).unwrap();
     assert!(line.contains("services") && line.contains("\"registry\""), "{line}");
@@ -332,7 +159,7 @@ fn the_manifests_apply_and_least_privilege_holds_in_cluster() {
 
 #[test]
 fn answers_follow_real_pods_readiness_and_scaling_within_a_second() {
-    let Some(cp) = ControlPlane::start() else { return };
+    let Some(cp) = start() else { return };
     // Dual-stack: the service CIDRs have both families, so the controller writes a slice for each.
     cp.kubectl(&[
         "patch",
@@ -348,34 +175,34 @@ fn answers_follow_real_pods_readiness_and_scaling_within_a_second() {
         cp.add_ready_pod(&cp.admin, &format!("registry-{n}"), &[&v4, &v6]);
     };
     add(1);
-    let account = cp.service_account_files();
-    let s = cp.start_registry_dns(&account, &["--service", SERVICE]);
+    let account = cp.service_account_files("registry-dns", "registry-dns");
+    let s = start_registry_dns(&cp, &account, &["--service", SERVICE]);
     assert!(wait_until(Duration::from_secs(20), || ready(&s)), "{:?}", s.logs());
-    cp.follows(&s, RecordType::A, &["10.244.1.1"]);
-    cp.follows(&s, RecordType::AAAA, &["fd00:244::1"]);
+    follows(&cp, &s, RecordType::A, &["10.244.1.1"]);
+    follows(&cp, &s, RecordType::AAAA, &["fd00:244::1"]);
 
     // 1 -> 3.
     add(2);
     add(3);
-    cp.follows(&s, RecordType::A, &["10.244.1.1", "10.244.1.2", "10.244.1.3"]);
-    cp.follows(&s, RecordType::AAAA, &["fd00:244::1", "fd00:244::2", "fd00:244::3"]);
+    follows(&cp, &s, RecordType::A, &["10.244.1.1", "10.244.1.2", "10.244.1.3"]);
+    follows(&cp, &s, RecordType::AAAA, &["fd00:244::1", "fd00:244::2", "fd00:244::3"]);
 
     // A Pod that turns unready is dropped.
     let [v4, v6] = ips(2);
     cp.set_ready(&cp.admin, "registry-2", &[&v4, &v6], false);
-    cp.follows(&s, RecordType::A, &["10.244.1.1", "10.244.1.3"]);
+    follows(&cp, &s, RecordType::A, &["10.244.1.1", "10.244.1.3"]);
 
     // 3 -> 0: NODATA (NOERROR, no address), never NXDOMAIN.
     for n in 1..=3 {
         cp.delete_pod(&format!("registry-{n}"));
     }
-    cp.follows(&s, RecordType::A, &[]);
-    cp.follows(&s, RecordType::AAAA, &[]);
+    follows(&cp, &s, RecordType::A, &[]);
+    follows(&cp, &s, RecordType::AAAA, &[]);
 
     // And back.
     add(4);
-    cp.follows(&s, RecordType::A, &["10.244.1.4"]);
-    cp.follows(&s, RecordType::AAAA, &["fd00:244::4"]);
+    follows(&cp, &s, RecordType::A, &["10.244.1.4"]);
+    follows(&cp, &s, RecordType::AAAA, &["fd00:244::4"]);
 }
 
 /// One answer of the query loop.
@@ -399,11 +226,11 @@ fn query_loop(server: SocketAddr, interval: Duration, stop: &AtomicBool) -> Vec<
 
 #[test]
 fn an_api_server_outage_keeps_the_answers_and_its_return_converges_within_5_s() {
-    let Some(cp) = ControlPlane::start() else { return };
+    let Some(cp) = start() else { return };
     cp.add_ready_pod(&cp.admin, "registry-a", &["10.244.1.1"]);
     cp.add_ready_pod(&cp.admin, "registry-b", &["10.244.1.2"]);
-    let account = cp.service_account_files();
-    let s = cp.start_registry_dns(&account, &["--service", SERVICE]);
+    let account = cp.service_account_files("registry-dns", "registry-dns");
+    let s = start_registry_dns(&cp, &account, &["--service", SERVICE]);
     assert!(wait_until(Duration::from_secs(20), || ready(&s)), "{:?}", s.logs());
     let before = found(&["10.244.1.1", "10.244.1.2"]);
     let after = found(&["10.244.1.1", "10.244.1.3"]);
@@ -482,13 +309,13 @@ fn an_api_server_outage_keeps_the_answers_and_its_return_converges_within_5_s() 
 
 #[test]
 fn a_rolling_restart_against_the_real_api_server_loses_no_query() {
-    let Some(cp) = ControlPlane::start() else { return };
+    let Some(cp) = start() else { return };
     cp.add_ready_pod(&cp.admin, "registry-a", &["10.244.1.1"]);
     cp.add_ready_pod(&cp.admin, "registry-b", &["10.244.1.2"]);
-    let account = cp.service_account_files();
+    let account = cp.service_account_files("registry-dns", "registry-dns");
     let listen = format!("127.0.0.1:{}", free_port());
     let args = ["--service", SERVICE, "--listen", &listen, "--lameduck", "1s"];
-    let old = cp.start_registry_dns(&account, &args);
+    let old = start_registry_dns(&cp, &account, &args);
     assert!(wait_until(Duration::from_secs(20), || ready(&old)), "{:?}", old.logs());
     let expected = found(&["10.244.1.1", "10.244.1.2"]);
     assert!(wait_until(Duration::from_secs(10), || answer(&old, NAME, RecordType::A) == expected));
@@ -500,7 +327,7 @@ fn a_rolling_restart_against_the_real_api_server_loses_no_query() {
         std::thread::sleep(Duration::from_millis(500));
         // As the DaemonSet controller does: the new Pod starts, and once it is ready the old one
         // gets SIGTERM.
-        let new = cp.start_registry_dns(&account, &args);
+        let new = start_registry_dns(&cp, &account, &args);
         let new_ready = wait_until(Duration::from_secs(20), || ready(&new));
         let old_exit = new_ready.then(|| old.terminate(Duration::from_secs(10))).flatten();
         std::thread::sleep(Duration::from_millis(1500));

@@ -30,31 +30,25 @@
 
 mod support;
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use support::control_plane::{self, ControlPlane, skip_or_fail};
 use support::netns::Netns;
-use support::registry_pod;
-use support::{RegistryDns, TempDir, free_port, http_get, wait_until};
+use support::{RegistryDns, TempDir, http_get, wait_until};
 
 const NAME: &str = "knative-local-registry";
 const REPO: &str = "knative-local-registry:5000/demo";
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/control-plane.sh");
 const PATCHER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/coredns/patch-corefile.sh");
 const COREFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/check/corefiles");
 const LINK_LOCAL: &str = "169.254.20.25";
 const NODE_LOCAL_DNS: &str = "169.254.20.10";
 const KUBE_DNS: &str = "10.96.0.10";
 const KUBERNETES_SERVICE: &str = "10.96.0.1";
-const NODE: &str = "node-1";
 /// The search list and options a kubelet writes into a pod's resolv.conf (namespace `default`).
 const POD_SEARCH: &str = "search default.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n";
 
@@ -63,15 +57,6 @@ struct Parts {
     kubectl: PathBuf,
     coredns: PathBuf,
     crane: PathBuf,
-}
-
-fn skip_or_fail(why: &str) -> Option<&'static Parts> {
-    if std::env::var_os("CI").is_some() {
-        panic!("CI never skips: {why}");
-    }
-    // Straight to the process's stderr: the test harness captures eprintln! of passing tests.
-    let _ = writeln!(std::io::stderr(), "\n********** SKIPPED: {why} **********\n");
-    None
 }
 
 /// The parts, built (or found) once: the control plane and CoreDNS and crane from
@@ -88,30 +73,14 @@ fn parts() -> Option<&'static Parts> {
                 return Err(format!("{tool} is missing (tests/run.sh installs containerd, docker-registry, openssl)"));
             }
         }
-        let dirs = |command: &str| -> Result<Vec<PathBuf>, String> {
-            let out = Command::new("bash")
-                .args([SCRIPT, command])
-                .stderr(Stdio::inherit())
-                .output()
-                .map_err(|e| format!("running {SCRIPT}: {e}"))?;
-            if !out.status.success() {
-                return Err(format!("{SCRIPT} {command} exited with {}", out.status));
-            }
-            Ok(String::from_utf8_lossy(&out.stdout).split_whitespace().map(PathBuf::from).collect())
-        };
-        let kube = dirs("build")?;
-        let e2e = dirs("build-e2e")?;
+        let kube = control_plane::build("build")?;
+        let e2e = control_plane::build("build-e2e")?;
         Ok(Parts { kubectl: kube[0].join("kubectl"), coredns: e2e[0].join("coredns"), crane: e2e[1].join("crane") })
     });
     match parts {
         Ok(parts) => Some(parts),
         Err(e) => skip_or_fail(e),
     }
-}
-
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A process started by the test, its output in a file; killed on drop.
@@ -203,19 +172,11 @@ fn check(output: &Output, what: &str) -> String {
 /// the node namespace, containerd in it, and the storage the registry Pods share (their PVC).
 struct Cluster {
     parts: &'static Parts,
-    dir: TempDir,
-    runtime: tokio::runtime::Runtime,
-    admin: kube::Client,
     node: Netns,
     /// The registry's CA and the certificate it signed for the registry (TLS only).
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
-    _serial: MutexGuard<'static, ()>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new("bash").args([SCRIPT, "stop"]).arg(&self.dir.0).status();
-    }
+    /// Last: stopped after everything that runs against it.
+    cp: ControlPlane,
 }
 
 /// A pod's network namespace: eth0 10.199.N.2/30, its node's end 10.199.N.1, default route to it.
@@ -227,78 +188,21 @@ struct PodNet {
 impl Cluster {
     fn start(tls: bool) -> Option<Self> {
         let parts = parts()?;
-        let serial = one_at_a_time();
-        let dir = TempDir::new("e2e");
-        let port = free_port();
-        let status = Command::new("bash")
-            .args([SCRIPT, "start"])
-            .arg(&dir.0)
-            .env("APISERVER_PORT", port.to_string())
-            .env("ETCD_PORT", free_port().to_string())
-            .env("ETCD_PEER_PORT", free_port().to_string())
-            .status()
-            .unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let admin = runtime.block_on(async {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let file = kube::config::Kubeconfig::read_from(dir.path("admin.kubeconfig")).unwrap();
-            let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.unwrap();
-            kube::Client::try_from(config).unwrap()
-        });
+        let cp = ControlPlane::start(parts.kubectl.clone(), "e2e");
         let node = Netns::new("node", &format!("nameserver {LINK_LOCAL}\noptions timeout:2 attempts:2\n"));
-        let mut cluster = Self { parts, dir, runtime, admin, node, tls: None, _serial: serial };
-        assert!(status.success(), "control-plane.sh start failed (its output is above)");
-
-        let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
-        cluster.kubectl(&["apply", "--server-side", "-k", &format!("{deploy}/registry")]);
-        cluster.kubectl(&["apply", "--server-side", "-k", &format!("{deploy}/base")]);
-        cluster.apply(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}}));
-        assert!(
-            wait_until(Duration::from_secs(30), || cluster
-                .try_kubectl(&["get", "sa", "default", "-n", "registry"])
-                .is_ok()),
-            "no default ServiceAccount in registry"
-        );
+        let mut cluster = Self { parts, node, tls: None, cp };
 
         // The node: forwards between its pods, and owns the `kubernetes` Service's address.
         let node = &cluster.node;
         check(&node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]).output().unwrap(), "ip_forward");
         dummy_interface(node, "kube-ipvs0", &[KUBERNETES_SERVICE]);
         let listener = node.run(|| TcpListener::bind((KUBERNETES_SERVICE, 443)).unwrap());
-        relay(listener, SocketAddr::from(([127, 0, 0, 1], port)));
+        relay(listener, SocketAddr::from(([127, 0, 0, 1], cluster.cp.port)));
 
         if tls {
             cluster.tls = Some(cluster.make_registry_certificate());
         }
         Some(cluster)
-    }
-
-    fn try_kubectl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(&self.parts.kubectl)
-            .args(args)
-            .env("KUBECONFIG", self.dir.path("admin.kubeconfig"))
-            .output()
-            .unwrap();
-        match out.status.success() {
-            true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-            false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> String {
-        self.try_kubectl(args).unwrap_or_else(|e| panic!("kubectl {}: {e}", args.join(" ")))
-    }
-
-    fn apply(&self, object: &serde_json::Value) {
-        let mut child = Command::new(&self.parts.kubectl)
-            .args(["apply", "--server-side", "-f", "-"])
-            .env("KUBECONFIG", self.dir.path("admin.kubeconfig"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(object.to_string().as_bytes()).unwrap();
-        assert!(child.wait().unwrap().success(), "kubectl apply {object}");
     }
 
     /// A pod network namespace, the `n`th on this node, with `resolv_conf`.
@@ -313,17 +217,6 @@ impl Cluster {
         ns.ip(&["link", "set", "eth0", "up"]);
         ns.ip(&["route", "add", "default", "via", &node_ip]);
         PodNet { ns, ip }
-    }
-
-    /// The files a Pod of ServiceAccount `namespace/name` gets: a token from the TokenRequest API,
-    /// the cluster CA and the namespace.
-    fn service_account_files(&self, namespace: &str, name: &str) -> TempDir {
-        let dir = TempDir::new("serviceaccount");
-        let token = self.kubectl(&["create", "token", name, "-n", namespace, "--duration=2h"]);
-        std::fs::write(dir.path("token"), token.trim()).unwrap();
-        std::fs::copy(self.dir.path("ca.crt"), dir.path("ca.crt")).unwrap();
-        std::fs::write(dir.path("namespace"), namespace).unwrap();
-        dir
     }
 
     /// `argv` in `ns` as a Pod of that ServiceAccount runs: its files at the in-cluster path (in
@@ -347,7 +240,7 @@ impl Cluster {
 
     /// registry-dns as deploy/base's DaemonSet runs it on the node. Its upstream is nothing.
     fn start_registry_dns(&self) -> (RegistryDns, TempDir) {
-        let account = self.service_account_files("registry-dns", "registry-dns");
+        let account = self.cp.service_account_files("registry-dns", "registry-dns");
         let command = Self::in_pod(&self.node, &account, &[RegistryDns::BIN]);
         let args = [
             "--interface-name",
@@ -378,8 +271,8 @@ impl Cluster {
 
     /// kubeadm's ServiceAccount and ClusterRole for CoreDNS (what its `kubernetes` plugin watches).
     fn coredns_account(&self) -> TempDir {
-        self.kubectl(&["create", "serviceaccount", "coredns", "-n", "kube-system"]);
-        self.apply(&json!({
+        self.cp.kubectl(&["create", "serviceaccount", "coredns", "-n", "kube-system"]);
+        self.cp.apply(&json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
             "metadata": {"name": "system:coredns"},
             "rules": [
@@ -387,13 +280,13 @@ impl Cluster {
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
             ],
         }));
-        self.apply(&json!({
+        self.cp.apply(&json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": "system:coredns"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:coredns"},
             "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": "kube-system"}],
         }));
-        self.service_account_files("kube-system", "coredns")
+        self.cp.service_account_files("kube-system", "coredns")
     }
 
     /// Creates ConfigMap kube-system/`configmap` from a sample Corefile, runs
@@ -402,30 +295,24 @@ impl Cluster {
     fn corefile(&self, configmap: &str, sample: &str, patch: bool) -> String {
         let sample = format!("{COREFILES}/{sample}");
         let from = format!("--from-file=Corefile={sample}");
-        if self.try_kubectl(&["get", "configmap", configmap, "-n", "kube-system"]).is_err() {
-            self.kubectl(&["create", "configmap", configmap, "-n", "kube-system", &from]);
+        if self.cp.try_kubectl(&["get", "configmap", configmap, "-n", "kube-system"]).is_err() {
+            self.cp.kubectl(&["create", "configmap", configmap, "-n", "kube-system", &from]);
         }
         if patch {
-            let path = format!("{}:{}", self.parts.kubectl.parent().unwrap().display(), std::env::var("PATH").unwrap());
-            let out = Command::new("sh")
-                .args([PATCHER, "add", "--configmap", configmap])
-                .env("PATH", path)
-                .env("KUBECONFIG", self.dir.path("admin.kubeconfig"))
-                .output()
-                .unwrap();
+            let out = self.cp.as_admin("sh").args([PATCHER, "add", "--configmap", configmap]).output().unwrap();
             eprintln!("patch-corefile.sh add --configmap {configmap}:\n{}", check(&out, "patch-corefile.sh"));
         }
-        self.kubectl(&["get", "configmap", configmap, "-n", "kube-system", "-o", "jsonpath={.data.Corefile}"])
+        self.cp.kubectl(&["get", "configmap", configmap, "-n", "kube-system", "-o", "jsonpath={.data.Corefile}"])
     }
 
     /// CoreDNS with `corefile` in `ns`, as a Pod of the coredns ServiceAccount; waits until
     /// `ready_url` (in `ns`) answers 200.
     fn start_coredns(&self, ns: &Netns, name: &str, corefile: &str, account: &TempDir, ready: SocketAddr) -> Process {
-        let conf = self.dir.path(&format!("{name}.Corefile"));
+        let conf = self.cp.dir.path(&format!("{name}.Corefile"));
         std::fs::write(&conf, corefile).unwrap();
         let coredns = self.parts.coredns.to_str().unwrap();
         let mut process =
-            Process::spawn(Self::in_pod(ns, account, &[coredns, "-conf", conf.to_str().unwrap()]), name, &self.dir);
+            Process::spawn(Self::in_pod(ns, account, &[coredns, "-conf", conf.to_str().unwrap()]), name, &self.cp.dir);
         let path = if ready.port() == 8181 { "/ready" } else { "/health" };
         let up = wait_until(Duration::from_secs(60), || {
             process.running() && ns.run(|| http_get(ready, path)).is_some_and(|(code, _)| code == 200)
@@ -437,7 +324,7 @@ impl Cluster {
     /// A CA standing in for cert-manager's CA Issuer, and the registry's certificate from it
     /// (deploy/registry/tls/issuer.yaml's names, server auth): (ca.crt, tls.crt, tls.key).
     fn make_registry_certificate(&self) -> (PathBuf, PathBuf, PathBuf) {
-        let p = |name: &str| self.dir.path(name).to_str().unwrap().to_string();
+        let p = |name: &str| self.cp.dir.path(name).to_str().unwrap().to_string();
         let (ca_key, ca_crt, key, csr, ext, crt) =
             (p("registry-ca.key"), p("registry-ca.crt"), p("tls.key"), p("tls.csr"), p("tls.ext"), p("tls.crt"));
         let openssl = |args: &[&str]| check(&Command::new("openssl").args(args).output().unwrap(), "openssl");
@@ -473,13 +360,13 @@ impl Cluster {
             "-out",
             &crt,
         ]);
-        (self.dir.path("registry-ca.crt"), self.dir.path("tls.crt"), self.dir.path("tls.key"))
+        (self.cp.dir.path("registry-ca.crt"), self.cp.dir.path("tls.crt"), self.cp.dir.path("tls.key"))
     }
 
     /// distribution (Debian's docker-registry) in `pod`, serving on the pod's IP, port 5000, with
     /// the storage all registry Pods share (deploy/registry's PVC); HTTPS when the cluster has TLS.
     fn start_registry(&self, pod: &PodNet, name: &str) -> Process {
-        let storage = self.dir.path("registry-storage");
+        let storage = self.cp.dir.path("registry-storage");
         std::fs::create_dir_all(&storage).unwrap();
         let tls = match &self.tls {
             Some((_, crt, key)) => format!("  tls:\n    certificate: {}\n    key: {}\n", crt.display(), key.display()),
@@ -493,12 +380,12 @@ impl Cluster {
             storage.display(),
             pod.ip
         );
-        let file = self.dir.path(&format!("{name}.yml"));
+        let file = self.cp.dir.path(&format!("{name}.yml"));
         std::fs::write(&file, config).unwrap();
         let mut process = Process::spawn(
             pod.ns.exec(&["/usr/bin/docker-registry", "serve", file.to_str().unwrap()]),
             name,
-            &self.dir,
+            &self.cp.dir,
         );
         let addr: SocketAddr = format!("{}:5000", pod.ip).parse().unwrap();
         let up = wait_until(Duration::from_secs(30), || {
@@ -508,48 +395,11 @@ impl Cluster {
         process
     }
 
-    fn pods(&self) -> Api<Pod> {
-        Api::namespaced(self.admin.clone(), "registry")
-    }
-
-    /// A registry Pod (deploy/registry's labels), bound to the node, then Running and Ready with
-    /// `ip` through its status subresource, as a kubelet would report it.
-    fn add_ready_pod(&self, name: &str, ip: &str) {
-        let pod = registry_pod::manifest(name, NODE);
-        self.runtime.block_on(self.pods().create(&PostParams::default(), &pod)).unwrap();
-        let status = registry_pod::running(&[ip], true);
-        self.runtime.block_on(self.pods().patch_status(name, &PatchParams::default(), &Patch::Merge(&status))).unwrap();
-    }
-
-    fn delete_pod(&self, name: &str) {
-        let now = DeleteParams { grace_period_seconds: Some(0), ..Default::default() };
-        self.runtime.block_on(self.pods().delete(name, &now)).unwrap();
-    }
-
-    /// The ready IPv4 addresses in the Service's EndpointSlices, sorted.
-    fn slice_addresses(&self) -> Vec<String> {
-        let api: Api<EndpointSlice> = Api::namespaced(self.admin.clone(), "registry");
-        let slices = self
-            .runtime
-            .block_on(api.list(&ListParams::default().labels("kubernetes.io/service-name=knative")))
-            .unwrap();
-        let mut ips: Vec<String> = slices
-            .items
-            .iter()
-            .filter(|s| s.address_type == "IPv4")
-            .flat_map(|s| &s.endpoints)
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-            .flat_map(|e| e.addresses.clone())
-            .collect();
-        ips.sort();
-        ips
-    }
-
     /// Polls the API every 10 ms until the slices hold exactly `want`; the moment it saw them.
     fn slices_become(&self, want: &[&str]) -> Instant {
         let start = Instant::now();
         loop {
-            let now = self.slice_addresses();
+            let now = self.cp.slice_addresses(&self.cp.admin, "IPv4");
             if now == want {
                 return Instant::now();
             }
@@ -569,7 +419,7 @@ struct Containerd {
 
 impl Containerd {
     fn start(cluster: &Cluster) -> Self {
-        let dir = cluster.dir.path("containerd");
+        let dir = cluster.cp.dir.path("containerd");
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("containerd.sock").to_str().unwrap().to_string();
         let config = format!(
@@ -584,9 +434,9 @@ impl Containerd {
         let process = Process::spawn(
             cluster.node.exec(&["/usr/bin/containerd", "--config", config.to_str().unwrap()]),
             "containerd",
-            &cluster.dir,
+            &cluster.cp.dir,
         );
-        let hosts_dir = cluster.dir.path("certs.d");
+        let hosts_dir = cluster.cp.dir.path("certs.d");
         let this = Self { _process: process, socket, hosts_dir };
         let up = wait_until(Duration::from_secs(30), || this.ctr(cluster, &["version"]).status.success());
         assert!(up, "containerd did not start\n{}", this._process.tail());
@@ -664,7 +514,7 @@ impl Crane<'_> {
             argv.push("--insecure");
         }
         let mut command = self.pod.ns.exec(&argv);
-        command.env("HOME", self.cluster.dir.path("crane-home")).env_remove("SSL_CERT_DIR");
+        command.env("HOME", self.cluster.cp.dir.path("crane-home")).env_remove("SSL_CERT_DIR");
         match &self.ca_bundle {
             Some(bundle) => command.env("SSL_CERT_FILE", bundle),
             // An empty bundle: only the system's roots would do, and they do not know the CA.
@@ -684,7 +534,7 @@ impl Crane<'_> {
     /// An image built here from one small layer (no network: `crane append` to a tarball), pushed
     /// to `reference`; its digest.
     fn build_and_push(&self, reference: &str, content: &str) -> Result<String, String> {
-        let dir = self.cluster.dir.path(&format!("image-{}", content.len()));
+        let dir = self.cluster.cp.dir.path(&format!("image-{}", content.len()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("rootfs")).unwrap();
         std::fs::write(dir.join("rootfs/hello.txt"), content).unwrap();
@@ -753,7 +603,7 @@ impl Kubeadm {
         let coredns =
             cluster.start_coredns(&cluster_dns.ns, "coredns", &corefile, &account, "10.199.1.2:8181".parse().unwrap());
         let registry_process = cluster.start_registry(&registry, "registry-1");
-        cluster.add_ready_pod("registry-1", &registry.ip);
+        cluster.cp.add_ready_pod(&cluster.cp.admin, "registry-1", &[&registry.ip]);
         cluster.slices_become(&["10.199.3.2"]);
         let registry_dns = cluster.start_registry_dns();
         let containerd = Containerd::start(&cluster);
@@ -811,7 +661,7 @@ fn a_pod_pushes_and_the_node_pulls_by_name_through_coredns_and_registry_dns_and_
     // push and pull after the slice drops it succeed within 2 s, from both sides.
     let registry2 = c.pod_net("registry2", 4, "nameserver 10.199.1.2\n");
     let registry2_process = c.start_registry(&registry2, "registry-2");
-    c.add_ready_pod("registry-2", &registry2.ip);
+    c.cp.add_ready_pod(&c.cp.admin, "registry-2", &[&registry2.ip]);
     c.slices_become(&["10.199.3.2", "10.199.4.2"]);
     let both = Some(vec!["10.199.3.2".to_string(), "10.199.4.2".to_string()]);
     assert!(
@@ -820,7 +670,7 @@ fn a_pod_pushes_and_the_node_pulls_by_name_through_coredns_and_registry_dns_and_
     );
     let image2 = crane.build_and_push(&format!("{REPO}:2"), "second image").expect("push before the move");
     let Kept(old_process, old_net) = k.registry1.take().unwrap();
-    c.delete_pod("registry-1");
+    c.cp.delete_pod("registry-1");
     drop(old_process);
     let changed = c.slices_become(&["10.199.4.2"]);
     let (pod_side, node_side) = std::thread::scope(|s| {
@@ -883,7 +733,7 @@ fn over_tls_both_sides_trust_the_registrys_ca_and_a_client_without_it_is_refused
     assert!(refused.contains("x509") || refused.contains("certificate"), "{refused}");
 
     // With the CA bundle a Kaniko or Knative pod mounts (the system's roots and the registry's CA).
-    let bundle = c.dir.path("ca-bundle.crt");
+    let bundle = c.cp.dir.path("ca-bundle.crt");
     let system = std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
     std::fs::write(&bundle, [system, std::fs::read(&ca).unwrap()].concat()).unwrap();
     let trusting = Crane { cluster: c, pod: &k.client, ca_bundle: Some(bundle) };
@@ -930,7 +780,7 @@ fn with_node_local_dns_pods_resolve_the_name_once_its_corefile_is_patched_and_th
             "--user=root",
         ]),
         "upstream-dnsmasq",
-        &c.dir,
+        &c.cp.dir,
     );
     // What node-local-dns's own entrypoint does to its ConfigMap's Corefile.
     let pillars = |corefile: String| {
@@ -938,7 +788,7 @@ fn with_node_local_dns_pods_resolve_the_name_once_its_corefile_is_patched_and_th
             .replace("__PILLAR__CLUSTER__DNS__", "10.199.1.2")
             .replace("__PILLAR__UPSTREAM__SERVERS__", "127.0.0.1:5300")
     };
-    let account = c.service_account_files("kube-system", "coredns");
+    let account = c.cp.service_account_files("kube-system", "coredns");
     let health: SocketAddr = format!("{NODE_LOCAL_DNS}:8080").parse().unwrap();
     let unpatched = pillars(c.corefile("node-local-dns", "node-local-dns.Corefile", false));
     let node_local = c.start_coredns(&c.node, "node-local-dns", &unpatched, &account, health);

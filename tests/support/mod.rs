@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod bad_upstream;
+pub mod control_plane;
 pub mod forger;
 pub mod netns;
 pub mod registry_pod;
