@@ -137,10 +137,9 @@ async fn receive_upstreams(readiness: Rc<AsyncFd<Readiness>>, forwarder: SharedF
         for check in rechecks {
             let forwarder = forwarder.clone();
             tokio::task::spawn_local(async move {
-                let result = match tokio::time::timeout(timeout, tcp::exchange(check.upstream, &check.query)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(io::ErrorKind::TimedOut.into()),
-                };
+                let result = tokio::time::timeout(timeout, tcp::exchange(check.upstream, &check.query))
+                    .await
+                    .unwrap_or_else(|_elapsed| Err(io::ErrorKind::TimedOut.into()));
                 let mut forwarder = forwarder.borrow_mut();
                 forwarder.rechecked(check.slot, result, Instant::now());
                 forwarder.flush();

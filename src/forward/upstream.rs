@@ -92,7 +92,12 @@ impl Upstreams {
     }
 
     fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+        self.ms_at(Instant::now())
+    }
+
+    /// `at` in milliseconds since [`Upstreams::epoch`], as the deadlines above are kept.
+    fn ms_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// The next upstream to try for a query that already tried the set bits of `tried`:
@@ -198,8 +203,7 @@ impl Upstreams {
 
     /// Whether a spoofing episode of upstream `index` lasts at `now` (its UDP answers are not cached).
     pub fn is_defending(&self, index: usize, now: Instant) -> bool {
-        let until = self.list[index].defended_until.load(Relaxed);
-        until != 0 && until > now.saturating_duration_since(self.epoch).as_millis() as u64
+        self.list[index].defended_until.load(Relaxed) > self.ms_at(now)
     }
 
     /// A UDP answer of upstream `index` is checked over TCP, its socket having seen a forgery.
