@@ -154,6 +154,43 @@ fn every_upstream_down_gives_servfail_within_a_bounded_time() {
 }
 
 #[test]
+fn a_closed_upstream_port_is_not_waited_for() {
+    let up = healthy_upstream();
+    // A port nothing listens on: the kernel answers each try with ICMP port unreachable.
+    let closed = UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    for cache_size in ["8MiB", "0"] {
+        let alone = RegistryDns::start(&[
+            "--record",
+            LOCAL,
+            "--upstream",
+            &closed,
+            "--upstream-timeout",
+            "2s",
+            "--cache-size",
+            cache_size,
+        ]);
+        let d = dig(alone.addr, &["www.test", "A"]);
+        assert_eq!(d.status, "SERVFAIL", "{}", d.raw);
+        assert!(d.query_time() < Duration::from_millis(500), "--cache-size {cache_size}: {:?}", d.query_time());
+        let first = RegistryDns::start(&[
+            "--record",
+            LOCAL,
+            "--upstream",
+            &closed,
+            "--upstream",
+            &up.addr.to_string(),
+            "--upstream-timeout",
+            "2s",
+            "--cache-size",
+            cache_size,
+        ]);
+        let d = dig(first.addr, &["www.test", "A"]);
+        assert_eq!(d.rdata("A"), ["192.0.2.1"], "the next upstream's answer");
+        assert!(d.query_time() < Duration::from_millis(500), "--cache-size {cache_size}: {:?}", d.query_time());
+    }
+}
+
+#[test]
 fn queries_beyond_max_concurrent_are_refused() {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let s = RegistryDns::start(&[

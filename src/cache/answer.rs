@@ -48,7 +48,7 @@ impl Stored {
             rcode::NOERROR | rcode::NXDOMAIN => Kind::Negative,
             _ => return None,
         };
-        let reply = &without_cookie(reply, question_end);
+        let reply = &shareable(reply, question_end);
         let mut wire = reply.clone().into_boxed_slice();
         let mut ttl_at = Vec::new();
         let mut lowest = u32::MAX;
@@ -112,11 +112,12 @@ impl Stored {
     }
 }
 
-/// `reply` without the COOKIE option of its OPT record: the server cookie in it answers the first
-/// client's cookie and would be wrong for every other client a cached copy goes to (RFC 7873; dig
+/// `reply` as any client asking the same question may get it: without the COOKIE option of its OPT
+/// record. The server cookie in it answers the first client's cookie and would be wrong for every
+/// other client a copy goes to, from the cache or parked on the same upstream query (RFC 7873; dig
 /// warns of a mismatch, and a client that enforces cookies drops the answer). An OPT record whose
 /// options do not parse is left as it is.
-fn without_cookie(reply: &[u8], question_end: usize) -> Vec<u8> {
+pub fn shareable(reply: &[u8], question_end: usize) -> Vec<u8> {
     let Some(opt) = wire::Records::new(reply, question_end).find(|r| r.rtype == types::OPT) else {
         return reply.to_vec();
     };
@@ -167,6 +168,6 @@ mod tests {
         let mut cut = reply.clone();
         cut.truncate(cut.len() - 1);
         cut[question_end + 16 + 10] = 25;
-        assert_eq!(without_cookie(&cut, question_end), cut, "options that do not parse stay as they are");
+        assert_eq!(shareable(&cut, question_end), cut, "options that do not parse stay as they are");
     }
 }

@@ -5,7 +5,7 @@
 //! The client's UDP payload size is left out: an entry is only served to a client whose buffer
 //! holds it (see `Cache::lookup`). Queries whose answer may depend on more (EDNS options other
 //! than COOKIE and PADDING, such as ECS or NSID; records beyond the question and one OPT) are not
-//! cached at all. The transport is not in the key: each cache serves one transport.
+//! cached at all. The transport is not in the key: answers that came over UDP and TCP share entries.
 
 use crate::dns::wire::{self, Edns, HEADER_LEN, MAX_NAME_LEN};
 
@@ -13,9 +13,16 @@ use crate::dns::wire::{self, Edns, HEADER_LEN, MAX_NAME_LEN};
 pub const MAX_KEY_LEN: usize = 2 + MAX_NAME_LEN + 4;
 
 /// A key built on the stack: looking one up allocates nothing.
+#[derive(Clone)]
 pub struct Key {
     bytes: [u8; MAX_KEY_LEN],
     len: usize,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Key({:?})", self.as_bytes())
+    }
 }
 
 impl Key {

@@ -7,10 +7,9 @@
 //! list) that must never push out the positive answers a node relies on: negatives evict only
 //! negatives, within a quarter of the budget (CoreDNS keeps success and denial caches apart too).
 //!
-//! The index maps a keyed 64-bit hash (SipHash with a random key: no one can aim collisions) to a
-//! slot; the slot keeps the full key, and a lookup whose key differs is a miss, never a wrong answer.
+//! The index maps the key's hash (the cache's keyed SipHash: no one can aim collisions) to a slot;
+//! the slot keeps the full key, and a lookup whose key differs is a miss, never a wrong answer.
 
-use std::hash::{BuildHasher, RandomState};
 use std::time::Instant;
 
 use rustc_hash::FxHashMap;
@@ -28,14 +27,12 @@ const MALLOC_HEADER: usize = 16;
 
 /// One cached answer and what serving it needs.
 #[derive(Debug)]
-pub struct Entry {
+pub struct Cached {
     pub key: Box<[u8]>,
     pub answer: Stored,
     pub stored_at: Instant,
     /// Hits since it was stored: what makes it popular enough to prefetch.
     pub hits: u32,
-    /// A refresh (prefetch, or a query for it once stale) is under way since then.
-    pub refreshing: Option<Instant>,
     /// The last refresh failed then: stale answers are served without asking again for a while.
     pub failed: Option<Instant>,
 }
@@ -43,7 +40,7 @@ pub struct Entry {
 #[derive(Debug)]
 struct Slot {
     hash: u64,
-    entry: Entry,
+    entry: Cached,
     visited: bool,
     prev: Option<usize>,
     next: Option<usize>,
@@ -72,7 +69,6 @@ pub struct Change {
 
 #[derive(Debug)]
 pub struct Store {
-    hasher: RandomState,
     index: FxHashMap<u64, usize>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
@@ -84,7 +80,6 @@ impl Store {
     pub fn new(budget: usize) -> Self {
         let negative = budget / 4;
         Self {
-            hasher: RandomState::new(),
             index: FxHashMap::default(),
             slots: Vec::new(),
             free: Vec::new(),
@@ -95,12 +90,8 @@ impl Store {
         }
     }
 
-    pub fn hash(&self, key: &[u8]) -> u64 {
-        self.hasher.hash_one(key)
-    }
-
     /// The entry under `key`, marked as used.
-    pub fn get(&mut self, hash: u64, key: &[u8]) -> Option<&mut Entry> {
+    pub fn get(&mut self, hash: u64, key: &[u8]) -> Option<&mut Cached> {
         let &index = self.index.get(&hash)?;
         let slot = self.slots[index].as_mut().expect("indexed slot");
         if *slot.entry.key != *key {
@@ -113,7 +104,7 @@ impl Store {
     /// Stores `entry` under `hash`, replacing what was there (its own older answer, or another key
     /// that collided), then evicts from its pool until the pool fits its budget. An entry larger
     /// than its whole pool is not stored.
-    pub fn insert(&mut self, hash: u64, entry: Entry) -> Change {
+    pub fn insert(&mut self, hash: u64, entry: Cached) -> Change {
         let mut change = Change::default();
         self.remove(hash);
         let pool = pool_of(entry.answer.kind);
@@ -159,7 +150,7 @@ impl Store {
     }
 
     /// Removes every entry `doomed` picks; returns how many.
-    pub fn remove_where(&mut self, mut doomed: impl FnMut(&Entry) -> bool) -> usize {
+    pub fn remove_where(&mut self, mut doomed: impl FnMut(&Cached) -> bool) -> usize {
         let picked: Vec<usize> =
             (0..self.slots.len()).filter(|&i| self.slots[i].as_ref().is_some_and(|slot| doomed(&slot.entry))).collect();
         for &index in &picked {
@@ -218,7 +209,7 @@ impl Store {
 }
 
 /// What an entry counts against the budget.
-fn cost(entry: &Entry) -> usize {
+fn cost(entry: &Cached) -> usize {
     let rounded = |bytes: usize| bytes.next_multiple_of(MALLOC_HEADER);
     ENTRY_OVERHEAD
         + rounded(entry.key.len())

@@ -296,7 +296,7 @@ impl Settings {
             max_answers: self.max_answers,
             upstream_timeout: self.upstream_timeout,
             max_concurrent: self.max_concurrent,
-            cache: crate::cache::Settings {
+            cache: crate::cache::CachePolicy {
                 size: self.cache_size,
                 max_ttl: self.cache_max_ttl,
                 max_negative_ttl: self.cache_max_negative_ttl,
@@ -386,7 +386,7 @@ mod tests {
     #[test]
     fn cache_flags_take_sizes_and_durations() {
         let config = Cli::try_parse_from(["registry-dns"]).unwrap().settings.into_config();
-        assert_eq!(config.cache, crate::cache::Settings::default(), "the flags' defaults are the library's");
+        assert_eq!(config.cache, crate::cache::CachePolicy::default(), "the flags' defaults are the library's");
         let config = Cli::try_parse_from([
             "registry-dns",
             "--cache-size",

@@ -50,7 +50,7 @@ pub struct Config {
     /// Forwarded queries in flight at most; more get REFUSED.
     pub max_concurrent: usize,
     /// The packet cache in front of the upstreams.
-    pub cache: crate::cache::Settings,
+    pub cache: crate::cache::CachePolicy,
     /// UDP worker threads; 0 means one per CPU this process may run on.
     pub workers: usize,
     /// A TCP connection with no complete query for this long is closed (RFC 7766 section 6.2.3).
@@ -85,7 +85,7 @@ impl Default for Config {
             max_answers: 16,
             upstream_timeout: Duration::from_secs(2),
             max_concurrent: 1000,
-            cache: crate::cache::Settings::default(),
+            cache: crate::cache::CachePolicy::default(),
             workers: 0,
             tcp_idle_timeout: Duration::from_secs(10),
             max_tcp_connections: 512,

@@ -3,10 +3,22 @@
 
 pub mod wire;
 
-/// Which transport a query came over: it bounds the size of an answer, and each transport has a
-/// cache of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which transport a query came over: it bounds the size of an answer, decides how the query goes
+/// upstream, and labels the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Transport {
-    Udp,
-    Tcp,
+    Udp = 0,
+    Tcp = 1,
+}
+
+impl Transport {
+    pub const ALL: [Transport; 2] = [Transport::Udp, Transport::Tcp];
+
+    /// The `proto` label of the metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
+    }
 }

@@ -1,138 +1,125 @@
-//! TCP forwarding: a query that came over TCP goes upstream over TCP (RFC 7766), so answers too
-//! large for UDP arrive whole. One connection per query keeps this simple; TCP is the rare path.
+//! The TCP driver: a query that came over TCP goes upstream over TCP (RFC 7766), so that answers
+//! too large for UDP arrive whole. One connection per try keeps this simple; TCP is the rare path.
 //!
-//! [`answer`] is the TCP entry point: TCP's front decides what the client gets, exactly as a UDP
-//! worker's does.
+//! [`answer`] is the entry point for a TCP connection's query: the [`Forwarder`] decides what the
+//! client gets, exactly as for a UDP worker's, and the exchange it starts runs in a task of its
+//! own, so that it can go on (to refresh the cache) after its client got a stale answer.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::front::{Begin, Outcome, Ticket};
-use super::reply::{self, Verdict};
-use super::{Forwarding, Upstreams};
-use crate::cache::CLIENT_TIMER;
-use crate::dns::wire::{self, Edns};
-use crate::metrics::{Path, Proto};
+use super::{Begin, ClientQuery, Command, Event, Exchange, Forwarder, NoUdp, ReplyTo};
+use crate::dns::Transport;
+use crate::dns::wire::Edns;
+use crate::metrics::{Path, Traffic};
 
 /// The client's answer to `query`, a query `request::handle` chose to forward, that arrived at
 /// `arrived`; with the path it took when it was answered at once (the caller records that
-/// latency; the front records the others).
+/// latency; the forwarder records the others). Empty when nobody answers it (the process is
+/// stopping): nothing is sent, as for a lost datagram.
 pub async fn answer(
-    forwarding: Arc<Forwarding>,
+    forwarder: Arc<Forwarder>,
     query: Vec<u8>,
     question_end: usize,
     edns: Option<Edns>,
     arrived: Instant,
+    traffic: Arc<Traffic>,
 ) -> (Vec<u8>, Option<Path>) {
     let mut out = Vec::new();
-    let begin = forwarding.with_tcp(|front| front.begin(&query, question_end, edns, arrived, &mut out));
-    let ticket = match begin {
+    let (reply_to, answer) = oneshot::channel();
+    let client_query = ClientQuery { packet: &query, question_end, edns, transport: Transport::Tcp, arrived };
+    let upstreams = forwarder.upstreams();
+    let begin = forwarder.begin(client_query, ReplyTo::Tcp(reply_to), &upstreams, &traffic, &mut out);
+    match begin {
         Begin::Answered(path) => return (out, Some(path)),
-        Begin::AnsweredAndRefresh(path, ticket) => {
-            let exchange = ask(&forwarding, query.clone(), question_end);
-            tokio::spawn(async move {
-                let relayed = exchange.await;
-                conclude(&forwarding, &query, ticket, relayed);
-            });
+        Begin::AnsweredAndRefresh(path, exchange) => {
+            tokio::spawn(drive(forwarder, exchange, traffic));
             return (out, Some(path));
         }
-        Begin::Ask(ticket) => ticket,
-    };
-    let mut exchange = Box::pin(ask(&forwarding, query.clone(), question_end));
-    if ticket.stale_fallback {
-        // An expired answer is held: the client gets it if the upstreams take longer than the
-        // client timer, and the exchange goes on in the background to refresh the cache.
-        tokio::select! {
-            relayed = &mut exchange => return (conclude(&forwarding, &query, ticket, relayed), None),
-            () = tokio::time::sleep_until((ticket.started + CLIENT_TIMER).into()) => {}
+        Begin::Ask(exchange) => {
+            tokio::spawn(drive(forwarder, exchange, traffic));
         }
-        let now = Instant::now();
-        if forwarding.with_tcp(|front| front.client_timer(&query, wire::id(&query), ticket, now, &mut out)) {
-            let mut ticket = ticket;
-            ticket.client_waits = false;
-            tokio::spawn(async move {
-                let relayed = exchange.await;
-                conclude(&forwarding, &query, ticket, relayed);
-            });
-            return (out, None);
-        }
+        Begin::Parked => {}
     }
-    let relayed = exchange.await;
-    (conclude(&forwarding, &query, ticket, relayed), None)
+    (answer.await.unwrap_or_default(), None)
 }
 
-/// The upstreams' exchange for `query`, owning what it needs so that it can outlive the client.
-fn ask(forwarding: &Forwarding, query: Vec<u8>, question_end: usize) -> impl Future<Output = Relayed> + 'static {
-    let upstreams = forwarding.upstreams.load_full();
-    let timeout = forwarding.timeout;
-    async move { forward(&upstreams, &query, question_end, timeout).await }
-}
-
-/// Hands the upstreams' outcome for `query` to TCP's front; returns the client's answer (empty
-/// when no client waits for it).
-fn conclude(forwarding: &Forwarding, query: &[u8], ticket: Ticket, relayed: Relayed) -> Vec<u8> {
-    let outcome = match &relayed {
-        Relayed::Answer(answer) => Outcome::Answer(answer),
-        Relayed::Failed(last) => Outcome::Failed { last: last.as_deref() },
-    };
-    let mut out = Vec::new();
+/// Runs `exchange` over TCP to its end, serving its client a stale answer if one is due first.
+async fn drive(forwarder: Arc<Forwarder>, mut exchange: Exchange, traffic: Arc<Traffic>) {
     let now = Instant::now();
-    forwarding.with_tcp(|front| front.finish(query, wire::id(query), ticket, outcome, now, &mut out));
-    out
-}
-
-/// What the upstreams made of a query.
-enum Relayed {
-    Answer(Vec<u8>),
-    /// None answered; the last SERVFAIL or REFUSED, if one came.
-    Failed(Option<Vec<u8>>),
-}
-
-/// Relays `packet` to the upstreams in turn, under a random ID of ours.
-async fn forward(upstreams: &Upstreams, packet: &[u8], question_end: usize, timeout: Duration) -> Relayed {
-    let mut query = packet.to_vec();
-    let mut tried = 0u32;
-    let mut last_refusal = None;
-    while let Some(upstream) = upstreams.next(tried) {
-        tried |= 1 << upstream;
-        let id: u16 = rand::random();
-        wire::set_id(&mut query, id);
-        let addr = upstreams.addr(upstream);
-        upstreams.record_request(upstream, Proto::Tcp);
-        match tokio::time::timeout(timeout, exchange(addr, &query)).await {
-            Ok(Ok(answer)) => match reply::judge(&query, question_end, &answer) {
-                Verdict::Accept => {
-                    upstreams.record_success(upstream);
-                    return Relayed::Answer(answer);
+    let mut upstream = match exchange.start(now) {
+        Command::Send(upstream) => upstream,
+        other => return end(&forwarder, exchange, other, now, &traffic),
+    };
+    loop {
+        exchange.set_id(rand::random());
+        let addr = exchange.upstreams().addr(upstream);
+        let deadline = exchange.deadline().expect("a try is out");
+        let query = exchange.query().to_vec();
+        let mut try_ = std::pin::pin!(tokio::time::timeout_at(deadline.into(), ask_once(addr, &query)));
+        let result = loop {
+            let stale_due = exchange.stale_due();
+            tokio::select! {
+                result = &mut try_ => break result,
+                () = sleep_until(stale_due), if stale_due.is_some() => {
+                    forwarder.serve_stale(&mut exchange, Instant::now(), &traffic, &mut NoUdp);
                 }
-                Verdict::MoveOn => {
-                    upstreams.record_failure(upstream);
-                    last_refusal = Some(answer);
-                }
-                Verdict::Ignore => {
-                    debug!(upstream = %addr, "ignoring a TCP answer that is not for this query, or a cut-off one");
-                    upstreams.record_failure(upstream);
-                }
-            },
+            }
+        };
+        let now = Instant::now();
+        let reply;
+        let event = match result {
+            Ok(Ok(bytes)) => {
+                reply = bytes;
+                Event::Reply(&reply)
+            }
             Ok(Err(e)) => {
                 debug!(upstream = %addr, error = %e, "TCP upstream failed");
-                upstreams.record_failure(upstream);
+                Event::Failed
             }
-            Err(_) => {
+            Err(_elapsed) => {
                 debug!(upstream = %addr, "TCP upstream timed out");
-                upstreams.record_timeout(upstream);
+                Event::Timeout
             }
-        }
+        };
+        upstream = match exchange.on(event, now) {
+            Command::Send(next) => next,
+            other => return end(&forwarder, exchange, other, now, &traffic),
+        };
     }
-    Relayed::Failed(last_refusal)
 }
 
-/// One query and its answer over a new TCP connection to `addr`.
-pub(super) async fn exchange(addr: std::net::SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+/// Carries out the last command of a TCP exchange: its end.
+fn end(forwarder: &Forwarder, exchange: Exchange, command: Command<'_>, now: Instant, traffic: &Traffic) {
+    match command {
+        Command::Finish(outcome) => forwarder.finish(exchange, outcome, now, traffic, &mut NoUdp),
+        // Over TCP a reply that is not the answer fails the try, and nothing is rechecked.
+        Command::Send(_) | Command::Ignore | Command::Recheck(_) => {
+            unreachable!("a TCP exchange ends, or sends its next try")
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+/// One query and its answer over a new TCP connection to `addr`, within `timeout`.
+pub async fn ask(addr: SocketAddr, query: &[u8], timeout: Duration) -> std::io::Result<Vec<u8>> {
+    tokio::time::timeout(timeout, ask_once(addr, query))
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
+async fn ask_once(addr: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let mut framed = Vec::with_capacity(query.len() + 2);

@@ -13,18 +13,23 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Unit;
 
 use super::Metrics;
-use super::traffic::{self, LATENCY_BUCKETS, Path, Proto, Refusal};
+use super::traffic::{self, CacheEvent, LATENCY_BUCKETS, Path, Refusal};
+use crate::dns::Transport;
 use crate::names::Names;
 
 type Result = std::result::Result<(), std::fmt::Error>;
 
-/// The gauges a scrape reads from forwarding (`forward::Forwarding` has them): metrics needs these
-/// readings, not the forwarding types, which record into metrics.
+/// The readings a scrape takes from forwarding (`forward::Forwarder` has them): metrics needs
+/// these, not the forwarding types, which record into metrics.
 pub trait ForwardingGauges: Send + Sync + std::fmt::Debug {
-    /// Forwarded queries in flight, and the cap on them.
+    /// Clients waiting for an upstream, and the cap on them.
     fn in_flight(&self) -> (usize, usize);
     /// Each configured upstream, and whether it is tried in its turn (healthy).
     fn upstreams(&self) -> Vec<(SocketAddr, bool)>;
+    /// Answers in the cache, and the bytes they count against `--cache-size`.
+    fn cache_size(&self) -> (usize, usize);
+    /// Answers evicted so far, by every cache the process had.
+    fn cache_evictions(&self) -> u64;
 }
 
 /// Whether a source has synced (`ops::Readiness` records it, for `/readyz`).
@@ -59,7 +64,7 @@ impl Collector {
         let all = self.metrics.traffic.lock().unwrap().clone();
         let sum = |f: &dyn Fn(&traffic::Traffic) -> u64| all.iter().map(|t| f(t)).sum::<u64>();
 
-        let queries = Proto::ALL.into_iter().flat_map(|proto| {
+        let queries = Transport::ALL.into_iter().flat_map(|proto| {
             (0..traffic::QTYPE_INDICES)
                 .map(move |i| ([("proto", proto.label()), ("type", traffic::qtype_label(i))], proto, i))
         });
@@ -136,7 +141,7 @@ impl Collector {
         let stats = self.metrics.upstreams.lock().unwrap().clone();
         let upstream = |addr: &SocketAddr| [("upstream", addr.to_string())];
         let requests = stats.iter().flat_map(|(addr, s)| {
-            Proto::ALL.map(|proto| {
+            Transport::ALL.map(|proto| {
                 ([("upstream", addr.to_string()), ("proto", proto.label().to_string())], s.requests_of(proto))
             })
         });
@@ -184,27 +189,47 @@ impl Collector {
     }
 
     fn cache(&self, encoder: &mut DescriptorEncoder) -> Result {
-        let all = self.metrics.caches.lock().unwrap().clone();
-        let sum = |i: usize| all.iter().map(|c| c.read()[i]).sum::<u64>();
+        let all = self.metrics.traffic.lock().unwrap().clone();
+        let sum = |event| all.iter().map(|t| t.cache_of(event)).sum::<u64>();
         let counters = [
-            ("registry_dns_cache_hits", "Forwarded queries answered from the cache with a fresh answer"),
-            ("registry_dns_cache_misses", "Cacheable forwarded queries that had to ask the upstreams"),
             (
+                CacheEvent::Hit,
+                "registry_dns_cache_hits",
+                "Forwarded queries answered from the cache with a fresh answer",
+            ),
+            (
+                CacheEvent::Miss,
+                "registry_dns_cache_misses",
+                "Cacheable forwarded queries that had to wait for the upstreams (their own query, or one under way)",
+            ),
+            (
+                CacheEvent::Stale,
                 "registry_dns_cache_stale_answers",
                 "Expired answers served because the upstreams failed or were slow (RFC 8767)",
             ),
-            ("registry_dns_cache_prefetches", "Popular answers refreshed before they expired"),
-            ("registry_dns_cache_evictions", "Answers evicted to stay within --cache-size"),
+            (CacheEvent::Prefetch, "registry_dns_cache_prefetches", "Popular answers refreshed before they expired"),
+            (
+                CacheEvent::Coalesced,
+                "registry_dns_cache_coalesced",
+                "Misses that waited for the same question's upstream query already under way instead of asking again",
+            ),
         ];
-        for (i, (name, help)) in counters.into_iter().enumerate() {
-            single(encoder, name, help, ConstCounter::new(sum(i)))?;
+        for (event, name, help) in counters {
+            single(encoder, name, help, ConstCounter::new(sum(event)))?;
         }
-        single(encoder, "registry_dns_cache_entries", "Answers held in the cache", ConstGauge::new(sum(5) as i64))?;
+        single(
+            encoder,
+            "registry_dns_cache_evictions",
+            "Answers evicted to stay within --cache-size",
+            ConstCounter::new(self.forwarding.cache_evictions()),
+        )?;
+        let (entries, bytes) = self.forwarding.cache_size();
+        single(encoder, "registry_dns_cache_entries", "Answers held in the cache", ConstGauge::new(entries as i64))?;
         single(
             encoder,
             "registry_dns_cache_bytes",
             "Bytes the cached answers take, bookkeeping included (bounded by --cache-size)",
-            ConstGauge::new(sum(6) as i64),
+            ConstGauge::new(bytes as i64),
         )
     }
 

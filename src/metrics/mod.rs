@@ -6,13 +6,12 @@
 //! Service. Nothing is formatted, labelled or locked until a scrape, when the `collector` sums
 //! them and reads the gauges (in flight, upstream health, name table) at that moment.
 //!
-//! - `traffic`: queries by protocol and type, responses by path and rcode, latency per path;
-//! - `cache`: hits, misses, stale answers, prefetches, evictions and size per cache;
+//! - `traffic`: queries by transport and type, responses by path and rcode, latency per path,
+//!   what cacheable queries met in the cache;
 //! - `upstream`: tries, timeouts and failures per upstream;
 //! - `source`: sync state, last event and restarts per watched Service;
 //! - `collector`: the scrape, and the metric names.
 
-mod cache;
 mod collector;
 mod source;
 mod traffic;
@@ -23,10 +22,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-pub use cache::CacheStats;
 pub use collector::{Collector, ForwardingGauges, SourceSync};
 pub use source::SourceStats;
-pub use traffic::{Path, Proto, Refusal, Traffic};
+pub use traffic::{CacheEvent, Path, Refusal, Traffic};
 pub use upstream::UpstreamStats;
 
 /// Every counter set of the process, handed out to whoever records and summed at each scrape.
@@ -34,7 +32,6 @@ pub use upstream::UpstreamStats;
 pub struct Metrics {
     epoch: Instant,
     traffic: Mutex<Vec<Arc<Traffic>>>,
-    caches: Mutex<Vec<Arc<CacheStats>>>,
     upstreams: Mutex<BTreeMap<SocketAddr, Arc<UpstreamStats>>>,
     sources: Mutex<BTreeMap<String, Arc<SourceStats>>>,
 }
@@ -44,7 +41,6 @@ impl Default for Metrics {
         Self {
             epoch: Instant::now(),
             traffic: Mutex::default(),
-            caches: Mutex::default(),
             upstreams: Mutex::default(),
             sources: Mutex::default(),
         }
@@ -57,13 +53,6 @@ impl Metrics {
         let traffic = Arc::new(Traffic::default());
         self.traffic.lock().unwrap().push(traffic.clone());
         traffic
-    }
-
-    /// A new set of counters for one cache (a UDP worker's, TCP's).
-    pub fn cache(&self) -> Arc<CacheStats> {
-        let stats = Arc::new(CacheStats::default());
-        self.caches.lock().unwrap().push(stats.clone());
-        stats
     }
 
     /// The counters of the upstream at `addr` (the same ones across reloads).

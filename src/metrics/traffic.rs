@@ -10,25 +10,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::dns::Transport;
 use crate::dns::wire::types;
-
-/// The transport a query came over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Proto {
-    Udp = 0,
-    Tcp = 1,
-}
-
-impl Proto {
-    pub const ALL: [Proto; 2] = [Proto::Udp, Proto::Tcp];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Proto::Udp => "udp",
-            Proto::Tcp => "tcp",
-        }
-    }
-}
 
 /// Which way a response was produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +57,26 @@ impl Refusal {
             Refusal::OverCapacity => "over_capacity",
         }
     }
+}
+
+/// What a cacheable forwarded query met in the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheEvent {
+    /// A fresh answer was served.
+    Hit = 0,
+    /// Nothing servable: the query waited for the upstreams (its own query, or one under way).
+    Miss = 1,
+    /// An expired answer was served (RFC 8767).
+    Stale = 2,
+    /// A popular answer about to expire is refreshed ahead of time.
+    Prefetch = 3,
+    /// A miss parked on the same question's upstream query already under way (single flight).
+    Coalesced = 4,
+}
+
+impl CacheEvent {
+    pub const ALL: [CacheEvent; 5] =
+        [CacheEvent::Hit, CacheEvent::Miss, CacheEvent::Stale, CacheEvent::Prefetch, CacheEvent::Coalesced];
 }
 
 /// The query types counted by name; everything else is `other`, so a client sending random
@@ -148,16 +151,17 @@ pub struct Traffic {
     latency: [Histogram; 4],
     refused: [AtomicU64; 2],
     dropped: AtomicU64,
+    cache: [AtomicU64; CacheEvent::ALL.len()],
 }
 
 impl Traffic {
     /// A query arrived; `qtype` is `None` when its question could not be read.
-    pub fn query(&self, proto: Proto, qtype: Option<u16>) {
+    pub fn query(&self, transport: Transport, qtype: Option<u16>) {
         let index = match qtype {
             None => NO_QTYPE,
             Some(t) => QTYPES.iter().position(|&(known, _)| known == t).unwrap_or(OTHER_QTYPE),
         };
-        self.queries[proto as usize][index].fetch_add(1, Relaxed);
+        self.queries[transport as usize][index].fetch_add(1, Relaxed);
     }
 
     /// A response left on `path`, with the rcode in its header (low four bits).
@@ -179,13 +183,18 @@ impl Traffic {
         self.response(Path::Refused, crate::dns::wire::rcode::REFUSED);
     }
 
+    /// A cacheable forwarded query met `event` in the cache.
+    pub fn cache(&self, event: CacheEvent) {
+        self.cache[event as usize].fetch_add(1, Relaxed);
+    }
+
     /// A packet got no answer at all (not a query, or unreadable).
     pub fn dropped(&self) {
         self.dropped.fetch_add(1, Relaxed);
     }
 
-    pub fn queries_of(&self, proto: Proto, qtype_index: usize) -> u64 {
-        self.queries[proto as usize][qtype_index].load(Relaxed)
+    pub fn queries_of(&self, transport: Transport, qtype_index: usize) -> u64 {
+        self.queries[transport as usize][qtype_index].load(Relaxed)
     }
 
     pub fn responses_of(&self, path: Path, rcode_index: usize) -> u64 {
@@ -198,6 +207,10 @@ impl Traffic {
 
     pub fn refused_of(&self, why: Refusal) -> u64 {
         self.refused[why as usize].load(Relaxed)
+    }
+
+    pub fn cache_of(&self, event: CacheEvent) -> u64 {
+        self.cache[event as usize].load(Relaxed)
     }
 
     pub fn dropped_count(&self) -> u64 {
@@ -244,13 +257,13 @@ mod tests {
     #[test]
     fn unknown_types_and_rcodes_fold_into_bounded_labels() {
         let t = Traffic::default();
-        t.query(Proto::Udp, Some(types::A));
-        t.query(Proto::Udp, Some(4242));
-        t.query(Proto::Tcp, None);
-        assert_eq!(t.queries_of(Proto::Udp, 0), 1);
+        t.query(Transport::Udp, Some(types::A));
+        t.query(Transport::Udp, Some(4242));
+        t.query(Transport::Tcp, None);
+        assert_eq!(t.queries_of(Transport::Udp, 0), 1);
         assert_eq!(qtype_label(OTHER_QTYPE), "other");
-        assert_eq!(t.queries_of(Proto::Udp, OTHER_QTYPE), 1);
-        assert_eq!(t.queries_of(Proto::Tcp, NO_QTYPE), 1);
+        assert_eq!(t.queries_of(Transport::Udp, OTHER_QTYPE), 1);
+        assert_eq!(t.queries_of(Transport::Tcp, NO_QTYPE), 1);
         t.response(Path::Forwarded, 9);
         assert_eq!(rcode_label(RCODES.len()), "other");
         assert_eq!(t.responses_of(Path::Forwarded, RCODES.len()), 1);

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use super::traffic::Proto;
+use crate::dns::Transport;
 
 #[derive(Debug, Default)]
 pub struct UpstreamStats {
@@ -17,8 +17,8 @@ pub struct UpstreamStats {
 
 impl UpstreamStats {
     /// A try left for this upstream.
-    pub fn request(&self, proto: Proto) {
-        self.requests[proto as usize].fetch_add(1, Relaxed);
+    pub fn request(&self, transport: Transport) {
+        self.requests[transport as usize].fetch_add(1, Relaxed);
     }
 
     /// A try got no answer in time.
@@ -58,8 +58,8 @@ impl UpstreamStats {
         self.episodes.load(Relaxed)
     }
 
-    pub fn requests_of(&self, proto: Proto) -> u64 {
-        self.requests[proto as usize].load(Relaxed)
+    pub fn requests_of(&self, transport: Transport) -> u64 {
+        self.requests[transport as usize].load(Relaxed)
     }
 
     pub fn timeouts(&self) -> u64 {

@@ -194,7 +194,7 @@ impl SendBatch {
     /// A datagram the kernel refuses is skipped and the rest still go, so one unroutable address
     /// cannot cost the others their answers; the batch is empty afterwards either way (UDP gives
     /// no delivery promise: the caller decides whether a failed one is retried elsewhere).
-    pub fn flush(&mut self, fd: RawFd) -> u32 {
+    pub fn send(&mut self, fd: RawFd) -> u32 {
         let count = self.count;
         self.count = 0;
         if count == 0 {

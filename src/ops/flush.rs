@@ -1,22 +1,23 @@
-//! `POST /cache/flush` empties every cache; `POST /cache/flush?name=NAME` drops that name's
-//! answers (every type) from each. The answer says how many caches did it, once they all have.
+//! `POST /cache/flush` empties the cache; `POST /cache/flush?name=NAME` drops that name's answers
+//! (every type). The answer says how many answers went; the next query after it already misses.
 
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 
-use crate::cache::{Flusher, wire_name};
+use crate::cache::wire_name;
+use crate::forward::Forwarder;
 
-pub async fn flush(State(flusher): State<Arc<Flusher>>, RawQuery(query): RawQuery) -> (StatusCode, String) {
+pub async fn flush(State(forwarder): State<Arc<Forwarder>>, RawQuery(query): RawQuery) -> (StatusCode, String) {
     let name = match query.as_deref().map(name_param) {
         None => None,
         Some(Ok(name)) => Some(name),
         Some(Err(reason)) => return (StatusCode::BAD_REQUEST, format!("{reason}\n")),
     };
     let what = name.as_ref().map_or_else(|| "everything".to_string(), |(text, _)| text.clone());
-    let caches = flusher.flush(name.map(|(_, wire)| wire)).await;
-    (StatusCode::OK, format!("flushed {what} from {caches} caches\n"))
+    let answers = forwarder.flush(name.as_ref().map(|(_, wire)| wire.as_slice()));
+    (StatusCode::OK, format!("flushed {what}: {answers} answers\n"))
 }
 
 /// The `name` parameter: as given, and in lower-cased wire form.

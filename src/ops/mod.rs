@@ -1,7 +1,7 @@
 //! The operations endpoint (`--ops-listen`, default `127.0.0.1:8080`): `/healthz` says the
 //! process is alive, `/readyz` whether it should get traffic (see `readiness`). Plain HTTP/1.1
 //! through axum; `/metrics` serves the Prometheus metrics (see `crate::metrics`), and
-//! `POST /cache/flush` empties the caches (see `flush`).
+//! `POST /cache/flush` empties the cache (see `flush`).
 //!
 //! `--metrics-listen` serves `/metrics` alone, so that Prometheus can scrape the node's address
 //! (as NodeLocal DNSCache's :9253) while the probes' endpoints stay on loopback.
@@ -21,7 +21,7 @@ use prometheus_client::registry::Registry;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::sync::watch;
 
-use crate::cache::Flusher;
+use crate::forward::Forwarder;
 use crate::metrics;
 
 /// The content type of prometheus-client's text encoding (OpenMetrics 1.0).
@@ -43,10 +43,10 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// `/healthz`, `/readyz`, `/metrics` (the text exposition of `registry`) and `/cache/flush`.
-pub fn router(readiness: Arc<Readiness>, registry: Arc<Registry>, flusher: Arc<Flusher>) -> Router {
+pub fn router(readiness: Arc<Readiness>, registry: Arc<Registry>, forwarder: Arc<Forwarder>) -> Router {
     let health = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(ready));
     let cache = Router::new().route("/cache/flush", post(flush::flush));
-    health.with_state(readiness).merge(metrics_router(registry)).merge(cache.with_state(flusher))
+    health.with_state(readiness).merge(metrics_router(registry)).merge(cache.with_state(forwarder))
 }
 
 /// `/metrics` only; any other path is 404.

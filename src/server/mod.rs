@@ -30,7 +30,7 @@ pub use self::reload::Reloader;
 use self::shutdown::Shutdown;
 use crate::access::AllowList;
 use crate::config::Config;
-use crate::forward::{Forwarding, LoopProbe, Upstreams};
+use crate::forward::{Forwarder, LoopProbe, Upstreams};
 use crate::metrics::{self, Collector, Metrics};
 use crate::model::parse_local_name;
 use crate::names::Names;
@@ -43,7 +43,7 @@ use crate::sources::static_records;
 pub(crate) struct Shared {
     pub names: Arc<Names>,
     pub probe: ArcSwap<LoopProbe>,
-    pub forwarding: Arc<Forwarding>,
+    pub forwarder: Arc<Forwarder>,
     pub tcp_idle_timeout: Duration,
     pub allow: ArcSwap<AllowList>,
     pub metrics: Arc<Metrics>,
@@ -53,7 +53,7 @@ impl Shared {
     /// How long a forwarded query can still take once it has been started: every upstream's try.
     /// Shutdown waits this long (plus a margin) for the queries in flight.
     pub fn forwarding_bound(&self) -> Duration {
-        self.forwarding.bound()
+        self.forwarder.bound()
     }
 }
 
@@ -127,12 +127,11 @@ impl Server {
         let shared = Arc::new(Shared {
             names,
             probe: ArcSwap::new(LoopProbe::new(upstreams.clone())),
-            forwarding: Arc::new(Forwarding::new(
+            forwarder: Arc::new(Forwarder::new(
                 upstreams,
                 config.cache,
                 config.max_concurrent,
                 config.upstream_timeout,
-                metrics.clone(),
                 workers,
             )),
             tcp_idle_timeout: config.tcp_idle_timeout,
@@ -154,7 +153,7 @@ impl Server {
             metrics: shared.metrics.clone(),
             names: shared.names.clone(),
             name_sources,
-            forwarding: shared.forwarding.clone(),
+            forwarding: shared.forwarder.clone(),
             readiness: readiness.clone(),
         }));
         Ok(Self {
@@ -202,8 +201,7 @@ impl Server {
         let ops_task = match self.ops {
             Some(listener) => {
                 ops_addr = listener.local_addr()?.to_string();
-                let router =
-                    ops::router(self.readiness.clone(), self.registry.clone(), self.shared.forwarding.flusher.clone());
+                let router = ops::router(self.readiness.clone(), self.registry.clone(), self.shared.forwarder.clone());
                 Some(tokio::spawn(ops::serve(listener, router, stopped.clone())))
             }
             None => None,
@@ -247,8 +245,7 @@ impl Server {
             workers.push(worker);
         }
         let connections = Arc::new(Semaphore::new(self.max_tcp_connections));
-        let tcp_traffic = self.shared.forwarding.tcp_traffic();
-        let tcp_flushes = tokio::spawn(self.shared.forwarding.clone().serve_tcp_flushes());
+        let tcp_traffic = self.shared.metrics.traffic();
         let mut listeners = Vec::new();
         for listener in tcp {
             let listener = TcpListener::from_std(listener)?;
@@ -261,7 +258,7 @@ impl Server {
             )));
         }
 
-        let upstreams = self.shared.forwarding.upstreams.load();
+        let upstreams = self.shared.forwarder.upstreams();
         info!(
             listen = %list(&local_addrs),
             ops = %ops_addr,
@@ -271,12 +268,11 @@ impl Server {
             workers = workers.len(),
             "registry-dns serving"
         );
-        tokio::spawn(self.shared.probe.load_full().send(self.shared.forwarding.timeout));
+        tokio::spawn(self.shared.probe.load_full().send(self.shared.forwarder.timeout()));
         let resolv_conf_watch = tokio::spawn(self.reloader.clone().watch_resolv_conf());
 
         let how = shutdown.await;
         resolv_conf_watch.abort();
-        tcp_flushes.abort();
         self.readiness.set_shutting_down();
         if how == Shutdown::Graceful && !self.lameduck.is_zero() {
             info!(lameduck = ?self.lameduck, "shutting down: not ready, still answering for the lame-duck period");

@@ -2,14 +2,15 @@
 //! swaps in without a restart and without dropping a query.
 //!
 //! What can change live is what users change on a running node: the static records, the
-//! upstreams (`--upstream`, or the resolv.conf's nameservers, which DHCP rewrites), and
-//! `--allow-from`, and the cache settings. Each is an atomic swap the hot path picks up at its next batch: the name table
-//! in one rebuild, the upstream list with its loop probe (UDP workers open sockets for the new
-//! list and let the old ones finish their queries, with an empty cache), the allow list, the cache
-//! settings (a new, empty cache). Everything else (listen
-//! addresses, workers, the Kubernetes sources, limits) is fixed for the life of the sockets and
-//! tasks built from it: a change there is logged as needing a restart, and the rest still applies.
-//! A config that fails validation, or whose upstreams cannot be resolved, changes nothing.
+//! upstreams (`--upstream`, or the resolv.conf's nameservers, which DHCP rewrites),
+//! `--allow-from`, and the cache settings. Each is an atomic swap the hot path picks up at its
+//! next query: the name table in one rebuild, the upstream list with its loop probe (UDP workers
+//! open sockets for the new list and let the old ones finish their queries; the cache starts over
+//! empty, since its answers came from the old list), the allow list, the cache (a new, empty one).
+//! Everything else (listen addresses, workers, the Kubernetes sources, limits) is fixed for the
+//! life of the sockets and tasks built from it: a change there is logged as needing a restart, and
+//! the rest still applies. A config that fails validation, or whose upstreams cannot be resolved,
+//! changes nothing.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -59,8 +60,8 @@ impl Reloader {
             changed.push("upstream");
         }
         if current.cache != new.cache {
-            // Every forwarder is replaced, with an empty cache of the new size and lifetimes.
-            self.shared.forwarding.cache.store(Arc::new(new.cache));
+            // A new, empty cache of the new size and lifetimes.
+            self.shared.forwarder.replace_cache(new.cache);
             current.cache = new.cache;
             changed.push("cache");
         }
@@ -84,7 +85,7 @@ impl Reloader {
 
     /// Replaces the upstreams when the list differs; returns whether it did.
     fn swap_upstreams(&self, addrs: &[SocketAddr]) -> bool {
-        let running = self.shared.forwarding.upstreams.load();
+        let running = self.shared.forwarder.upstreams();
         if (0..running.len()).map(|i| running.addr(i)).eq(addrs.iter().copied()) {
             return false;
         }
@@ -93,8 +94,8 @@ impl Reloader {
         // The probe first: a probe name of the new list coming back must be recognized as soon
         // as queries go to that list.
         self.shared.probe.store(probe.clone());
-        self.shared.forwarding.upstreams.store(upstreams);
-        tokio::spawn(probe.send(self.shared.forwarding.timeout));
+        self.shared.forwarder.replace_upstreams(upstreams);
+        tokio::spawn(probe.send(self.shared.forwarder.timeout()));
         true
     }
 

@@ -12,10 +12,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tracing::debug;
 
 use super::Shared;
-use crate::dns::wire;
+use crate::dns::{Transport, wire};
 use crate::forward::tcp;
-use crate::metrics::{Path, Proto, Refusal, Traffic};
-use crate::request::{self, Action, Transport};
+use crate::metrics::{Path, Refusal, Traffic};
+use crate::request::{self, Action};
 
 /// Answers waiting to be written on one connection.
 const WRITE_QUEUE: usize = 32;
@@ -100,7 +100,7 @@ async fn connection(
         };
         match action {
             Action::Reply { qtype } => {
-                traffic.query(Proto::Tcp, qtype);
+                traffic.query(Transport::Tcp, qtype);
                 let path = match allowed {
                     true => {
                         traffic.response(Path::Local, wire::rcode_of(&out));
@@ -118,7 +118,7 @@ async fn connection(
             }
             Action::LoopedBack { upstream, qtype } => {
                 shared.probe.load().drop_upstream(upstream);
-                traffic.query(Proto::Tcp, Some(qtype));
+                traffic.query(Transport::Tcp, Some(qtype));
                 traffic.response(Path::Local, wire::rcode_of(&out));
                 traffic.latency(Path::Local, arrived.elapsed(), 1);
                 if answers.send(out).await.is_err() {
@@ -126,17 +126,20 @@ async fn connection(
                 }
             }
             Action::Forward { question_end, edns, qtype } => {
-                traffic.query(Proto::Tcp, Some(qtype));
+                traffic.query(Transport::Tcp, Some(qtype));
                 let Ok(pipelined) = pipeline.clone().acquire_owned().await else { break };
-                let forwarding = shared.forwarding.clone();
+                let forwarder = shared.forwarder.clone();
                 let answers = answers.clone();
                 let traffic = traffic.clone();
                 tokio::spawn(async move {
-                    let (answer, path) = tcp::answer(forwarding, query, question_end, edns, arrived).await;
+                    let (answer, path) =
+                        tcp::answer(forwarder, query, question_end, edns, arrived, traffic.clone()).await;
                     if let Some(path) = path {
                         traffic.latency(path, arrived.elapsed(), 1);
                     }
-                    let _ = answers.send(answer).await;
+                    if !answer.is_empty() {
+                        let _ = answers.send(answer).await;
+                    }
                     drop(pipelined);
                 });
             }

@@ -1,6 +1,7 @@
 //! A UDP worker: one thread, one current-thread runtime, one SO_REUSEPORT socket per listen
-//! address, and its own forwarder (with its own cache). Workers share nothing but the name table
-//! (read without locks) and the upstream health counters, so answers per second grow with cores.
+//! address, and its own UDP driver for forwarding. Workers share the name table (read without
+//! locks), the cache (sharded) and the upstream health counters, so answers per second grow with
+//! cores.
 
 use std::cell::RefCell;
 use std::io;
@@ -16,9 +17,9 @@ use tracing::{debug, warn};
 use super::Shared;
 use crate::dns::Transport;
 use crate::dns::wire;
-use crate::forward::relay::{Relay, TIMEOUT_TICK};
-use crate::forward::udp::Socket;
-use crate::metrics::{Path, Proto, Refusal, Traffic};
+use crate::forward::ClientQuery;
+use crate::forward::udp::{Drivers, Socket, TIMEOUT_TICK};
+use crate::metrics::{Path, Refusal, Traffic};
 use crate::net::batch::{self, BATCH, RecvBatch, SendBatch};
 use crate::request::{self, Action};
 
@@ -31,11 +32,12 @@ pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: wat
     LocalSet::new().block_on(&runtime, async move {
         let listeners = sockets.into_iter().map(|s| batch::register(s).map(Rc::new)).collect::<io::Result<Vec<_>>>()?;
         let traffic = shared.metrics.traffic();
-        let relay = Relay::start(shared.forwarding.clone(), listeners.clone(), traffic.clone())?;
+        let drivers =
+            Rc::new(RefCell::new(Drivers::start(shared.forwarder.clone(), listeners.clone(), traffic.clone())?));
 
         let mut tasks = Vec::new();
         for (index, socket) in listeners.into_iter().enumerate() {
-            let task = listen(index, socket, shared.clone(), relay.clone(), traffic.clone(), shutdown.clone());
+            let task = listen(index, socket, shared.clone(), drivers.clone(), traffic.clone(), shutdown.clone());
             tasks.push(tokio::task::spawn_local(task));
         }
         for task in tasks {
@@ -45,7 +47,7 @@ pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: wat
         }
         // Stopped accepting; give the queries already forwarded the time their tries can take.
         let deadline = Instant::now() + shared.forwarding_bound() + TIMEOUT_TICK * 2;
-        while relay.borrow().pending() > 0 && Instant::now() < deadline {
+        while drivers.borrow().pending() > 0 && Instant::now() < deadline {
             tokio::time::sleep(TIMEOUT_TICK).await;
         }
         Ok(())
@@ -57,7 +59,7 @@ async fn listen(
     index: usize,
     socket: Socket,
     shared: Arc<Shared>,
-    relay: Rc<RefCell<Relay>>,
+    drivers: Rc<RefCell<Drivers>>,
     traffic: Arc<Traffic>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -72,8 +74,8 @@ async fn listen(
         let table = shared.names.load();
         let allow = shared.allow.load();
         let probe = shared.probe.load();
-        let forwarder = relay.borrow_mut().current();
-        let mut forwarder = forwarder.borrow_mut();
+        let driver = drivers.borrow_mut().current();
+        let mut driver = driver.borrow_mut();
         for i in 0..n {
             let Some((packet, client)) = received.get(i) else { continue };
             let out = answers.buffer();
@@ -84,7 +86,7 @@ async fn listen(
             };
             match action {
                 Action::Reply { qtype } => {
-                    traffic.query(Proto::Udp, qtype);
+                    traffic.query(Transport::Udp, qtype);
                     let path = if allowed {
                         traffic.response(Path::Local, wire::rcode_of(out));
                         Path::Local
@@ -97,14 +99,15 @@ async fn listen(
                 }
                 Action::LoopedBack { upstream, qtype } => {
                     probe.drop_upstream(upstream);
-                    traffic.query(Proto::Udp, Some(qtype));
+                    traffic.query(Transport::Udp, Some(qtype));
                     traffic.response(Path::Local, wire::rcode_of(out));
                     sent[Path::Local as usize] += 1;
                     answers.commit(Some(client));
                 }
                 Action::Forward { question_end, edns, qtype } => {
-                    traffic.query(Proto::Udp, Some(qtype));
-                    if let Some(path) = forwarder.query(packet, question_end, edns, client, index, arrived, out) {
+                    traffic.query(Transport::Udp, Some(qtype));
+                    let query = ClientQuery { packet, question_end, edns, transport: Transport::Udp, arrived };
+                    if let Some(path) = driver.query(query, client, index, out) {
                         sent[path as usize] += 1;
                         answers.commit(Some(client));
                     }
@@ -112,8 +115,8 @@ async fn listen(
                 Action::Drop => traffic.dropped(),
             }
         }
-        forwarder.flush();
-        answers.flush(fd);
+        driver.send_queued();
+        answers.send(fd);
         let elapsed = arrived.elapsed();
         for path in Path::ALL {
             traffic.latency(path, elapsed, sent[path as usize]);
@@ -136,7 +139,7 @@ async fn listen(
     // kernel discards that with the socket. A restart that overlaps a new instance on the same
     // address then loses nothing.
     let deadline = Instant::now() + shared.forwarding_bound() + TIMEOUT_TICK * 2;
-    while relay.borrow().pending() > 0 && Instant::now() < deadline {
+    while drivers.borrow().pending() > 0 && Instant::now() < deadline {
         let _ = tokio::time::timeout(TIMEOUT_TICK, batch::drain(&socket, &mut read_batch)).await;
     }
     let fd = socket.get_ref().as_raw_fd();

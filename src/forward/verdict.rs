@@ -1,8 +1,8 @@
-//! What an upstream's reply means for the query it claims to answer: the one acceptance rule of
-//! the UDP and TCP relays, kept apart from their sockets so that it can be tested and fuzzed alone.
+//! What an upstream's reply means for the query it claims to answer: the one acceptance rule for
+//! replies over UDP and TCP, kept apart from sockets and state so that it can be tested and fuzzed
+//! alone.
 
-use super::moves_on;
-use crate::dns::wire;
+use crate::dns::wire::{self, rcode};
 
 /// The fate of a reply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,7 +13,7 @@ pub enum Verdict {
     Ignore,
     /// SERVFAIL or REFUSED: this upstream failed the query, the next one gets it.
     MoveOn,
-    /// The answer: relayed to the client unchanged but for the ID.
+    /// The answer: relayed to the client.
     Accept,
 }
 
@@ -27,7 +27,11 @@ pub fn judge(sent: &[u8], question_end: usize, reply: &[u8]) -> Verdict {
     {
         return Verdict::Ignore;
     }
-    if moves_on(wire::rcode_of(reply)) { Verdict::MoveOn } else { Verdict::Accept }
+    match wire::rcode_of(reply) {
+        // "Not from me", not "no such name": the next upstream may answer.
+        rcode::SERVFAIL | rcode::REFUSED => Verdict::MoveOn,
+        _ => Verdict::Accept,
+    }
 }
 
 #[cfg(test)]

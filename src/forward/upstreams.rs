@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{error, warn};
 
-use crate::metrics::{Metrics, Proto, UpstreamStats};
+use crate::dns::Transport;
+use crate::metrics::{Metrics, UpstreamStats};
 
 /// Consecutive failures after which an upstream is tried last (CoreDNS's `max_fails`).
 const MAX_FAILS: u32 = 2;
@@ -91,19 +92,15 @@ impl Upstreams {
         self.list[index].addr
     }
 
-    fn now_ms(&self) -> u64 {
-        self.ms_at(Instant::now())
-    }
-
     /// `at` in milliseconds since [`Upstreams::epoch`], as the deadlines above are kept.
     fn ms_at(&self, at: Instant) -> u64 {
         at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
-    /// The next upstream to try for a query that already tried the set bits of `tried`:
+    /// The next upstream to try at `now` for a query that already tried the set bits of `tried`:
     /// healthy upstreams in order, then penalized ones; never looped ones.
-    pub fn next(&self, tried: u32) -> Option<usize> {
-        let now = self.now_ms();
+    pub fn next(&self, tried: u32, now: Instant) -> Option<usize> {
+        let now = self.ms_at(now);
         let untried = |&(i, u): &(usize, &Upstream)| tried & (1 << i) == 0 && !u.looped.load(Relaxed);
         let mut candidates = self.list.iter().enumerate().filter(untried);
         let mut fallback = None;
@@ -116,27 +113,29 @@ impl Upstreams {
         fallback
     }
 
-    /// Whether upstream `index` is tried in its turn: not demoted after failures, not looped.
-    pub fn is_healthy(&self, index: usize) -> bool {
+    /// Whether upstream `index` is tried in its turn at `now`: not demoted after failures, not
+    /// looped.
+    pub fn is_healthy(&self, index: usize, now: Instant) -> bool {
         let u = &self.list[index];
-        !u.looped.load(Relaxed) && u.penalized_until.load(Relaxed) <= self.now_ms()
+        !u.looped.load(Relaxed) && u.penalized_until.load(Relaxed) <= self.ms_at(now)
     }
 
-    /// A try leaves for upstream `index`.
-    pub fn record_request(&self, index: usize, proto: Proto) {
-        self.list[index].stats.request(proto);
+    /// A try leaves for upstream `index` over `transport`.
+    pub fn record_request(&self, index: usize, transport: Transport) {
+        self.list[index].stats.request(transport);
     }
 
     /// A try at upstream `index` got no answer in time.
-    pub fn record_timeout(&self, index: usize) {
+    pub fn record_timeout(&self, index: usize, now: Instant) {
         self.list[index].stats.timeout();
-        self.demote_on_repeat(index);
+        self.demote_on_repeat(index, now);
     }
 
-    /// A try at upstream `index` failed otherwise (SERVFAIL, REFUSED, a send or TCP error).
-    pub fn record_failure(&self, index: usize) {
+    /// A try at upstream `index` failed otherwise (SERVFAIL, REFUSED, a refused port, a send or
+    /// TCP error).
+    pub fn record_failure(&self, index: usize, now: Instant) {
         self.list[index].stats.failure();
-        self.demote_on_repeat(index);
+        self.demote_on_repeat(index, now);
     }
 
     pub fn record_success(&self, index: usize) {
@@ -147,23 +146,23 @@ impl Upstreams {
         u.penalized_until.store(0, Relaxed);
     }
 
-    fn demote_on_repeat(&self, index: usize) {
+    fn demote_on_repeat(&self, index: usize, now: Instant) {
         let u = &self.list[index];
         let failures = u.failures.fetch_add(1, Relaxed) + 1;
         if failures >= MAX_FAILS {
             if failures == MAX_FAILS {
                 warn!(upstream = %u.addr, "upstream failing; trying the others first");
             }
-            u.penalized_until.store(self.now_ms() + PENALTY.as_millis() as u64, Relaxed);
+            u.penalized_until.store(self.ms_at(now) + PENALTY.as_millis() as u64, Relaxed);
         }
     }
 
     /// A datagram from upstream `index`'s address matched no query in flight: a forgery, as far as
     /// anyone can tell. Enough of them start an episode, logged once.
-    pub fn record_unexpected(&self, index: usize) {
+    pub fn record_unexpected(&self, index: usize, now: Instant) {
         let u = &self.list[index];
         u.stats.unexpected_reply();
-        let now = self.now_ms();
+        let now = self.ms_at(now);
         if u.defended_until.load(Relaxed) > now {
             u.defended_until.store(now + SPOOF_DEFENSE.as_millis() as u64, Relaxed);
             return;
@@ -232,37 +231,39 @@ mod tests {
     fn prefers_healthy_upstreams_and_skips_looped_ones() {
         let metrics = Metrics::default();
         let ups = Upstreams::new(&["127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap()], &metrics);
-        assert_eq!(ups.next(0), Some(0));
-        assert_eq!(ups.next(0b01), Some(1));
-        assert_eq!(ups.next(0b11), None);
-        ups.record_failure(0);
-        assert_eq!(ups.next(0), Some(0), "one failure is not enough to demote");
-        ups.record_timeout(0);
-        assert_eq!(ups.next(0), Some(1));
-        assert!(!ups.is_healthy(0) && ups.is_healthy(1));
+        let now = Instant::now();
+        assert_eq!(ups.next(0, now), Some(0));
+        assert_eq!(ups.next(0b01, now), Some(1));
+        assert_eq!(ups.next(0b11, now), None);
+        ups.record_failure(0, now);
+        assert_eq!(ups.next(0, now), Some(0), "one failure is not enough to demote");
+        ups.record_timeout(0, now);
+        assert_eq!(ups.next(0, now), Some(1));
+        assert!(!ups.is_healthy(0, now) && ups.is_healthy(1, now));
         assert_eq!((metrics.upstream(ups.addr(0)).failures(), metrics.upstream(ups.addr(0)).timeouts()), (1, 1));
-        assert_eq!(ups.next(0b10), Some(0), "a penalized upstream is still tried last");
+        assert_eq!(ups.next(0b10, now), Some(0), "a penalized upstream is still tried last");
         ups.record_success(0);
-        assert_eq!(ups.next(0), Some(0));
+        assert_eq!(ups.next(0, now), Some(0));
         ups.disable_looped(1);
-        assert_eq!(ups.next(0b01), None);
+        assert_eq!(ups.next(0b01, now), None);
     }
 
     #[test]
     fn an_episode_starts_at_the_threshold_once() {
         let metrics = Metrics::default();
         let ups = Upstreams::new(&["127.0.0.1:1".parse().unwrap()], &metrics);
+        let now = Instant::now();
         for _ in 1..SPOOF_THRESHOLD {
-            ups.record_unexpected(0);
+            ups.record_unexpected(0, now);
         }
         assert_eq!(ups.episodes(0), 0);
-        assert!(!ups.is_defending(0, Instant::now()));
-        ups.record_unexpected(0);
+        assert!(!ups.is_defending(0, now));
+        ups.record_unexpected(0, now);
         assert_eq!(ups.episodes(0), 1);
-        assert!(ups.is_defending(0, Instant::now()));
-        assert!(!ups.is_defending(0, Instant::now() + SPOOF_DEFENSE + Duration::from_secs(1)));
+        assert!(ups.is_defending(0, now));
+        assert!(!ups.is_defending(0, now + SPOOF_DEFENSE + Duration::from_secs(1)));
         for _ in 0..3 * SPOOF_THRESHOLD {
-            ups.record_unexpected(0);
+            ups.record_unexpected(0, now);
         }
         assert_eq!(ups.episodes(0), 1, "more forgeries extend the episode");
         let stats = metrics.upstream(ups.addr(0));

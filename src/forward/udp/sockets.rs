@@ -1,4 +1,4 @@
-//! The UDP sockets a worker's queries leave on: the source-port half of the spoofing resistance
+//! The UDP sockets a worker's tries leave on: the source-port half of the spoofing resistance
 //! (RFC 5452 section 9.2), the ID being the other half.
 //!
 //! A forger who wants a reply accepted must hit the port and the ID of a query in flight. Every
@@ -50,12 +50,12 @@ pub type SocketKey = u32;
 
 /// The epoll set of a worker's upstream sockets, as the runtime sees it: one readable descriptor,
 /// owned (the `Poll` closes it).
-pub struct Readiness {
+pub struct EpollSet {
     fd: RawFd,
     poll: RefCell<Poll>,
 }
 
-impl AsRawFd for Readiness {
+impl AsRawFd for EpollSet {
     fn as_raw_fd(&self) -> RawFd {
         self.fd
     }
@@ -84,7 +84,7 @@ struct Outbound {
 
 /// The upstream sockets of one worker.
 pub struct Sockets {
-    readiness: Rc<AsyncFd<Readiness>>,
+    epoll_set: Rc<AsyncFd<EpollSet>>,
     events: Events,
     addrs: Vec<SocketAddr>,
     /// Open sockets by key.
@@ -103,9 +103,9 @@ impl Sockets {
     /// current runtime.
     pub fn new(addrs: Vec<SocketAddr>) -> io::Result<Self> {
         let poll = Poll::new()?;
-        let readiness = Readiness { fd: poll.as_raw_fd(), poll: RefCell::new(poll) };
+        let epoll_set = EpollSet { fd: poll.as_raw_fd(), poll: RefCell::new(poll) };
         Ok(Self {
-            readiness: Rc::new(batch::register_owned(readiness)?),
+            epoll_set: Rc::new(batch::register_owned(epoll_set)?),
             events: Events::with_capacity(EVENTS),
             pool: vec![vec![None; POOL]; addrs.len()],
             batch: vec![None; addrs.len()],
@@ -118,14 +118,14 @@ impl Sockets {
     }
 
     /// What the receive loop waits on.
-    pub fn readiness(&self) -> Rc<AsyncFd<Readiness>> {
-        self.readiness.clone()
+    pub fn epoll_set(&self) -> Rc<AsyncFd<EpollSet>> {
+        self.epoll_set.clone()
     }
 
     /// Appends the sockets that received datagrams since they were last read to `ready`; returns
     /// whether more may be waiting (the events filled the buffer).
     pub fn ready(&mut self, ready: &mut Vec<SocketKey>) -> io::Result<bool> {
-        self.readiness.get_ref().poll.borrow_mut().poll(&mut self.events, Some(Duration::ZERO))?;
+        self.epoll_set.get_ref().poll.borrow_mut().poll(&mut self.events, Some(Duration::ZERO))?;
         ready.extend(self.events.iter().map(|e| e.token().0 as SocketKey));
         Ok(ready.len() == EVENTS)
     }
@@ -259,7 +259,7 @@ impl Sockets {
     fn open(&mut self, upstream: usize, slot: usize, now: Instant) -> io::Result<SocketKey> {
         let socket = connected_socket(self.addrs[upstream])?;
         let key = self.free.pop().unwrap_or(self.open.len() as SocketKey);
-        self.readiness.get_ref().poll.borrow().registry().register(
+        self.epoll_set.get_ref().poll.borrow().registry().register(
             &mut SourceFd(&socket.as_raw_fd()),
             Token(key as usize),
             Interest::READABLE,

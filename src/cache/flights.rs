@@ -1,0 +1,114 @@
+//! The upstream queries under way, one per key and transport at most (single flight), and the
+//! clients parked on each until it lands.
+//!
+//! A flight is registered in the shard of its key, under the same lock as the key's answer, so
+//! that a query either finds the answer or finds the flight that will bring it: none falls between
+//! the two and asks again. A TCP query never parks on a UDP flight (a UDP answer may come back
+//! truncated, which a TCP client cannot use), so each transport has flights of its own.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+use super::Cache;
+use crate::dns::Transport;
+
+/// One upstream query under way for a key.
+#[derive(Debug)]
+struct Flight<W> {
+    key: Box<[u8]>,
+    /// A refresh of an answer held (prefetch, or an expired answer): if it fails, that answer is
+    /// served stale without asking again for a while.
+    refresh: bool,
+    /// The clients that asked for the key while it was under way.
+    parked: Vec<W>,
+}
+
+/// A shard's flights, by key hash and transport.
+#[derive(Debug)]
+pub(super) struct Flights<W> {
+    by_hash: FxHashMap<(u64, Transport), Flight<W>>,
+}
+
+impl<W> Default for Flights<W> {
+    fn default() -> Self {
+        Self { by_hash: FxHashMap::default() }
+    }
+}
+
+impl<W> Flights<W> {
+    /// Whether a flight for `key` is under way over `transport`.
+    pub fn has(&self, hash: u64, key: &[u8], transport: Transport) -> bool {
+        self.by_hash.get(&(hash, transport)).is_some_and(|f| *f.key == *key)
+    }
+
+    /// Whether a flight for `key` is under way over either transport.
+    pub fn any(&self, hash: u64, key: &[u8]) -> bool {
+        Transport::ALL.into_iter().any(|t| self.has(hash, key, t))
+    }
+
+    /// Parks `waiter` on the flight for `key` over `transport`, or gives it back when there is none.
+    pub fn park(&mut self, hash: u64, key: &[u8], transport: Transport, waiter: W) -> Result<(), W> {
+        match self.by_hash.get_mut(&(hash, transport)) {
+            Some(flight) if *flight.key == *key => {
+                flight.parked.push(waiter);
+                Ok(())
+            }
+            _ => Err(waiter),
+        }
+    }
+
+    /// Registers a flight for `key` over `transport`; false when the slot is taken (by the same
+    /// key, or by another key with the same hash, which then simply goes without single flight).
+    pub fn register(&mut self, hash: u64, key: &[u8], transport: Transport, refresh: bool) -> bool {
+        if self.by_hash.contains_key(&(hash, transport)) {
+            return false;
+        }
+        self.by_hash.insert((hash, transport), Flight { key: key.into(), refresh, parked: Vec::new() });
+        true
+    }
+
+    /// Ends the flight registered for `hash` and `transport`: whether it was a refresh, and the
+    /// clients parked on it.
+    pub fn land(&mut self, hash: u64, transport: Transport) -> Option<(bool, Vec<W>)> {
+        self.by_hash.remove(&(hash, transport)).map(|f| (f.refresh, f.parked))
+    }
+}
+
+/// The right to land a flight: held by the exchange that leads it. Dropped without landing (the
+/// exchange was abandoned: a reload retired its sockets, the process stops), it removes the
+/// flight, so that the key's next query leads a new one instead of parking forever; the clients
+/// parked on it get no answer, as if the datagram had been lost, and ask again.
+#[derive(Debug)]
+pub struct FlightGuard<W> {
+    pub(super) cache: Arc<Cache<W>>,
+    pub(super) hash: u64,
+    pub(super) transport: Transport,
+    /// Whether the flight is in the registry (false: another key held its slot).
+    pub(super) registered: bool,
+    /// A refresh of an answer held, when not registered (a registered flight knows it itself).
+    pub(super) refresh: bool,
+}
+
+impl<W> FlightGuard<W> {
+    /// The cache the flight is registered in (a reload may have replaced the current one since).
+    pub fn cache(&self) -> &Arc<Cache<W>> {
+        &self.cache
+    }
+
+    /// Takes the flight out of the registry: whether it was a refresh, and its parked clients.
+    pub(super) fn take(&mut self) -> (bool, Vec<W>) {
+        if !std::mem::take(&mut self.registered) {
+            return (self.refresh, Vec::new());
+        }
+        self.cache.shard(self.hash).flights.land(self.hash, self.transport).unwrap_or((self.refresh, Vec::new()))
+    }
+}
+
+impl<W> Drop for FlightGuard<W> {
+    fn drop(&mut self) {
+        // The parked clients are dropped after the shard's lock is released.
+        let abandoned = self.take();
+        drop(abandoned);
+    }
+}
