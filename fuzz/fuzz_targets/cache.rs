@@ -1,6 +1,6 @@
 //! Fuzzes the cache's key, insert and hit path. The input is a client's query (after a two-byte
-//! length) and an upstream reply. A query the server would forward and a reply the relay would
-//! accept (`forward::reply::judge`) go into a cache; the same query is then asked again under
+//! length) and an upstream reply. A query the server would forward and a reply the forwarder would
+//! accept (`forward::verdict::judge`) go into a cache, the way a miss lands there; the same query is then asked again under
 //! another ID, in another letter case, as a 0x20 resolver would. Whatever the bytes, nothing may
 //! panic, and a hit:
 //! - carries the second query's ID and its question bytes exactly;
@@ -11,16 +11,17 @@
 //! - is never served to a client whose buffer it exceeds.
 #![no_main]
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
-use registry_dns::cache::{Cache, Key, Lookup, Settings};
+use registry_dns::cache::{Cache, CachePolicy, Found, Key, Landing};
 use registry_dns::dns::wire::{self, types};
-use registry_dns::forward::reply::{self, Verdict};
+use registry_dns::forward::verdict::{self, Verdict};
 use registry_dns::forward::{LoopProbe, Upstreams};
-use registry_dns::metrics::{CacheStats, Metrics};
+use registry_dns::metrics::Metrics;
 use registry_dns::names::NameTable;
 use registry_dns::request::{self, Action, Transport};
 
@@ -36,13 +37,17 @@ fuzz_target!(|input: &[u8]| {
     else {
         return;
     };
-    if reply::judge(query, question_end, reply) != Verdict::Accept {
+    if verdict::judge(query, question_end, reply) != Verdict::Accept {
         return;
     }
     let Some(key) = Key::of(query, question_end, edns.as_ref()) else { return };
-    let mut cache = Cache::new(Settings::default(), 1 << 20, Arc::new(CacheStats::default()));
+    let cache = Cache::<()>::new(CachePolicy::default(), 1, Arc::new(AtomicU64::new(0)));
     let now = Instant::now();
-    cache.insert(&key, reply, question_end, now);
+    let Found::Missing(missing) = cache.lookup(&key, Transport::Udp, query, usize::MAX, now, &mut out) else {
+        panic!("an empty cache holds nothing")
+    };
+    let flight = missing.lead(Transport::Udp);
+    cache.land(flight, &key, Landing::Answer { reply, question_end }, now);
 
     let mut again = query.to_vec();
     wire::set_id(&mut again, !wire::id(query));
@@ -59,8 +64,8 @@ fuzz_target!(|input: &[u8]| {
     let key_again = Key::of(&again, question_end, edns.as_ref()).expect("the same question is cacheable");
     assert_eq!(key_again.as_bytes(), key.as_bytes(), "case and ID never change the key");
     let limit = wire::relay_udp_limit(edns.as_ref());
-    match cache.lookup(&key_again, &again, limit, now, &mut out) {
-        Lookup::Fresh { .. } => {
+    match cache.lookup(&key_again, Transport::Udp, &again, limit, now, &mut out) {
+        Found::Fresh { .. } => {
             assert!(out.len() <= limit, "a hit fits the client's buffer");
             assert!(out.len() <= reply.len(), "the reply, less at most its COOKIE option");
             assert_eq!(out[..2], again[..2], "the client's ID");
@@ -90,7 +95,7 @@ fuzz_target!(|input: &[u8]| {
                 assert_eq!(strip(&hit), strip(&original), "the stored records");
             }
         }
-        Lookup::Miss => {}
-        other => panic!("a fresh insert looked up as {other:?}"),
+        Found::Missing(_) => {}
+        Found::Stale => panic!("a fresh insert looked up as stale"),
     }
 });
