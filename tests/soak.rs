@@ -1,11 +1,13 @@
 //! Soak: local and forwarded load for a while (`SOAK_SECONDS`, default 60, which is what CI runs;
 //! `tests/soak.sh` runs 10 minutes in release mode) while the upstream and the API server flap:
 //! nsd killed and restarted, the API server stopped and restarted, its history compacted and the
-//! watches cut, the Service's endpoints changing. Required: the process never dies, a local name
-//! never gets a wrong answer or no answer (the last known addresses are served through every API
-//! outage), a forwarded name answered before an upstream outage never fails during it (the
-//! cache serves it stale; its answers are capped at 2 s so that they do expire during the 4 s
-//! outages), forwarding recovers after each upstream outage, and memory stays flat.
+//! watches cut, the Service's endpoints changing. Clients ask as stub resolvers do, each lookup
+//! from a fresh socket, so their queries spread over the server's four UDP workers. Required: the
+//! process never dies, a local name never gets a wrong answer or no answer (the last known
+//! addresses are served through every API outage), a forwarded name answered before an upstream
+//! outage never fails during it (the cache serves it stale; its answers are capped at 2 s so that
+//! they do expire during the 4 s outages), forwarding recovers after each upstream outage, and
+//! memory stays flat.
 
 mod support;
 
@@ -66,6 +68,8 @@ fn soak_under_flapping_upstream_and_api_server() {
         "500ms",
         "--cache-max-ttl",
         "2s",
+        "--workers",
+        "4",
     ]);
     let server = s.addr;
     let synced = wait_until(Duration::from_secs(20), || {
@@ -82,8 +86,6 @@ fn soak_under_flapping_upstream_and_api_server() {
     for worker in 0..2 {
         let (stop, counts, up_since) = (stop.clone(), counts.clone(), upstream_up_since.clone());
         load.push(std::thread::spawn(move || {
-            let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-            socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
             let mut n = 0u64;
             while !stop.load(Relaxed) {
                 n += 1;
@@ -92,6 +94,9 @@ fn soak_under_flapping_upstream_and_api_server() {
                     2 => ("www.test".to_string(), false),
                     _ => (format!("u{worker}-{n}.test"), false),
                 };
+                // A fresh socket per lookup: a new source port, so any worker may take it.
+                let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+                socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
                 let answer = ask(&socket, server, &name);
                 if local {
                     counts.local.fetch_add(1, Relaxed);

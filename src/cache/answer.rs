@@ -36,7 +36,7 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// Judges an upstream answer the relay accepted (same ID, question and source, whole): it is
+    /// Judges an upstream answer the forwarder accepted (same ID, question and source, whole): it is
     /// stored unless it is truncated, an error other than NXDOMAIN, negative without an SOA, or
     /// has a TTL of 0. TTLs are capped here, once, so a hit only subtracts the age.
     pub fn answer(reply: &[u8], question_end: usize, lifetimes: Lifetimes) -> Option<Stored> {

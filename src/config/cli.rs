@@ -114,7 +114,7 @@ pub struct Settings {
     pub max_concurrent: usize,
 
     /// Bytes of cached answers at most (for example 8MiB, 512KiB), shared by the UDP workers and
-    /// TCP; 0 turns the cache off: every query is relayed.
+    /// TCP; 0 turns the cache off: every query is forwarded.
     #[arg(long, env = "REGISTRY_DNS_CACHE_SIZE", value_name = "SIZE", default_value = "8MiB", value_parser = parse_size)]
     pub cache_size: usize,
 

@@ -5,7 +5,7 @@
 
 pub mod cli;
 mod file;
-mod upstream;
+mod nameservers;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, ensure};
 use tracing::warn;
 
-pub use upstream::from_resolv_conf;
+pub use nameservers::from_resolv_conf;
 
 use crate::access::AllowList;
 use crate::forward::MAX_UPSTREAMS;

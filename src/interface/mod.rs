@@ -92,7 +92,7 @@ pub fn unserved(addresses: &[IpAddr], listen: &[SocketAddr]) -> Vec<IpAddr> {
 
 /// What [`ensure`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Ensured {
     /// Whether the interface had to be created (false: an existing dummy was reused).
     pub created: bool,
     /// The addresses that had to be added (the others were there already).
@@ -101,7 +101,7 @@ pub struct Outcome {
 
 /// Makes sure the dummy interface `name` exists, carries every one of `addresses` and is up.
 /// Safe to run any number of times, and concurrently with another instance doing the same.
-pub async fn ensure(name: &str, addresses: &[IpAddr]) -> anyhow::Result<Outcome> {
+pub async fn ensure(name: &str, addresses: &[IpAddr]) -> anyhow::Result<Ensured> {
     let (connection, handle, _) = rtnetlink::new_connection().context("cannot open a netlink socket")?;
     let connection = tokio::spawn(connection);
     let result = ensure_with(&handle, name, addresses).await;
@@ -118,7 +118,7 @@ pub async fn ensure(name: &str, addresses: &[IpAddr]) -> anyhow::Result<Outcome>
     Ok(outcome)
 }
 
-async fn ensure_with(handle: &Handle, name: &str, addresses: &[IpAddr]) -> anyhow::Result<Outcome> {
+async fn ensure_with(handle: &Handle, name: &str, addresses: &[IpAddr]) -> anyhow::Result<Ensured> {
     let created = match find_link(handle, name).await? {
         Some(_) => false,
         None => create(handle, name).await?,
@@ -167,7 +167,7 @@ async fn ensure_with(handle: &Handle, name: &str, addresses: &[IpAddr]) -> anyho
             .await
             .map_err(|e| anyhow!("cannot bring interface {name} up: {}", describe(&e)))?;
     }
-    Ok(Outcome { created, added })
+    Ok(Ensured { created, added })
 }
 
 /// Creates `name` as a dummy interface, or as an ifb one on a kernel built without the dummy

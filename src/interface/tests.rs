@@ -108,15 +108,15 @@ fn ensure_creates_then_reuses_the_interface_in_a_private_namespace() {
         runtime.block_on(async {
             let v6: IpAddr = "fd00::53".parse().unwrap();
             let first = ensure("registry-dns0", &[DEFAULT_ADDRESS]).await.unwrap();
-            assert_eq!(first, Outcome { created: true, added: vec![DEFAULT_ADDRESS] });
+            assert_eq!(first, Ensured { created: true, added: vec![DEFAULT_ADDRESS] });
             // Bound at once, as the server does right after.
             std::net::UdpSocket::bind((DEFAULT_ADDRESS, 0)).unwrap();
 
             let again = ensure("registry-dns0", &[DEFAULT_ADDRESS]).await.unwrap();
-            assert_eq!(again, Outcome { created: false, added: vec![] }, "idempotent");
+            assert_eq!(again, Ensured { created: false, added: vec![] }, "idempotent");
 
             let dual = ensure("registry-dns0", &[DEFAULT_ADDRESS, v6]).await.unwrap();
-            assert_eq!(dual, Outcome { created: false, added: vec![v6] });
+            assert_eq!(dual, Ensured { created: false, added: vec![v6] });
             std::net::UdpSocket::bind((v6, 0)).expect("IPv6 bindable at once (no DAD)");
 
             let lo = ensure("lo", &[DEFAULT_ADDRESS]).await.unwrap_err().to_string();

@@ -8,14 +8,14 @@
 //!
 //! - `traffic`: queries by transport and type, responses by path and rcode, latency per path,
 //!   what cacheable queries met in the cache;
-//! - `upstream`: tries, timeouts and failures per upstream;
+//! - `upstream_stats`: tries, timeouts, failures and spoofing counts per upstream;
 //! - `source`: sync state, last event and restarts per watched Service;
 //! - `collector`: the scrape, and the metric names.
 
 mod collector;
 mod source;
 mod traffic;
-mod upstream;
+mod upstream_stats;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ use std::time::Instant;
 pub use collector::{Collector, ForwardingGauges, SourceSync};
 pub use source::SourceStats;
 pub use traffic::{CacheEvent, Path, Refusal, Traffic};
-pub use upstream::UpstreamStats;
+pub use upstream_stats::UpstreamStats;
 
 /// Every counter set of the process, handed out to whoever records and summed at each scrape.
 #[derive(Debug)]

@@ -5,8 +5,8 @@
 
 mod record;
 mod service;
-mod upstream;
+mod upstream_addr;
 
 pub use record::{StaticRecord, parse_local_name};
 pub use service::{AnswerMode, ServiceName};
-pub use upstream::parse_upstream;
+pub use upstream_addr::parse_upstream;

@@ -17,7 +17,7 @@ pub enum Action {
     /// The answer is in the output buffer. `qtype` is the question's type, when it could be read
     /// (for metrics).
     Reply { qtype: Option<u16> },
-    /// Not ours: relay the packet upstream as it is. The question's end and the client's EDNS
+    /// Not ours: forward the packet upstream as it is. The question's end and the client's EDNS
     /// are what a SERVFAIL needs if no upstream answers.
     Forward { question_end: usize, edns: Option<Edns>, qtype: u16 },
     /// One of our loop probes came back: `upstream` sends our queries back to us, and the caller

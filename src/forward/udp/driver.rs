@@ -7,7 +7,7 @@
 //! flight. A datagram that matches none is counted against its upstream as a likely forgery, and
 //! the replies still due on its socket are suspect: the exchange has them asked again over TCP.
 //!
-//! Every leg is batched, because system calls are most of a relay's cost: tries are queued and
+//! Every leg is batched, because system calls are most of forwarding's cost: tries are queued and
 //! leave in one `sendmmsg` per upstream socket, replies are read with `recvmmsg` from every socket
 //! one wakeup found ready, and answers go back to clients in one `sendmmsg` per listener. Callers
 //! call [`UdpDriver::send_queued`] after each batch.

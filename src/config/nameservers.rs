@@ -1,4 +1,4 @@
-//! Upstream addresses: `--upstream ADDR[:PORT]`, or the nameservers of a resolv.conf.
+//! The nameservers of a resolv.conf: where queries go when no `--upstream` is given.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
