@@ -1,10 +1,74 @@
-//! Resolution as a node does it: glibc's resolver (`getent ahosts`) in a network namespace whose
-//! resolv.conf points at registry-dns on port 53. Needs root for `ip netns` (CI runs as root).
+//! Resolution as a node does it: the real stub resolvers (glibc's, musl's, Go's) in a network
+//! namespace whose resolv.conf points at registry-dns on port 53. Needs root for `ip netns` (CI
+//! runs as root); `tests/run.sh` installs musl-gcc.
 
 mod support;
 
+use std::path::PathBuf;
+use std::process::Command;
+
 use support::RegistryDns;
 use support::netns::Netns;
+
+/// Builds `tests/resolvers/lookup.c` against glibc and musl, and `lookup.go` with Go's own resolver,
+/// into the test's scratch directory: (glibc, musl, go) binaries.
+fn resolvers() -> [PathBuf; 3] {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/resolvers");
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("resolvers");
+    std::fs::create_dir_all(&out).unwrap();
+    let c = src.join("lookup.c");
+    let built =
+        [("lookup-glibc", "gcc", &[][..]), ("lookup-musl", "musl-gcc", &["-static"][..])].map(|(name, cc, flags)| {
+            let binary = out.join(name);
+            let status = Command::new(cc).args(flags).args(["-O2", "-o"]).arg(&binary).arg(&c).status();
+            assert!(status.is_ok_and(|s| s.success()), "{cc} failed (tests/run.sh installs gcc and musl-tools)");
+            binary
+        });
+    let go = out.join("lookup-go");
+    let status = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&go)
+        .arg(src.join("lookup.go"))
+        .env("CGO_ENABLED", "0")
+        .status();
+    assert!(status.is_ok_and(|s| s.success()), "go build failed (Go is on every machine of this kind)");
+    let [glibc, musl] = built;
+    [glibc, musl, go]
+}
+
+#[test]
+fn glibc_musl_and_go_resolve_local_and_forwarded_names_from_fresh_sockets_over_four_workers() {
+    let [glibc, musl, go] = resolvers();
+    let ns = Netns::new("stubs", "nameserver 127.0.0.1\noptions timeout:2 attempts:1\n");
+    let _upstream = ns.dnsmasq("127.0.0.2", "192.0.2.2");
+    let _server = RegistryDns::start_with(
+        ns.exec(&[RegistryDns::BIN]),
+        &[
+            "--listen",
+            "127.0.0.1:53",
+            "--record",
+            "knative-local-registry=10.0.0.10",
+            "--upstream",
+            "127.0.0.2",
+            "--workers",
+            "4",
+        ],
+    );
+    for (resolver, binary) in [("glibc", &glibc), ("musl", &musl), ("go", &go)] {
+        // Ten lookups, each a new process: new sockets, new source ports, any of the workers.
+        for i in 0..10 {
+            let out = ns.exec(&[binary.to_str().unwrap(), "knative-local-registry", "www.test"]).output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{resolver} lookup {i}: {}", String::from_utf8_lossy(&out.stderr));
+            let addresses: Vec<&str> = text.lines().collect();
+            assert!(addresses.contains(&"10.0.0.10"), "{resolver} lookup {i}: the local name: {text}");
+            assert!(addresses.contains(&"192.0.2.2"), "{resolver} lookup {i}: the forwarded name: {text}");
+            assert!(addresses.iter().all(|a| ["10.0.0.10", "192.0.2.2"].contains(a)), "{resolver}: {text}");
+        }
+        let unknown = ns.exec(&[binary.to_str().unwrap(), "not-a-local-name"]).output().unwrap();
+        assert!(!unknown.status.success(), "{resolver}: an unknown name does not resolve");
+    }
+}
 
 #[test]
 fn sources_outside_the_default_allow_list_are_refused() {

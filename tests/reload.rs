@@ -219,47 +219,13 @@ fn flags_override_the_config_file_and_a_bad_file_stops_startup_with_one_line() {
     assert!(stderr.starts_with("registry-dns: ") && stderr.contains("c.yaml"), "{stderr}");
 }
 
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// dnsmasq on `address`:53 in `ns`, answering `www.test` with `answer`.
-fn dnsmasq(ns: &Netns, address: &str, answer: &str) -> Process {
-    let binary = if std::path::Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" };
-    let child = ns
-        .exec(&[
-            binary,
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            &format!("--listen-address={address}"),
-            "--port=53",
-            &format!("--address=/www.test/{answer}"),
-            "--pid-file=",
-            "--user=root",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting dnsmasq (tests/run.sh installs it)");
-    let process = Process(child);
-    let up = wait_until(Duration::from_secs(5), || ns.dig(address, &["www.test", "A"]).rdata("A") == [answer]);
-    assert!(up, "dnsmasq on {address} did not start");
-    process
-}
-
 #[test]
 fn a_changed_resolv_conf_switches_the_upstreams_and_a_broken_one_is_ignored() {
     // Upstreams from a resolv.conf listen on port 53, so they need addresses of their own: a
     // network namespace with two dnsmasq instances on 127.0.0.2 and 127.0.0.3.
     let ns = Netns::new("resolv", "nameserver 127.0.0.1\n");
-    let _first = dnsmasq(&ns, "127.0.0.2", "192.0.2.2");
-    let _second = dnsmasq(&ns, "127.0.0.3", "192.0.2.3");
+    let _first = ns.dnsmasq("127.0.0.2", "192.0.2.2");
+    let _second = ns.dnsmasq("127.0.0.3", "192.0.2.3");
     let dir = TempDir::new("resolv-watch");
     let resolv_conf = dir.path("resolv.conf");
     std::fs::write(&resolv_conf, "nameserver 127.0.0.2\n").unwrap();

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests drive (dig, nsd, ldns,
-# dnsmasq, iproute2, setpriv, openssl, curl, containerd, docker-registry) from Debian's packages
-# when missing (their services are not started), then runs every
-# test. tests/control_plane.rs builds its Kubernetes control plane itself on first use
+# dnsmasq, iproute2, setpriv, openssl, curl, containerd, docker-registry, musl-tools) from
+# Debian's packages when missing (their services are not started), then runs every test. tests/control_plane.rs builds its Kubernetes control plane itself on first use
 # (tests/cluster/control-plane.sh: from Go modules, cached outside the repository; it installs Go
 # from Debian, and the pinned toolchain from the module proxy, when missing).
 # Usage: tests/run.sh [cargo test arguments]
@@ -10,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in dig:dnsutils nsd:nsd ldns-signzone:ldnsutils ldns-keygen:ldnsutils dnsmasq:dnsmasq-base ip:iproute2 setpriv:util-linux unshare:util-linux openssl:openssl curl:curl containerd:containerd ctr:containerd docker-registry:docker-registry; do
+for pair in dig:dnsutils nsd:nsd ldns-signzone:ldnsutils ldns-keygen:ldnsutils dnsmasq:dnsmasq-base ip:iproute2 setpriv:util-linux unshare:util-linux openssl:openssl curl:curl containerd:containerd ctr:containerd docker-registry:docker-registry musl-gcc:musl-tools; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

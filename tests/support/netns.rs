@@ -4,10 +4,11 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use super::{Dig, parse_dig};
+use super::{Dig, parse_dig, wait_until};
 
 pub struct Netns {
     pub name: String,
@@ -102,5 +103,46 @@ impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
         let _ = std::fs::remove_dir_all(self.etc());
+    }
+}
+
+/// A dnsmasq upstream in a namespace, stopped on drop.
+pub struct Dnsmasq(Child);
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Netns {
+    /// dnsmasq on `address`:53 in this namespace, authoritative for `test.` as a real upstream
+    /// would be: `www.test` A is `answer`, its other types NODATA, other names NXDOMAIN. (With
+    /// `--address` instead, dnsmasq answers REFUSED, or NXDOMAIN under `--local`, for `www.test`
+    /// AAAA, and musl, which asks A and AAAA at once, fails the lookup.)
+    pub fn dnsmasq(&self, address: &str, answer: &str) -> Dnsmasq {
+        let binary = if std::path::Path::new("/usr/sbin/dnsmasq").exists() { "/usr/sbin/dnsmasq" } else { "dnsmasq" };
+        let child = self
+            .exec(&[
+                binary,
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                &format!("--listen-address={address}"),
+                "--port=53",
+                &format!("--host-record=www.test,{answer}"),
+                "--local=/test/",
+                "--pid-file=",
+                "--user=root",
+            ])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting dnsmasq (tests/run.sh installs it)");
+        let dnsmasq = Dnsmasq(child);
+        let up = wait_until(Duration::from_secs(5), || self.dig(address, &["www.test", "A"]).rdata("A") == [answer]);
+        assert!(up, "dnsmasq on {address} did not start");
+        dnsmasq
     }
 }
