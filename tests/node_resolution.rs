@@ -25,12 +25,8 @@ fn resolvers() -> [PathBuf; 3] {
             binary
         });
     let go = out.join("lookup-go");
-    let status = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&go)
-        .arg(src.join("lookup.go"))
-        .env("CGO_ENABLED", "0")
-        .status();
+    let status =
+        Command::new("go").args(["build", "-o"]).arg(&go).arg(src.join("lookup.go")).env("CGO_ENABLED", "0").status();
     assert!(status.is_ok_and(|s| s.success()), "go build failed (Go is on every machine of this kind)");
     let [glibc, musl] = built;
     [glibc, musl, go]
