@@ -1,4 +1,4 @@
-//! The binary with exactly the privileges the DaemonSet gives it (README "Least privilege"): a
+//! The binary with exactly the privileges the DaemonSet gives it (docs/kubernetes.md, "Least privilege"): a
 //! non-root uid, no_new_privs, and only CAP_NET_BIND_SERVICE (plus CAP_NET_ADMIN when it manages
 //! its interface) as ambient capabilities, set with `setpriv` in a scratch network namespace. It
 //! serves port 53 with them, and without them exits at once with one line saying what it lacked.

@@ -32,7 +32,7 @@ python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q -
 
 # The Kubernetes control plane of tests/control_plane.rs, and CoreDNS and crane for tests/e2e.rs
 # (from the same go.mod, so their shared packages compile once), built once per version into a cache
-# outside the repository (a cold build takes a while; README, "Against a real control plane"). Outside
+# outside the repository (a cold build takes a while; docs/testing.md, "Against a real control plane"). Outside
 # CI a failure here only makes those tests skip, loudly; under CI it fails the run.
 if [ $# -eq 0 ] && ! { tests/cluster/control-plane.sh build >/dev/null && tests/cluster/control-plane.sh build-e2e >/dev/null; }; then
   [ -z "${CI:-}" ] || exit 1
@@ -40,7 +40,7 @@ fi
 
 cargo test --locked "$@"
 
-# Every fuzz target for a short while over its seeds (README, "Fuzzing"); not for a chosen few tests.
+# Every fuzz target for a short while over its seeds (docs/fuzzing.md); not for a chosen few tests.
 # A fixed libFuzzer seed, so that CI fails for a change, not for a lucky draw: from a fresh clone the
 # run repeats, and a longer local run with the same seed covers it. Random search is for long runs.
 if [ $# -eq 0 ]; then

@@ -133,7 +133,7 @@ fn describe(e: &watcher::Error) -> String {
     };
     match status.code {
         403 => format!(
-            "forbidden: {}; grant get, list and watch on it in a Role there (README, RBAC), unless the API server is \
+            "forbidden: {}; grant get, list and watch on it in a Role there (docs/kubernetes.md, RBAC), unless the API server is \
              still starting",
             status.message
         ),
@@ -172,7 +172,7 @@ mod tests {
         assert_eq!(
             line,
             format!(
-                "forbidden: {message}; grant get, list and watch on it in a Role there (README, RBAC), unless the \
+                "forbidden: {message}; grant get, list and watch on it in a Role there (docs/kubernetes.md, RBAC), unless the \
                  API server is still starting"
             )
         );
