@@ -417,7 +417,7 @@ start_registry_dns_nocache() {  # one UDP worker, --cache-size 0: the plain rela
   start_bg "$SERVER_CPU" "$3" $(rdns_cmd "$1" 1 --cache-size 0)
 }
 
-start_registry_dns_w2() {  # two workers (cache on, shared out between them) on both CPUs: shares CPU 1 with dnsperf
+start_registry_dns_w2() {  # two workers (sharing one cache) on both CPUs: shares CPU 1 with dnsperf
   note_cmd registry-dns-w2 "$(rdns_cmd "$1" 2)"
   # shellcheck disable=SC2046
   start_bg "$SERVER_CPU,$CLIENT_CPU" "$3" $(rdns_cmd "$1" 2)
@@ -927,10 +927,10 @@ write_markdown() {
     echo "- **up/q** (notes) = upstream queries per client query, from the namespace's UDP counters: 1.00 = every query forwarded (no cache or all misses)," \
          "0.00 = every query answered from the cache. **cache ... entries** (notes, registry-dns rows) = its \`/metrics\` at the end of the row" \
          "(\`registry_dns_cache_entries\`, \`_bytes\`, \`_evictions\`)."
-    echo "- Caches: registry-dns's default \`--cache-size 8MiB\` (shared out between the workers, TCP keeps 1/16); dnsdist \`newPacketCache(100000)\`;" \
+    echo "- Caches: registry-dns's default \`--cache-size 8MiB\` (one for the process, shared by the workers and TCP); dnsdist \`newPacketCache(100000)\`;" \
          "unbound \`msg-cache-size 8m\`, \`rrset-cache-size 16m\`. Job B's 1000 names loop, so every cache hits after the first pass (TTL 3600);" \
          "job Bu never repeats a name, so every query misses and the caches fill and evict within its first second or so:" \
-         "registry-dns's positive-answer pool (3/4 of its share) is full then, its negative pool and TCP's share stay empty."
+         "registry-dns's positive-answer pools (3/4 of each shard) are full then, its negative pools stay empty."
     if [ "$RUNS" -gt 1 ]; then
       echo "- Summary tables: medians over the $RUNS runs (QPS min-max over all runs' samples, RSS the highest, lost per run). Per-run figures follow."
     fi
