@@ -90,7 +90,7 @@ def drift(base, chart):
         "updateStrategy": (b["spec"].get("updateStrategy"), c["spec"].get("updateStrategy")),
     }
     for field in ("hostNetwork", "dnsPolicy", "priorityClassName", "tolerations", "terminationGracePeriodSeconds",
-                  "serviceAccountName"):
+                  "serviceAccountName", "nodeSelector"):
         pairs[field] = (bp.get(field), cp.get(field))
     pairs["RBAC (Roles' namespaces and rules, RoleBindings' subjects)"] = (rbac(base), rbac(chart))
     for what, (want, got) in pairs.items():
@@ -110,7 +110,7 @@ def check_values_reach(objs):
     args = args_of(ds)
     for a in ("--service=knative-local-registry=registry/knative", "--service=registry-mirror=mirror/registry",
               "--record=build-cache=10.0.0.20,fd00::20", "--answer=cluster-ip", "--listen=10.0.0.53:53",
-              "--ops-listen=127.0.0.1:8199", "--metrics-listen=0.0.0.0:9353", "--cache-size=64MiB",
+              "--ops-listen=127.0.0.1:8199", "--metrics-listen=0.0.0.0:9453", "--cache-size=64MiB",
               "--cache-max-ttl=30m", "--allow-from=10.0.0.0/8", "--allow-from=127.0.0.0/8"):
         expect(f"{a} not in args {args}", a in args)
     for f in ("interface-name", "interface-address", "serve-stale"):
@@ -120,7 +120,7 @@ def check_values_reach(objs):
     expect("upstream.resolvConf", spec["volumes"][0]["hostPath"]["path"] == "/etc/resolv.conf")
     expect("resources", c["resources"]["limits"] == {"memory": "128Mi"})
     expect("tolerations", spec["tolerations"][0]["key"] == "node-role.kubernetes.io/control-plane")
-    expect("nodeSelector", spec.get("nodeSelector") == {"kubernetes.io/os": "linux"})
+    expect("nodeSelector", spec.get("nodeSelector") == {"kubernetes.io/os": "linux", "node-role.kubernetes.io/worker": ""})
     expect("priorityClassName empty leaves it out", "priorityClassName" not in spec)
     expect("imagePullSecrets", spec.get("imagePullSecrets") == [{"name": "registry-example-org"}])
     expect("podAnnotations", ds["spec"]["template"]["metadata"].get("annotations") == {"example.org/owner": "platform"})
@@ -130,7 +130,7 @@ def check_values_reach(objs):
     expect(f"one Role per Service namespace, services only (cluster-ip): {roles}",
            roles == {("registry", services_only), ("mirror", services_only)})
     pm, rule = one(objs, "PodMonitor"), one(objs, "PrometheusRule")
-    expect("PodMonitor port", validate.metrics_port(pm) == {"9353"})
+    expect("PodMonitor port", validate.metrics_port(pm) == {"9453"})
     expect("PodMonitor interval", pm["spec"]["podMetricsEndpoints"][0]["interval"] == "15s")
     for o in (pm, rule):
         expect(f"{o['kind']} labels", o["metadata"]["labels"].get("release") == "kube-prometheus-stack")
@@ -168,7 +168,7 @@ def main():
     for kind in ("PodMonitor", "PrometheusRule"):
         want, got = one(monitoring, kind)["spec"], one(with_monitoring, kind)["spec"]
         if kind == "PodMonitor":
-            want, got = want["podMetricsEndpoints"], got["podMetricsEndpoints"]
+            want, got = (want["jobLabel"], want["podMetricsEndpoints"]), (got["jobLabel"], got["podMetricsEndpoints"])
         if want != got:
             err("helm vs deploy/components/monitoring", f"{kind} differs:\n    kustomize: {want}\n    chart:     {got}")
     print("  drift: chart defaults = deploy/base (security contexts, capabilities, probes, RBAC, args, pod spec);"

@@ -47,3 +47,24 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- define "registry-dns.hostPort" -}}
 {{- if contains ":" .host -}}[{{ .host }}]:{{ .port }}{{- else -}}{{ .host }}:{{ .port }}{{- end -}}
 {{- end -}}
+
+{{/* The local names (names[].name and the names of records), space-separated. */}}
+{{- define "registry-dns.localNames" -}}
+{{- $names := list -}}
+{{- range .Values.names -}}{{- $names = append $names .name -}}{{- end -}}
+{{- range .Values.records -}}{{- $names = append $names (first (splitList "=" .)) -}}{{- end -}}
+{{- join " " $names -}}
+{{- end -}}
+
+{{- define "registry-dns.nodeSetupSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}-node-setup
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "registry-dns.nodeSetupLabels" -}}
+{{ include "registry-dns.nodeSetupSelectorLabels" . }}
+app.kubernetes.io/part-of: registry-dns
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{- end -}}
