@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use support::TempDir;
 use support::registry_node::{NAME, REGISTRY, REGISTRY_IP, RegistryNode, make_certificate, node_setup};
@@ -40,7 +40,7 @@ fn verdict(report: &str) -> &str {
     report.lines().find_map(|l| l.strip_prefix("verdict: ")).unwrap_or_else(|| panic!("no verdict in:\n{report}"))
 }
 
-fn doctor(node: &RegistryNode, config: &PathBuf) -> (Option<i32>, String) {
+fn doctor(node: &RegistryNode, config: &Path) -> (Option<i32>, String) {
     node.doctor(&["--registry", "--containerd-config", config.to_str().unwrap()])
 }
 
