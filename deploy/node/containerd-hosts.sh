@@ -86,11 +86,11 @@ put() {
     ' sh "$1" "$2"
 }
 
-# Deletes FILE on the node if it is ours, and its directory once empty.
+# Deletes FILE on the node if it is ours.
 drop() {
     host sh -c '
         [ -e "$1" ] || exit 0
-        if head -n1 "$1" | grep -qF "$2"; then rm -f "$1" && echo "removed $1"; rmdir "$(dirname "$1")" 2>/dev/null || true
+        if head -n1 "$1" | grep -qF "$2"; then rm -f "$1" && echo "removed $1"
         else echo "$1 is not registry-dns node setup'"'"'s: left in place"; fi
     ' sh "$1" "$MARK"
 }
@@ -151,8 +151,10 @@ containerd_remove() {
         for r in $REGISTRIES; do
             drop "$dir/$r/ca.crt"
             drop "$dir/$r/hosts.toml"
+            host rmdir "$dir/$r" 2>/dev/null || true    # only once empty: nothing of anyone else's
         done
     done
     for r in $REGISTRIES; do drop "$K3S_CONFIG_DIR/registry-dns-ca/$r.crt"; done
+    host rmdir "$K3S_CONFIG_DIR/registry-dns-ca" 2>/dev/null || true
     drop "$K3S_CONFIG_DIR/registries.yaml"
 }
