@@ -11,7 +11,9 @@
    --answer needs, no interface, image digest, metrics port, cache flags, PodMonitor, rules.
 4. Drift: the default rendering against `kubectl kustomize deploy/base`, and the PodMonitor and
    PrometheusRule against deploy/overlays/monitoring: security contexts, capabilities, probes,
-   RBAC rules, arguments and the rest of what base promises must be identical.
+   RBAC rules, arguments and the rest of what base promises must be identical; the node setup
+   (nodeSetup.enabled) against deploy/node: the same scripts and drop-in, the same pod.
+5. values.schema.json: values that are wrong in kind are refused before anything renders.
 
 The cache flags (--cache-size, --cache-max-ttl, --serve-stale) are the chart's own tuning, passed
 only when set; deploy/base leaves the binary's defaults. A binary without them (before the cache)
@@ -32,6 +34,17 @@ VALUES = os.path.join(DEPLOY, "check", "chart-values.yaml")
 CACHE_FLAGS = ("cache-size", "cache-max-ttl", "serve-stale")
 NO_CACHE = ["--set-string", "cache.size=,cache.maxTTL=,cache.serveStale="]
 MONITORING = ["--set", "metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true"]
+NODE_SETUP = ["--set", "nodeSetup.enabled=true"]
+# Values the schema must refuse (each would otherwise render a broken DaemonSet or flag).
+REFUSED = {
+    "nodeSetup.containerd.tls=maybe": "--set-string",
+    "metrics.port=70000": "--set",
+    "cache.size=64MB": "--set-string",
+    "nodeSetup.containerd.registries={knative-local-registry}": "--set",
+    "nodeSetup.action=uninstall": "--set-string",
+    "answer=cluster": "--set-string",
+    "metrics.prot=9353": "--set",
+}
 
 
 def run(cmd):
@@ -98,6 +111,30 @@ def drift(base, chart):
             err("helm default vs deploy/base", f"{what} differ:\n    base:  {want}\n    chart: {got}")
 
 
+def node_drift(kustomize, chart):
+    """deploy/node against the chart's nodeSetup: the ConfigMap's files, and the pod."""
+    cm_k, cm_c = one(kustomize, "ConfigMap")["data"], one(chart, "ConfigMap")["data"]
+    for key in sorted(set(cm_k) | set(cm_c)):
+        if cm_k.get(key) != cm_c.get(key):
+            err("helm nodeSetup vs deploy/node", f"ConfigMap key {key} differs")
+    k = one(kustomize, "DaemonSet")["spec"]["template"]["spec"]
+    c = next(o for o in chart if o["kind"] == "DaemonSet" and o["metadata"]["name"].endswith("node-setup"))
+    c = c["spec"]["template"]["spec"]
+    kc, cc = k["containers"][0], c["containers"][0]
+    k_env = {e["name"]: e["value"] for e in kc["env"]}
+    c_env = {e["name"]: e["value"] for e in cc["env"]}
+    # The chart also passes the script's own defaults (ADDRESS, CONTAINERD), from its values.
+    pairs = {"env": ({**k_env, "ADDRESS": "169.254.20.25", "CONTAINERD": "auto"}, c_env)}
+    for field in ("hostPID", "priorityClassName", "nodeSelector", "tolerations", "automountServiceAccountToken",
+                  "terminationGracePeriodSeconds", "volumes"):
+        pairs[field] = (k.get(field), c.get(field))
+    for field in ("image", "command", "securityContext", "resources", "volumeMounts"):
+        pairs[f"container {field}"] = (kc.get(field), cc.get(field))
+    for what, (want, got) in pairs.items():
+        if want != got:
+            err("helm nodeSetup vs deploy/node", f"{what} differ:\n    kustomize: {want}\n    chart:     {got}")
+
+
 def expect(what, ok):
     if not ok:
         err("helm non-default values", what)
@@ -124,6 +161,18 @@ def check_values_reach(objs):
     expect("priorityClassName empty leaves it out", "priorityClassName" not in spec)
     expect("imagePullSecrets", spec.get("imagePullSecrets") == [{"name": "registry-example-org"}])
     expect("podAnnotations", ds["spec"]["template"]["metadata"].get("annotations") == {"example.org/owner": "platform"})
+    setup = next(o for o in objs if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "registry-dns-node-setup")
+    setup_spec = setup["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in setup_spec["containers"][0]["env"]}
+    expect(f"node setup env {env}", env == {
+        "ACTION": "remove", "MODE": "resolv-conf", "ADDRESS": "10.0.0.53", "CONTAINERD": "auto",
+        "REGISTRIES": "knative-local-registry:5000 registry-mirror:5001", "REGISTRY_TLS": "true"})
+    expect("node setup CA ConfigMap", {"name": "my-registry-ca", "optional": True} in
+           [v.get("configMap") for v in setup_spec["volumes"]])
+    expect("node setup priorityClassName empty leaves it out", "priorityClassName" not in setup_spec)
+    dropin = next(o for o in objs if o["kind"] == "ConfigMap")["data"]["registry-dns.conf"]
+    expect(f"drop-in {dropin}", "\nDNS=10.0.0.53\n" in dropin
+           and "\nDomains=~knative-local-registry ~registry-mirror ~build-cache\n" in dropin)
     roles, _ = rbac(objs)
     services_only = json.dumps([{"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]}],
                                sort_keys=True)
@@ -171,8 +220,15 @@ def main():
             want, got = (want["jobLabel"], want["podMetricsEndpoints"]), (got["jobLabel"], got["podMetricsEndpoints"])
         if want != got:
             err("helm vs deploy/components/monitoring", f"{kind} differs:\n    kustomize: {want}\n    chart:     {got}")
+    node = validate.render(kubectl, os.path.join(DEPLOY, "node"))
+    node_drift(node, template(helm, NODE_SETUP, versions[-1]))
     print("  drift: chart defaults = deploy/base (security contexts, capabilities, probes, RBAC, args, pod spec);"
-          " PodMonitor and PrometheusRule = deploy/components/monitoring")
+          " PodMonitor and PrometheusRule = deploy/components/monitoring; nodeSetup = deploy/node")
+    for value, how in REFUSED.items():
+        out = subprocess.run([helm, "template", "registry-dns", CHART, how, value], capture_output=True, text=True)
+        if out.returncode == 0 or "schema" not in out.stderr:
+            err("values.schema.json", f"{value} was not refused by the schema: {out.stderr.strip()[:300]}")
+    print(f"  values.schema.json refuses {len(REFUSED)} wrong values ({', '.join(REFUSED)})")
     if validate.errors:
         print("\n".join(f"ERROR {e}" for e in validate.errors))
         sys.exit(1)
