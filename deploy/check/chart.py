@@ -61,7 +61,8 @@ def template(helm, args, version):
 
 
 def one(objs, kind):
-    found = [o for o in objs if o["kind"] == kind]
+    """The one object of `kind`; for DaemonSets, registry-dns's (node setup's has its own name)."""
+    found = [o for o in objs if o["kind"] == kind and not o["metadata"]["name"].endswith("-node-setup")]
     assert len(found) == 1, f"{len(found)} {kind} objects"
     return found[0]
 
@@ -113,11 +114,12 @@ def drift(base, chart):
 
 def node_drift(kustomize, chart):
     """deploy/node against the chart's nodeSetup: the ConfigMap's files, and the pod."""
-    cm_k, cm_c = one(kustomize, "ConfigMap")["data"], one(chart, "ConfigMap")["data"]
+    cm_k = next(o for o in kustomize if o["kind"] == "ConfigMap")["data"]
+    cm_c = next(o for o in chart if o["kind"] == "ConfigMap")["data"]
     for key in sorted(set(cm_k) | set(cm_c)):
         if cm_k.get(key) != cm_c.get(key):
             err("helm nodeSetup vs deploy/node", f"ConfigMap key {key} differs")
-    k = one(kustomize, "DaemonSet")["spec"]["template"]["spec"]
+    k = next(o for o in kustomize if o["kind"] == "DaemonSet")["spec"]["template"]["spec"]
     c = next(o for o in chart if o["kind"] == "DaemonSet" and o["metadata"]["name"].endswith("node-setup"))
     c = c["spec"]["template"]["spec"]
     kc, cc = k["containers"][0], c["containers"][0]
@@ -225,10 +227,18 @@ def main():
     print("  drift: chart defaults = deploy/base (security contexts, capabilities, probes, RBAC, args, pod spec);"
           " PodMonitor and PrometheusRule = deploy/components/monitoring; nodeSetup = deploy/node")
     for value, how in REFUSED.items():
-        out = subprocess.run([helm, "template", "registry-dns", CHART, how, value], capture_output=True, text=True)
-        if out.returncode == 0 or "schema" not in out.stderr:
+        out = subprocess.run([helm, "template", "registry-dns", CHART, "--kube-version", versions[-1], how, value],
+                             capture_output=True, text=True)
+        if out.returncode == 0 or "values don't meet the specifications of the schema" not in out.stderr:
             err("values.schema.json", f"{value} was not refused by the schema: {out.stderr.strip()[:300]}")
     print(f"  values.schema.json refuses {len(REFUSED)} wrong values ({', '.join(REFUSED)})")
+    # A cache that cannot fit under the memory limit (the binary refuses it at start too).
+    out = subprocess.run([helm, "template", "registry-dns", CHART, "--kube-version", versions[-1],
+                          "--set-string", "cache.size=64MiB"], capture_output=True, text=True)
+    if out.returncode == 0 or "cache.size 64MiB does not fit under resources.limits.memory 64Mi" not in out.stderr \
+            or "at most 40MiB" not in out.stderr:
+        err("helm cache.size", f"a 64MiB cache under the 64Mi limit was not refused: {out.stderr.strip()[:300]}")
+    print("  a 64MiB cache under the 64Mi memory limit is refused (at most 40MiB), as the binary refuses it")
     if validate.errors:
         print("\n".join(f"ERROR {e}" for e in validate.errors))
         sys.exit(1)

@@ -68,3 +68,12 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
+
+{{/* Bytes in a size: the flags' (8MiB, 512KiB, 0) or a Kubernetes quantity (64Mi, 1Gi, 64M); -1 when unknown. */}}
+{{- define "registry-dns.bytes" -}}
+{{- $text := toString . -}}
+{{- $digits := regexFind "^[0-9]+" $text -}}
+{{- $unit := trimPrefix $digits $text -}}
+{{- $scale := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "Ki" 1024 "KiB" 1024 "Mi" 1048576 "MiB" 1048576 "Gi" 1073741824 "GiB" 1073741824 -}}
+{{- if and $digits (hasKey $scale $unit) -}}{{ mul (atoi $digits) (get $scale $unit) }}{{- else -}}-1{{- end -}}
+{{- end -}}
