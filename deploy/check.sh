@@ -158,7 +158,7 @@ if [ "$is_root" = 1 ]; then
     cp "$t/resolv.conf" "$t/resolv.conf.orig"
     unshare --mount --net --propagation private sh -euc '
         mount --bind "$1/resolv.conf" /etc/resolv.conf
-        run() { SETUP_TEST=1 MODE=resolv-conf CONFIG=deploy/node/registry-dns.conf "$@" sh deploy/node/setup.sh >/dev/null; }
+        run() { SETUP_TEST=1 MODE=resolv-conf CONTAINERD=off CONFIG=deploy/node/registry-dns.conf "$@" sh deploy/node/setup.sh >/dev/null; }
         run env ACTION=install
         [ "$(grep -m1 ^nameserver /etc/resolv.conf)" = "nameserver 169.254.20.25 # registry-dns" ] || { echo "not first"; exit 1; }
         cp /etc/resolv.conf "$1/once"; run env ACTION=install
