@@ -119,20 +119,17 @@ fn connect(addresses: &[SocketAddr], timeout: Duration) -> (Connected, Option<Tc
 
 /// `GET /v2/` over `stream` as is.
 fn plain(mut stream: TcpStream, endpoint: &Endpoint) -> Api {
-    match get_v2(&mut stream, endpoint) {
-        Ok(Api::Answer { status: 400, .. }) => {
-            // Go's TLS server answers a plain request with 400 "Client sent an HTTP request to an
-            // HTTPS server"; confirm with a handshake that it does speak TLS.
-            let again = stream.peer_addr().and_then(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)));
-            match again.is_ok_and(|tls| speaks_tls(tls, &endpoint.host)) {
-                true => Api::TlsPeer,
-                false => Api::Answer { status: 400, api_version: None },
-            }
+    let answer = get_v2(&mut stream, endpoint);
+    // Go's TLS server answers a plain request with 400 "Client sent an HTTP request to an HTTPS
+    // server", others with a TLS alert: confirm with a handshake that the peer speaks TLS.
+    let maybe_tls = matches!(&answer, Ok(Api::Answer { status: 400, .. })) || answer.is_err();
+    if maybe_tls {
+        let again = stream.peer_addr().and_then(|addr| TcpStream::connect_timeout(&addr, Duration::from_secs(2)));
+        if again.is_ok_and(|tls| speaks_tls(tls, &endpoint.host)) {
+            return Api::TlsPeer;
         }
-        Ok(api) => api,
-        Err(e) if e.starts_with("not HTTP") => Api::TlsPeer,
-        Err(e) => Api::Failed(e),
     }
+    answer.unwrap_or_else(Api::Failed)
 }
 
 /// Whether the peer answers a TLS ClientHello with TLS (whatever its certificate).
