@@ -72,7 +72,7 @@ TARGET_QPS_VS_DNSDIST_CACHE=1.2   # jobs B and Bu: registry-dns QPS / dnsdist-ca
 TARGET_HIT_VS_FLOOR=1.15          # job B srv us/q of registry-dns / nullresp's job A srv us/q, at most
 TARGET_RSS_CACHE=16               # MiB: peak RSS of registry-dns with the default cache full, at most
 TARGET_RSS_NOCACHE=8              # MiB: peak RSS of registry-dns-nocache, at most
-OPS_PORT=8080                     # registry-dns's default --ops-listen: /metrics (cache counters)
+OPS_PORT=8099                     # registry-dns's default --ops-listen: /metrics (cache counters)
 
 usage() {
   cat <<EOF

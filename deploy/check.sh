@@ -9,7 +9,8 @@
 #   2. hadolint on the Dockerfile, and that it builds through deploy/build-static.sh; actionlint
 #      on .github/workflows; promtool on the alerts (check rules, and their unit tests);
 #   3. deploy/coredns/patch-corefile.sh's Corefile transformation on sample Corefiles;
-#   4. deploy/node/setup.sh on a scratch /etc/resolv.conf (private mount + network namespace);
+#   4. deploy/node/setup.sh on a scratch /etc/resolv.conf (private mount + network namespace), and
+#      its containerd part (containerd-hosts.sh) on scratch containerd 1.x, 2.x and k3s files;
 #   5. the static binary, built by deploy/build-static.sh exactly as the Dockerfile builds it:
 #      statically linked (ldd), size, file capabilities, --version, a query on 127.0.0.1, then run
 #      the way the pod runs it (uid 65532, capabilities only from the file, no_new_privs,
@@ -157,7 +158,7 @@ if [ "$is_root" = 1 ]; then
     cp "$t/resolv.conf" "$t/resolv.conf.orig"
     unshare --mount --net --propagation private sh -euc '
         mount --bind "$1/resolv.conf" /etc/resolv.conf
-        run() { SETUP_TEST=1 MODE=resolv-conf CONFIG=deploy/node/registry-dns.conf "$@" sh deploy/node/setup.sh >/dev/null; }
+        run() { SETUP_TEST=1 MODE=resolv-conf CONTAINERD=off CONFIG=deploy/node/registry-dns.conf "$@" sh deploy/node/setup.sh >/dev/null; }
         run env ACTION=install
         [ "$(grep -m1 ^nameserver /etc/resolv.conf)" = "nameserver 169.254.20.25 # registry-dns" ] || { echo "not first"; exit 1; }
         cp /etc/resolv.conf "$1/once"; run env ACTION=install
@@ -168,6 +169,75 @@ if [ "$is_root" = 1 ]; then
     echo "  install puts 169.254.20.25 first, twice is a no-op, remove restores the file"
 else
     echo "  SKIPPED: needs root (namespaces)"
+fi
+
+step "node setup: containerd's hosts.toml and k3s's registries.yaml (deploy/node/containerd-hosts.sh, scratch files)"
+for f in setup.sh containerd-hosts.sh; do
+    cmp -s "deploy/node/$f" "deploy/helm/registry-dns/files/node/$f" || fail "deploy/helm/registry-dns/files/node/$f differs from deploy/node/$f (copy it)"
+done
+echo "  the chart's files/node/{setup.sh,containerd-hosts.sh} are deploy/node's"
+c=$t/containerd
+mkdir -p "$c"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=check-ca \
+    -keyout "$c/ca.key" -out "$c/ca.crt" 2>/dev/null
+node_setup() {  # CONFIG ACTION [VAR=VALUE...]: setup.sh on scratch containerd and k3s files, resolver untouched
+    local config=$1 action=$2; shift 2
+    env SETUP_TEST=1 MODE=none CONFIG=deploy/node/registry-dns.conf CONTAINERD_CONFIG="$config" ACTION="$action" \
+        K3S_CONFIG_DIR="$c/k3s" K3S_DATA_DIR="$c/k3s-data" "$@" sh deploy/node/setup.sh 2>&1
+}
+hosts=knative-local-registry:5000/hosts.toml
+# containerd 1.x (version 2) with config_path, plain HTTP
+printf 'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "%s/certs.d:/etc/docker/certs.d"\n' "$c" > "$c/v2.toml"
+node_setup "$c/v2.toml" install > "$c/out"
+grep -qx 'server = "http://knative-local-registry:5000"' "$c/certs.d/$hosts" || fail "containerd 1.x: no plain-HTTP hosts.toml: $(cat "$c/out")"
+cp "$c/certs.d/$hosts" "$c/once"
+node_setup "$c/v2.toml" install > "$c/out"
+cmp -s "$c/certs.d/$hosts" "$c/once" && grep -q "up to date" "$c/out" || fail "installing twice is not a no-op: $(cat "$c/out")"
+# TLS with the CA (as if mounted from the ConfigMap registry-dns-registry-ca)
+node_setup "$c/v2.toml" install REGISTRY_CA="$c/ca.crt" > "$c/out"
+grep -qx "  ca = \"$c/certs.d/knative-local-registry:5000/ca.crt\"" "$c/certs.d/$hosts" \
+    && grep -qx 'server = "https://knative-local-registry:5000"' "$c/certs.d/$hosts" \
+    && openssl x509 -noout -in "$c/certs.d/knative-local-registry:5000/ca.crt" || fail "TLS: no ca in hosts.toml: $(cat "$c/out")"
+node_setup "$c/v2.toml" remove > "$c/out"
+[ ! -e "$c/certs.d/knative-local-registry:5000" ] || fail "remove left $(ls "$c/certs.d/knative-local-registry:5000")"
+echo "  containerd 1.x (config_path set): plain hosts.toml, twice a no-op, TLS with ca beside it, remove deletes it"
+# containerd 2.x (version 3): the images plugin's config_path
+printf "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '%s/certs3.d'\n" "$c" > "$c/v3.toml"
+node_setup "$c/v3.toml" install > "$c/out"
+[ -s "$c/certs3.d/$hosts" ] || fail "containerd 2.x: no hosts.toml in its config_path: $(cat "$c/out")"
+node_setup "$c/v3.toml" remove > /dev/null
+echo "  containerd 2.x (io.containerd.cri.v1.images config_path): hosts.toml there"
+# k3s: registries.yaml (ours, or left alone with the snippet printed when it is someone else's)
+mkdir -p "$c/k3s" "$c/k3s-data/agent/etc/containerd"
+node_setup "$c/v2.toml" install REGISTRY_CA="$c/ca.crt" > "$c/out"
+grep -q '      - "https://knative-local-registry:5000"' "$c/k3s/registries.yaml" && grep -q "ca_file: $c/k3s/registry-dns-ca/" "$c/k3s/registries.yaml" \
+    && [ -s "$c/k3s-data/agent/etc/containerd/certs.d/$hosts" ] || fail "k3s: $(cat "$c/out")"
+node_setup "$c/v2.toml" remove > /dev/null
+[ ! -e "$c/k3s/registries.yaml" ] || fail "k3s: remove left registries.yaml"
+printf 'mirrors: {}\n' > "$c/k3s/registries.yaml"
+node_setup "$c/v2.toml" install > "$c/out"
+grep -q "registries.yaml is not registry-dns node setup's: left in place; merge this" "$c/out" \
+    && [ "$(cat "$c/k3s/registries.yaml")" = "mirrors: {}" ] || fail "k3s: someone else's registries.yaml: $(cat "$c/out")"
+node_setup "$c/v2.toml" remove > /dev/null
+[ "$(cat "$c/k3s/registries.yaml")" = "mirrors: {}" ] || fail "k3s: remove touched someone else's registries.yaml"
+rm -r "$c/k3s" "$c/k3s-data"
+echo "  k3s: registries.yaml with the CA and k3s's own certs.d; someone else's registries.yaml left alone, the snippet printed"
+# containerd 1.x without config_path: config.toml is not edited; the line to add is printed
+printf 'version = 2\n' > "$c/unset.toml"
+if [ "$is_root" = 1 ]; then
+    # It still writes /etc/containerd/certs.d (for when config_path is set): a scratch one here.
+    unshare --mount --propagation private sh -euc '
+        mkdir -p /etc/containerd && mount -t tmpfs tmpfs /etc/containerd
+        env SETUP_TEST=1 MODE=none CONFIG=deploy/node/registry-dns.conf CONTAINERD_CONFIG="$1/unset.toml" \
+            K3S_CONFIG_DIR="$1/k3s" K3S_DATA_DIR="$1/k3s-data" ACTION=install sh deploy/node/setup.sh > "$1/out" 2>&1
+        [ -s /etc/containerd/certs.d/knative-local-registry:5000/hosts.toml ]
+    ' sh "$c" || fail "containerd without config_path: $(cat "$c/out")"
+    grep -q 'sets no config_path, so its CRI plugin reads no hosts.toml: add config_path = "/etc/containerd/certs.d" under \[plugins."io.containerd.grpc.v1.cri".registry\]' "$c/out" \
+        || fail "containerd without config_path: no line to add in: $(cat "$c/out")"
+    [ "$(cat "$c/unset.toml")" = "version = 2" ] || fail "config.toml was edited"
+    echo "  containerd 1.x without config_path: config.toml untouched, the line to add printed"
+else
+    echo "  containerd without config_path: SKIPPED: needs root (a private mount namespace)"
 fi
 
 step "static binary (deploy/build-static.sh, as the Dockerfile runs it)"

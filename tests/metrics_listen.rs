@@ -54,3 +54,23 @@ fn the_metrics_listener_is_off_by_default_and_a_bad_address_is_a_one_line_error(
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("'9253' is not ADDR:PORT or off"), "{stderr}");
 }
+
+/// A port another program holds (CoreDNS's `prometheus :9253` does not set SO_REUSEPORT, so
+/// neither can share it) is a one-line startup error naming the port and the flag.
+#[test]
+fn a_taken_metrics_or_ops_port_is_a_one_line_error_naming_port_and_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let (port, taken_addr) = (addr.port(), addr.to_string());
+    for flag in ["--metrics-listen", "--ops-listen"] {
+        let args = ["--record", LOCAL, "--upstream", "127.0.0.1:9", "--listen", "127.0.0.1:0", flag, &taken_addr];
+        let (code, stderr) = run_to_exit(&args);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&format!("{flag} {addr}: port {port} is already in use by another program"))
+                && stderr.contains(&format!("give {flag} a free port")),
+            "{stderr}"
+        );
+    }
+}

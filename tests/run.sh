@@ -34,7 +34,9 @@ python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q -
 # (from the same go.mod, so their shared packages compile once), built once per version into a cache
 # outside the repository (a cold build takes a while; docs/testing.md, "Against a real control plane"). Outside
 # CI a failure here only makes those tests skip, loudly; under CI it fails the run.
-if [ $# -eq 0 ] && ! { tests/cluster/control-plane.sh build >/dev/null && tests/cluster/control-plane.sh build-e2e >/dev/null; }; then
+# crictl and containerd 2.x for tests/containerd_cri.rs come from their own go.mod (build-cri).
+if [ $# -eq 0 ] && ! { tests/cluster/control-plane.sh build >/dev/null && tests/cluster/control-plane.sh build-e2e >/dev/null &&
+  tests/cluster/control-plane.sh build-cri >/dev/null; }; then
   [ -z "${CI:-}" ] || exit 1
 fi
 

@@ -11,7 +11,9 @@
    --answer needs, no interface, image digest, metrics port, cache flags, PodMonitor, rules.
 4. Drift: the default rendering against `kubectl kustomize deploy/base`, and the PodMonitor and
    PrometheusRule against deploy/overlays/monitoring: security contexts, capabilities, probes,
-   RBAC rules, arguments and the rest of what base promises must be identical.
+   RBAC rules, arguments and the rest of what base promises must be identical; the node setup
+   (nodeSetup.enabled) against deploy/node: the same scripts and drop-in, the same pod.
+5. values.schema.json: values that are wrong in kind are refused before anything renders.
 
 The cache flags (--cache-size, --cache-max-ttl, --serve-stale) are the chart's own tuning, passed
 only when set; deploy/base leaves the binary's defaults. A binary without them (before the cache)
@@ -32,6 +34,17 @@ VALUES = os.path.join(DEPLOY, "check", "chart-values.yaml")
 CACHE_FLAGS = ("cache-size", "cache-max-ttl", "serve-stale")
 NO_CACHE = ["--set-string", "cache.size=,cache.maxTTL=,cache.serveStale="]
 MONITORING = ["--set", "metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true"]
+NODE_SETUP = ["--set", "nodeSetup.enabled=true"]
+# Values the schema must refuse (each would otherwise render a broken DaemonSet or flag).
+REFUSED = {
+    "nodeSetup.containerd.tls=maybe": "--set-string",
+    "metrics.port=70000": "--set",
+    "cache.size=64MB": "--set-string",
+    "nodeSetup.containerd.registries={knative-local-registry}": "--set",
+    "nodeSetup.action=uninstall": "--set-string",
+    "answer=cluster": "--set-string",
+    "metrics.prot=9353": "--set",
+}
 
 
 def run(cmd):
@@ -48,7 +61,8 @@ def template(helm, args, version):
 
 
 def one(objs, kind):
-    found = [o for o in objs if o["kind"] == kind]
+    """The one object of `kind`; for DaemonSets, registry-dns's (node setup's has its own name)."""
+    found = [o for o in objs if o["kind"] == kind and not o["metadata"]["name"].endswith("-node-setup")]
     assert len(found) == 1, f"{len(found)} {kind} objects"
     return found[0]
 
@@ -90,12 +104,37 @@ def drift(base, chart):
         "updateStrategy": (b["spec"].get("updateStrategy"), c["spec"].get("updateStrategy")),
     }
     for field in ("hostNetwork", "dnsPolicy", "priorityClassName", "tolerations", "terminationGracePeriodSeconds",
-                  "serviceAccountName"):
+                  "serviceAccountName", "nodeSelector"):
         pairs[field] = (bp.get(field), cp.get(field))
     pairs["RBAC (Roles' namespaces and rules, RoleBindings' subjects)"] = (rbac(base), rbac(chart))
     for what, (want, got) in pairs.items():
         if want != got:
             err("helm default vs deploy/base", f"{what} differ:\n    base:  {want}\n    chart: {got}")
+
+
+def node_drift(kustomize, chart):
+    """deploy/node against the chart's nodeSetup: the ConfigMap's files, and the pod."""
+    cm_k = next(o for o in kustomize if o["kind"] == "ConfigMap")["data"]
+    cm_c = next(o for o in chart if o["kind"] == "ConfigMap")["data"]
+    for key in sorted(set(cm_k) | set(cm_c)):
+        if cm_k.get(key) != cm_c.get(key):
+            err("helm nodeSetup vs deploy/node", f"ConfigMap key {key} differs")
+    k = next(o for o in kustomize if o["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    c = next(o for o in chart if o["kind"] == "DaemonSet" and o["metadata"]["name"].endswith("node-setup"))
+    c = c["spec"]["template"]["spec"]
+    kc, cc = k["containers"][0], c["containers"][0]
+    k_env = {e["name"]: e["value"] for e in kc["env"]}
+    c_env = {e["name"]: e["value"] for e in cc["env"]}
+    # The chart also passes the script's own defaults (ADDRESS, CONTAINERD), from its values.
+    pairs = {"env": ({**k_env, "ADDRESS": "169.254.20.25", "CONTAINERD": "auto"}, c_env)}
+    for field in ("hostPID", "priorityClassName", "nodeSelector", "tolerations", "automountServiceAccountToken",
+                  "terminationGracePeriodSeconds", "volumes"):
+        pairs[field] = (k.get(field), c.get(field))
+    for field in ("image", "command", "securityContext", "resources", "volumeMounts"):
+        pairs[f"container {field}"] = (kc.get(field), cc.get(field))
+    for what, (want, got) in pairs.items():
+        if want != got:
+            err("helm nodeSetup vs deploy/node", f"{what} differ:\n    kustomize: {want}\n    chart:     {got}")
 
 
 def expect(what, ok):
@@ -110,7 +149,7 @@ def check_values_reach(objs):
     args = args_of(ds)
     for a in ("--service=knative-local-registry=registry/knative", "--service=registry-mirror=mirror/registry",
               "--record=build-cache=10.0.0.20,fd00::20", "--answer=cluster-ip", "--listen=10.0.0.53:53",
-              "--ops-listen=127.0.0.1:8199", "--metrics-listen=0.0.0.0:9353", "--cache-size=64MiB",
+              "--ops-listen=127.0.0.1:8199", "--metrics-listen=0.0.0.0:9453", "--cache-size=64MiB",
               "--cache-max-ttl=30m", "--allow-from=10.0.0.0/8", "--allow-from=127.0.0.0/8"):
         expect(f"{a} not in args {args}", a in args)
     for f in ("interface-name", "interface-address", "serve-stale"):
@@ -120,17 +159,29 @@ def check_values_reach(objs):
     expect("upstream.resolvConf", spec["volumes"][0]["hostPath"]["path"] == "/etc/resolv.conf")
     expect("resources", c["resources"]["limits"] == {"memory": "128Mi"})
     expect("tolerations", spec["tolerations"][0]["key"] == "node-role.kubernetes.io/control-plane")
-    expect("nodeSelector", spec.get("nodeSelector") == {"kubernetes.io/os": "linux"})
+    expect("nodeSelector", spec.get("nodeSelector") == {"kubernetes.io/os": "linux", "node-role.kubernetes.io/worker": ""})
     expect("priorityClassName empty leaves it out", "priorityClassName" not in spec)
     expect("imagePullSecrets", spec.get("imagePullSecrets") == [{"name": "registry-example-org"}])
     expect("podAnnotations", ds["spec"]["template"]["metadata"].get("annotations") == {"example.org/owner": "platform"})
+    setup = next(o for o in objs if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "registry-dns-node-setup")
+    setup_spec = setup["spec"]["template"]["spec"]
+    env = {e["name"]: e["value"] for e in setup_spec["containers"][0]["env"]}
+    expect(f"node setup env {env}", env == {
+        "ACTION": "remove", "MODE": "resolv-conf", "ADDRESS": "10.0.0.53", "CONTAINERD": "auto",
+        "REGISTRIES": "knative-local-registry:5000 registry-mirror:5001", "REGISTRY_TLS": "true"})
+    expect("node setup CA ConfigMap", {"name": "my-registry-ca", "optional": True} in
+           [v.get("configMap") for v in setup_spec["volumes"]])
+    expect("node setup priorityClassName empty leaves it out", "priorityClassName" not in setup_spec)
+    dropin = next(o for o in objs if o["kind"] == "ConfigMap")["data"]["registry-dns.conf"]
+    expect(f"drop-in {dropin}", "\nDNS=10.0.0.53\n" in dropin
+           and "\nDomains=~knative-local-registry ~registry-mirror ~build-cache\n" in dropin)
     roles, _ = rbac(objs)
     services_only = json.dumps([{"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]}],
                                sort_keys=True)
     expect(f"one Role per Service namespace, services only (cluster-ip): {roles}",
            roles == {("registry", services_only), ("mirror", services_only)})
     pm, rule = one(objs, "PodMonitor"), one(objs, "PrometheusRule")
-    expect("PodMonitor port", validate.metrics_port(pm) == {"9353"})
+    expect("PodMonitor port", validate.metrics_port(pm) == {"9453"})
     expect("PodMonitor interval", pm["spec"]["podMetricsEndpoints"][0]["interval"] == "15s")
     for o in (pm, rule):
         expect(f"{o['kind']} labels", o["metadata"]["labels"].get("release") == "kube-prometheus-stack")
@@ -168,11 +219,26 @@ def main():
     for kind in ("PodMonitor", "PrometheusRule"):
         want, got = one(monitoring, kind)["spec"], one(with_monitoring, kind)["spec"]
         if kind == "PodMonitor":
-            want, got = want["podMetricsEndpoints"], got["podMetricsEndpoints"]
+            want, got = (want["jobLabel"], want["podMetricsEndpoints"]), (got["jobLabel"], got["podMetricsEndpoints"])
         if want != got:
             err("helm vs deploy/components/monitoring", f"{kind} differs:\n    kustomize: {want}\n    chart:     {got}")
+    node = validate.render(kubectl, os.path.join(DEPLOY, "node"))
+    node_drift(node, template(helm, NODE_SETUP, versions[-1]))
     print("  drift: chart defaults = deploy/base (security contexts, capabilities, probes, RBAC, args, pod spec);"
-          " PodMonitor and PrometheusRule = deploy/components/monitoring")
+          " PodMonitor and PrometheusRule = deploy/components/monitoring; nodeSetup = deploy/node")
+    for value, how in REFUSED.items():
+        out = subprocess.run([helm, "template", "registry-dns", CHART, "--kube-version", versions[-1], how, value],
+                             capture_output=True, text=True)
+        if out.returncode == 0 or "values don't meet the specifications of the schema" not in out.stderr:
+            err("values.schema.json", f"{value} was not refused by the schema: {out.stderr.strip()[:300]}")
+    print(f"  values.schema.json refuses {len(REFUSED)} wrong values ({', '.join(REFUSED)})")
+    # A cache that cannot fit under the memory limit (the binary refuses it at start too).
+    out = subprocess.run([helm, "template", "registry-dns", CHART, "--kube-version", versions[-1],
+                          "--set-string", "cache.size=64MiB"], capture_output=True, text=True)
+    if out.returncode == 0 or "cache.size 64MiB does not fit under resources.limits.memory 64Mi" not in out.stderr \
+            or "at most 40MiB" not in out.stderr:
+        err("helm cache.size", f"a 64MiB cache under the 64Mi limit was not refused: {out.stderr.strip()[:300]}")
+    print("  a 64MiB cache under the 64Mi memory limit is refused (at most 40MiB), as the binary refuses it")
     if validate.errors:
         print("\n".join(f"ERROR {e}" for e in validate.errors))
         sys.exit(1)

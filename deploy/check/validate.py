@@ -28,6 +28,10 @@ kv.schema_contents = functools.lru_cache(maxsize=None)(kv.schema_contents)  # sa
 DEPLOY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALERTS = os.path.join(DEPLOY, "helm", "registry-dns", "files", "alerts.yaml")
 errors = []
+# Ports that common hostNetwork node agents serve on (deploy/README.md, "Metrics and alerts").
+NODE_AGENT_PORTS = {"9253": "NodeLocal DNSCache's metrics", "8080": "NodeLocal DNSCache's health",
+                    "9153": "CoreDNS's metrics", "9100": "node-exporter", "8081": "kube-state-metrics",
+                    "10249": "kube-proxy's metrics", "10256": "kube-proxy's health", "10250": "the kubelet"}
 
 
 def err(where, msg):
@@ -131,6 +135,9 @@ def check_references(where, objs):
             if sa != "default" and sa not in names("ServiceAccount", ns):
                 err(name, f"serviceAccountName {sa} is not in this rendering")
             for v in volumes.values():
+                # An optional volume (the registry's CA for node setup) is the user's to create.
+                if (v.get("configMap") or v.get("secret") or {}).get("optional"):
+                    continue
                 if "configMap" in v and v["configMap"]["name"] not in names("ConfigMap", ns):
                     err(name, f"volume {v['name']}: ConfigMap {v['configMap']['name']} is not in this rendering")
                 if "secret" in v and v["secret"]["secretName"] not in cert_secrets | external_secrets:
@@ -217,6 +224,11 @@ def check_daemonset(where, ds, binary_help, defaults=True):
     for what, ok in want.items():
         if not ok:
             err(name, f"lost: {what}")
+    # On hostNetwork every node agent shares the node's ports: whichever binds second fails.
+    for flag in ("ops-listen", "metrics-listen"):
+        port = args.get(flag, "off").rsplit(":", 1)[-1]
+        if port in NODE_AGENT_PORTS:
+            err(name, f"--{flag} port {port} is taken by {NODE_AGENT_PORTS[port]} on the nodes that run it")
     ops_host, ops_port = args["ops-listen"].rsplit(":", 1)
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         get = c[probe]["httpGet"]

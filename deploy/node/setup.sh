@@ -1,18 +1,22 @@
 #!/bin/sh
 # Runs in the registry-dns-node-setup pod (privileged, hostPID) and changes the NODE through
 # nsenter into PID 1's namespaces. ACTION=install (default) or remove; MODE=auto (default),
-# resolved or resolv-conf. Idempotent: re-run every 5 minutes, so a DHCP client that rewrites
-# /etc/resolv.conf is corrected, and systemd-resolved restarts only when the drop-in changed.
+# resolved, resolv-conf or none (the node's resolver is wired some other way). Then containerd's
+# configuration for the registry (containerd-hosts.sh; CONTAINERD=off skips it). Idempotent:
+# re-run every 5 minutes, so a DHCP client that rewrites /etc/resolv.conf is corrected, a CA
+# that changed reaches the nodes, and systemd-resolved restarts only when the drop-in changed.
 set -eu
 ACTION=${ACTION:-install}
 MODE=${MODE:-auto}
+CONTAINERD=${CONTAINERD:-auto}
 ADDRESS=${ADDRESS:-169.254.20.25}
 DROPIN=/etc/systemd/resolved.conf.d/registry-dns.conf
 conf=$(cat "${CONFIG:-/config/registry-dns.conf}")
 
 host() { nsenter --target 1 --mount --uts --ipc --net --pid -- "$@"; }
-# deploy/check.sh runs this script against a scratch /etc in a private mount namespace.
+# deploy/check.sh and tests/containerd_cri.rs run this script against scratch files, in place.
 if [ -n "${SETUP_TEST:-}" ]; then host() { "$@"; }; fi
+. "$(dirname "$0")/containerd-hosts.sh"
 
 if [ "$MODE" = auto ]; then
     if host sh -c 'command -v systemctl >/dev/null && systemctl is-active --quiet systemd-resolved'; then
@@ -65,13 +69,22 @@ resolvconf_remove() {
 case "$ACTION/$MODE" in
     install/resolved) apply=resolved_install ;;
     install/resolv-conf) apply=resolvconf_install ;;
+    install/none) apply=true ;;
     remove/*) apply=remove_all ;;
-    *) echo "ACTION is install or remove; MODE is auto, resolved or resolv-conf" >&2; exit 2 ;;
+    *) echo "ACTION is install or remove; MODE is auto, resolved, resolv-conf or none" >&2; exit 2 ;;
+esac
+case "$ACTION/$CONTAINERD" in
+    install/auto) registry=containerd_install ;;
+    remove/auto) registry=containerd_remove ;;
+    */off) registry=true ;;
+    *) echo "CONTAINERD is auto or off" >&2; exit 2 ;;
 esac
 
 remove_all() {
-    resolved_remove
-    resolvconf_remove
+    if [ "$MODE" != none ]; then
+        resolved_remove
+        resolvconf_remove
+    fi
     # The dummy interface that registry-dns keeps across restarts: only once registry-dns is gone
     # from this node (delete its DaemonSet first; this loop comes back every 5 minutes).
     if host ip link show registry-dns0 >/dev/null 2>&1; then
@@ -85,6 +98,7 @@ remove_all() {
 
 while :; do
     $apply
+    $registry
     [ -z "${SETUP_TEST:-}" ] || exit 0
     sleep 300
 done

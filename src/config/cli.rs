@@ -75,12 +75,15 @@ pub struct Settings {
     #[arg(long, env = "REGISTRY_DNS_KUBECONFIG", value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// Where to serve /healthz and /readyz, or `off`.
-    #[arg(long, env = "REGISTRY_DNS_OPS_LISTEN", value_name = "ADDR:PORT|off", default_value = "127.0.0.1:8080",
+    /// Where to serve /healthz, /readyz and /metrics, or `off`. Not 8080: NodeLocal DNSCache's
+    /// health port, and many agents' default.
+    #[arg(long, env = "REGISTRY_DNS_OPS_LISTEN", value_name = "ADDR:PORT|off", default_value = "127.0.0.1:8099",
           value_parser = parse_ops_listen)]
     pub ops_listen: OpsListen,
 
-    /// Where to serve /metrics alone (for Prometheus, on the node's address), or `off`.
+    /// Where to serve /metrics alone (for Prometheus, on the node's address), or `off`. The
+    /// DaemonSet uses 0.0.0.0:9353: no common node agent's port (CoreDNS has 9153, NodeLocal
+    /// DNSCache 9253, node-exporter 9100).
     #[arg(long, env = "REGISTRY_DNS_METRICS_LISTEN", value_name = "ADDR:PORT|off", default_value = "off",
           value_parser = parse_ops_listen)]
     pub metrics_listen: OpsListen,

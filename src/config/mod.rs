@@ -5,6 +5,7 @@
 
 pub mod cli;
 mod file;
+pub mod memory;
 mod nameservers;
 
 use std::collections::HashSet;
@@ -77,7 +78,7 @@ impl Default for Config {
             services: Vec::new(),
             answer: AnswerMode::default(),
             kubeconfig: None,
-            ops_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            ops_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8099))),
             metrics_listen: None,
             upstreams: Vec::new(),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
@@ -116,6 +117,8 @@ impl Config {
         ensure!(self.max_concurrent > 0, "--max-concurrent must be at least 1");
         ensure!(self.max_tcp_connections > 0, "--max-tcp-connections must be at least 1");
         ensure!(!self.allow_from.networks().is_empty(), "--allow-from needs at least one network");
+        // A cache larger than the container allows ends in an OOM kill once it fills.
+        memory::check_cache_fits(self.cache.size, memory::own_limit().as_ref())?;
         if let Some(name) = &self.interface_name {
             crate::interface::validate_name(name).map_err(anyhow::Error::msg)?;
             crate::interface::validate_addresses(&self.interface_addresses).map_err(anyhow::Error::msg)?;

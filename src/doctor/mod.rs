@@ -8,8 +8,16 @@
 //!
 //! The files it reads can be pointed elsewhere with flags; getaddrinfo always reads the real
 //! ones, so the flags are for looking at another root's files, and for tests.
+//!
+//! `--registry` checks the node's pull path instead (`containerd`, `registry_probe`,
+//! `registry_verdict`): containerd's hosts.toml for the registry, the registry's address and
+//! port, its `/v2/` API over the scheme hosts.toml names, its certificate against the CA it names;
+//! exit 0 when a pull can get through, 1 when not.
 
+mod containerd;
 mod probe;
+mod registry_probe;
+mod registry_verdict;
 mod resolver_setup;
 mod verdict;
 
@@ -59,13 +67,40 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "PATH", default_value = "/etc/systemd/resolved.conf")]
     pub resolved_conf: PathBuf,
 
-    /// How long each direct DNS query waits for an answer (it is sent twice).
+    /// How long each direct DNS query waits for an answer (it is sent twice); with --registry,
+    /// each step of the pull (connect, TLS, the API's answer).
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+
+    /// Check the node's pull path instead of its resolver: containerd's hosts.toml for HOST:PORT
+    /// (default: --name, port 5000), the registry there, its /v2/ API over the scheme hosts.toml
+    /// names, and its certificate against the CA hosts.toml names.
+    #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = "", value_parser = parse_registry)]
+    pub registry: Option<String>,
+
+    /// containerd's config.toml, whose CRI registry `config_path` names the hosts directories.
+    #[arg(long, value_name = "PATH", default_value = "/etc/containerd/config.toml", requires = "registry")]
+    pub containerd_config: PathBuf,
+
+    /// The hosts directory to read instead of config.toml's (as `ctr --hosts-dir`).
+    #[arg(long, value_name = "DIR", requires = "registry")]
+    pub hosts_dir: Option<PathBuf>,
+}
+
+/// `--registry`'s value: HOST:PORT, as in an image reference (empty: the default).
+fn parse_registry(text: &str) -> Result<String, String> {
+    match text.rsplit_once(':') {
+        _ if text.is_empty() => Ok(String::new()),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(text.to_string()),
+        _ => Err(format!("'{text}' is not HOST:PORT (image references to this registry carry the port)")),
+    }
 }
 
 /// Runs the diagnosis, prints the report on stdout and returns the exit status.
 pub fn run(args: &DoctorArgs) -> ExitCode {
+    if let Some(registry) = &args.registry {
+        return run_registry(args, registry);
+    }
     let system = PendingLookup::start(&args.name);
     let paths = Paths {
         resolv_conf: args.resolv_conf.clone(),
@@ -95,6 +130,39 @@ pub fn run(args: &DoctorArgs) -> ExitCode {
     let report = verdict::judge(&findings);
     print!("{report}");
     ExitCode::from(report.outcome.exit_code())
+}
+
+/// `--registry`: the pull path to `registry` (empty: `--name`:5000).
+fn run_registry(args: &DoctorArgs, registry: &str) -> ExitCode {
+    let registry = match registry {
+        "" => format!("{}:5000", args.name),
+        given => given.to_string(),
+    };
+    let dirs = containerd::HostsDirs::read(&args.containerd_config, args.hosts_dir.as_deref());
+    let searched = match dirs.dirs() {
+        dirs if dirs.is_empty() => vec![PathBuf::from(containerd::CERTS_D)],
+        dirs => dirs,
+    };
+    let hosts = containerd::hosts_toml(&searched, &registry);
+    let pulls = |e: &&containerd::Endpoint| e.capabilities.iter().any(|c| c == "pull");
+    let configured = match &hosts {
+        Ok(Some(h)) => h.endpoints.iter().find(pulls).or(h.endpoints.first()),
+        _ => None,
+    };
+    let endpoint = match configured {
+        Some(endpoint) => endpoint.clone(),
+        None => match containerd::default_endpoint(&registry) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                eprintln!("registry-dns: --registry {registry}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let probe = registry_probe::probe(&endpoint, args.timeout);
+    let report = registry_verdict::judge(&registry_verdict::PullFindings { registry, dirs, hosts, probe });
+    print!("{report}");
+    ExitCode::from(report.exit_code())
 }
 
 /// The suffixed names glibc tries before the bare one, each asked at the first nameserver that

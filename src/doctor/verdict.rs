@@ -54,15 +54,15 @@ pub struct Check {
 }
 
 impl Check {
-    fn ok(text: String) -> Self {
+    pub(super) fn ok(text: String) -> Self {
         Self { severity: Severity::Ok, text, fix: None }
     }
 
-    fn warn(text: String, fix: Option<String>) -> Self {
+    pub(super) fn warn(text: String, fix: Option<String>) -> Self {
         Self { severity: Severity::Warn, text, fix }
     }
 
-    fn problem(text: String, fix: impl Into<Option<String>>) -> Self {
+    pub(super) fn problem(text: String, fix: impl Into<Option<String>>) -> Self {
         Self { severity: Severity::Problem, text, fix: fix.into() }
     }
 }
@@ -99,20 +99,25 @@ pub struct Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{}", self.title)?;
-        for check in &self.checks {
-            let label = match check.severity {
-                Severity::Ok => "ok",
-                Severity::Warn => "warn",
-                Severity::Problem => "PROBLEM",
-            };
-            writeln!(f, "  {label:<8} {}", check.text)?;
-            if let Some(fix) = &check.fix {
-                writeln!(f, "  {:<8} fix: {fix}", "")?;
-            }
-        }
-        writeln!(f, "verdict: {}", self.verdict)
+        write_report(f, &self.title, &self.checks, &self.verdict)
     }
+}
+
+/// A report's text: the title, one line per check with its fix below, the verdict.
+pub(super) fn write_report(f: &mut fmt::Formatter<'_>, title: &str, checks: &[Check], verdict: &str) -> fmt::Result {
+    writeln!(f, "{title}")?;
+    for check in checks {
+        let label = match check.severity {
+            Severity::Ok => "ok",
+            Severity::Warn => "warn",
+            Severity::Problem => "PROBLEM",
+        };
+        writeln!(f, "  {label:<8} {}", check.text)?;
+        if let Some(fix) = &check.fix {
+            writeln!(f, "  {:<8} fix: {fix}", "")?;
+        }
+    }
+    writeln!(f, "verdict: {verdict}")
 }
 
 /// The report for `findings`.

@@ -1,14 +1,17 @@
-//! The operations endpoint (`--ops-listen`, default `127.0.0.1:8080`): `/healthz` says the
+//! The operations endpoint (`--ops-listen`, default `127.0.0.1:8099`): `/healthz` says the
 //! process is alive, `/readyz` whether it should get traffic (see `readiness`). Plain HTTP/1.1
 //! through axum; `/metrics` serves the Prometheus metrics (see `crate::metrics`), and
 //! `POST /cache/flush` empties the cache (see `flush`).
 //!
 //! `--metrics-listen` serves `/metrics` alone, so that Prometheus can scrape the node's address
-//! (as NodeLocal DNSCache's :9253) while the probes' endpoints stay on loopback.
+//! while the probes' endpoints stay on loopback. The DaemonSet's port is 9353, next to CoreDNS's
+//! 9153 and NodeLocal DNSCache's 9253 and used by neither: on `hostNetwork` every node agent
+//! shares the node's ports, and whichever of two binds second cannot serve.
 
 mod flush;
 mod readiness;
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -29,10 +32,32 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 
 pub use readiness::Readiness;
 
-/// Binds the ops listener (errors surface at startup, like the DNS sockets'). With SO_REUSEPORT,
-/// as the DNS sockets: on `hostNetwork` an old and a new pod overlap on one node during a rolling
-/// update, and both need the port. While they overlap, a probe may reach either instance.
-pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Binds the ops or metrics listener given by `flag` (errors surface at startup, like the DNS
+/// sockets', as one line naming the port and the flag). With SO_REUSEPORT, as the DNS sockets: on
+/// `hostNetwork` an old and a new pod overlap on one node during a rolling update, and both need
+/// the port. While they overlap, a probe may reach either instance. Another program on the port
+/// (one that does not set SO_REUSEPORT, as CoreDNS's `prometheus` and `health` do not) makes the
+/// bind fail, whichever of the two started first.
+pub fn bind(addr: SocketAddr, flag: &str) -> anyhow::Result<std::net::TcpListener> {
+    bind_shared(addr).map_err(|e| {
+        let port = addr.port();
+        match e.kind() {
+            ErrorKind::AddrInUse => anyhow::anyhow!(
+                "{flag} {addr}: port {port} is already in use by another program on this host (`ss -ltnp 'sport = :{port}'` \
+                 names it); give {flag} a free port"
+            ),
+            ErrorKind::AddrNotAvailable => {
+                anyhow::anyhow!("{flag} {addr}: {} is not an address of this host; give {flag} one of its addresses", addr.ip())
+            }
+            ErrorKind::PermissionDenied => {
+                anyhow::anyhow!("{flag} {addr}: port {port} needs CAP_NET_BIND_SERVICE; give {flag} a port above 1023")
+            }
+            _ => anyhow::anyhow!("{flag} {addr}: {e}"),
+        }
+    })
+}
+
+fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;

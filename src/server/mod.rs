@@ -103,11 +103,11 @@ impl Server {
         };
 
         let ops = match config.ops_listen {
-            Some(addr) => Some(ops::bind(addr).with_context(|| format!("cannot serve the ops endpoint on {addr}"))?),
+            Some(addr) => Some(ops::bind(addr, "--ops-listen")?),
             None => None,
         };
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(ops::bind(addr).with_context(|| format!("cannot serve the metrics on {addr}"))?),
+            Some(addr) => Some(ops::bind(addr, "--metrics-listen")?),
             None => None,
         };
         let readiness = Arc::new(Readiness::default());

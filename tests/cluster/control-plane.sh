@@ -14,6 +14,10 @@
 #                                        same go.mod (so the packages they share with Kubernetes,
 #                                        client-go, grpc, protobuf..., compile once); prints their
 #                                        two directories
+#   control-plane.sh build-cri           build (or find) crictl (sigs.k8s.io/cri-tools) and containerd 2.x
+#                                        (github.com/containerd/containerd/v2) for tests/containerd_cri.rs,
+#                                        from their own go.mod in tests/cluster/containerd; prints their
+#                                        two directories
 #   control-plane.sh start DIR           start everything, with its state (certs, etcd data, logs,
 #                                        admin.kubeconfig, env) in DIR
 #   control-plane.sh stop DIR            stop everything started in DIR
@@ -34,6 +38,11 @@ k8s_version="$(awk '$1=="k8s.io/kubernetes"{print $2; exit}' "$gomod/go.mod")"
 etcd_version="$(awk '$1=="go.etcd.io/etcd/server/v3"{print $2; exit}' "$gomod/go.mod")"
 coredns_version="$(awk '$1=="github.com/coredns/coredns"{print $2; exit} $2=="github.com/coredns/coredns"{print $3; exit}' "$gomod/go.mod")"
 crane_version="$(awk '$1=="github.com/google/go-containerregistry"{print $2; exit}' "$gomod/go.mod")"
+cri_gomod="$here/containerd"
+crictl_version="$(awk '$1=="sigs.k8s.io/cri-tools"{print $2; exit}' "$cri_gomod/go.mod")"
+containerd2_version="$(awk '$1=="github.com/containerd/containerd/v2"{print $2; exit}' "$cri_gomod/go.mod")"
+crictl_bin="$cache/crictl-$crictl_version"
+containerd2_bin="$cache/containerd-$containerd2_version"
 k8s_bin="$cache/kubernetes-$k8s_version"
 etcd_bin="$cache/etcd-$etcd_version"
 coredns_bin="$cache/coredns-$coredns_version"
@@ -154,6 +163,40 @@ build_e2e() {
   rm -rf "$coredns_bin" "$crane_bin"
   mv "$out/coredns-dir" "$coredns_bin"
   mv "$out/crane-dir" "$crane_bin"
+  trap - EXIT
+  rmdir "$out"
+  log "built in $((SECONDS - start)) s"
+}
+
+cri_built() {
+  [ -x "$crictl_bin/crictl" ] && [ -x "$containerd2_bin/containerd" ]
+}
+
+# crictl and containerd 2.x, from tests/cluster/containerd/go.mod (their own module: MVS would move
+# the control plane's dependencies otherwise). containerd without cgo and without the btrfs,
+# devmapper and zfs snapshotters, which need C headers (the tests use the native snapshotter).
+build_cri() {
+  cri_built && return
+  mkdir -p "$cache"
+  exec 9>"$cache/.build.lock"
+  flock 9
+  cri_built && return
+  ensure_go
+  local out
+  out="$(mktemp -d "$cache/.build.XXXXXX")"
+  trap "rm -rf '$out'" EXIT
+  log "building crictl $crictl_version and containerd $containerd2_version into $cache (once)"
+  local start=$SECONDS
+  (cd "$cri_gomod" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 \
+    go build -tags "no_btrfs no_devmapper no_zfs" -trimpath \
+    -ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd2_version -X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" \
+    -o "$out/" sigs.k8s.io/cri-tools/cmd/crictl github.com/containerd/containerd/v2/cmd/containerd)
+  mkdir -p "$out/crictl-dir" "$out/containerd-dir"
+  mv "$out/crictl" "$out/crictl-dir/crictl"
+  mv "$out/containerd" "$out/containerd-dir/containerd"
+  rm -rf "$crictl_bin" "$containerd2_bin"
+  mv "$out/crictl-dir" "$crictl_bin"
+  mv "$out/containerd-dir" "$containerd2_bin"
   trap - EXIT
   rmdir "$out"
   log "built in $((SECONDS - start)) s"
@@ -333,6 +376,10 @@ case "${1:-}" in
     build_e2e
     echo "$coredns_bin $crane_bin"
     ;;
+  build-cri)
+    build_cri
+    echo "$crictl_bin $containerd2_bin"
+    ;;
   start) start "$2" ;;
   stop) stop "$2" ;;
   start-apiserver) load_env "$2" && start_apiserver "$(cd "$2" && pwd)" "$3" "$4" ;;
@@ -340,7 +387,7 @@ case "${1:-}" in
   start-controller-manager) load_env "$2" && start_controller_manager "$(cd "$2" && pwd)" "$3" "$4" ;;
   compact) load_env "$2" && compact "$2" ;;
   *)
-    sed -n '2,27p' "$0" >&2
+    sed -n '2,31p' "$0" >&2
     exit 2
     ;;
 esac

@@ -8,6 +8,7 @@ pub mod bad_upstream;
 pub mod control_plane;
 pub mod forger;
 pub mod netns;
+pub mod registry_node;
 pub mod registry_pod;
 pub mod scrape;
 
@@ -202,7 +203,12 @@ fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
 
 /// Runs the binary to completion (for startup failures): exit code and stderr.
 pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
-    let output = Command::new(RegistryDns::BIN).args(args).env_remove("RUST_LOG").output().unwrap();
+    run_to_exit_with(Command::new(RegistryDns::BIN), args)
+}
+
+/// Like [`run_to_exit`] with a prepared command (a cgroup, a network namespace).
+pub fn run_to_exit_with(mut command: Command, args: &[&str]) -> (Option<i32>, String) {
+    let output = command.args(args).env_remove("RUST_LOG").output().unwrap();
     (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 

@@ -1,0 +1,104 @@
+#!/bin/sh
+# Runs in the registry-dns-node-setup pod (privileged, hostPID) and changes the NODE through
+# nsenter into PID 1's namespaces. ACTION=install (default) or remove; MODE=auto (default),
+# resolved, resolv-conf or none (the node's resolver is wired some other way). Then containerd's
+# configuration for the registry (containerd-hosts.sh; CONTAINERD=off skips it). Idempotent:
+# re-run every 5 minutes, so a DHCP client that rewrites /etc/resolv.conf is corrected, a CA
+# that changed reaches the nodes, and systemd-resolved restarts only when the drop-in changed.
+set -eu
+ACTION=${ACTION:-install}
+MODE=${MODE:-auto}
+CONTAINERD=${CONTAINERD:-auto}
+ADDRESS=${ADDRESS:-169.254.20.25}
+DROPIN=/etc/systemd/resolved.conf.d/registry-dns.conf
+conf=$(cat "${CONFIG:-/config/registry-dns.conf}")
+
+host() { nsenter --target 1 --mount --uts --ipc --net --pid -- "$@"; }
+# deploy/check.sh and tests/containerd_cri.rs run this script against scratch files, in place.
+if [ -n "${SETUP_TEST:-}" ]; then host() { "$@"; }; fi
+. "$(dirname "$0")/containerd-hosts.sh"
+
+if [ "$MODE" = auto ]; then
+    if host sh -c 'command -v systemctl >/dev/null && systemctl is-active --quiet systemd-resolved'; then
+        MODE=resolved
+    else
+        MODE=resolv-conf
+    fi
+fi
+echo "node $(host hostname): $ACTION, mode $MODE"
+
+resolved_install() {
+    host sh -c '
+        set -eu
+        if [ "$(cat "$1" 2>/dev/null)" = "$2" ]; then echo "$1 up to date"; exit 0; fi
+        mkdir -p "$(dirname "$1")"
+        printf "%s\n" "$2" > "$1.tmp" && mv "$1.tmp" "$1"
+        systemctl restart systemd-resolved
+        echo "wrote $1, restarted systemd-resolved"
+    ' sh "$DROPIN" "$conf"
+}
+
+resolved_remove() {
+    host sh -c '
+        if [ -e "$1" ]; then rm -f "$1"; systemctl restart systemd-resolved; echo "removed $1, restarted systemd-resolved"; fi
+    ' sh "$DROPIN"
+}
+
+# In place (cat >, not mv): in kind and other containers /etc/resolv.conf is a bind mount.
+resolvconf_install() {
+    host sh -c '
+        set -eu
+        first=$(grep -m1 "^nameserver" /etc/resolv.conf | tr -s " \t" " " | cut -d" " -f2 || true)
+        if [ "$first" = "$1" ]; then echo "/etc/resolv.conf: $1 already first"; exit 0; fi
+        new=$( { echo "nameserver $1 # registry-dns"; grep -v "^nameserver $1\( \|\$\)" /etc/resolv.conf; } )
+        printf "%s\n" "$new" > /etc/resolv.conf
+        echo "/etc/resolv.conf: $1 added as first nameserver"
+    ' sh "$ADDRESS"
+}
+
+resolvconf_remove() {
+    host sh -c '
+        if grep -q "^nameserver $1\( \|\$\)" /etc/resolv.conf; then
+            new=$(grep -v "^nameserver $1\( \|\$\)" /etc/resolv.conf)
+            printf "%s\n" "$new" > /etc/resolv.conf
+            echo "/etc/resolv.conf: $1 removed"
+        fi
+    ' sh "$ADDRESS"
+}
+
+case "$ACTION/$MODE" in
+    install/resolved) apply=resolved_install ;;
+    install/resolv-conf) apply=resolvconf_install ;;
+    install/none) apply=true ;;
+    remove/*) apply=remove_all ;;
+    *) echo "ACTION is install or remove; MODE is auto, resolved, resolv-conf or none" >&2; exit 2 ;;
+esac
+case "$ACTION/$CONTAINERD" in
+    install/auto) registry=containerd_install ;;
+    remove/auto) registry=containerd_remove ;;
+    */off) registry=true ;;
+    *) echo "CONTAINERD is auto or off" >&2; exit 2 ;;
+esac
+
+remove_all() {
+    if [ "$MODE" != none ]; then
+        resolved_remove
+        resolvconf_remove
+    fi
+    # The dummy interface that registry-dns keeps across restarts: only once registry-dns is gone
+    # from this node (delete its DaemonSet first; this loop comes back every 5 minutes).
+    if host ip link show registry-dns0 >/dev/null 2>&1; then
+        if host sh -c 'command -v pgrep >/dev/null && ! pgrep -x registry-dns >/dev/null'; then
+            host ip link del registry-dns0 && echo "deleted registry-dns0"
+        else
+            echo "registry-dns still runs here (or the node has no pgrep): registry-dns0 left in place"
+        fi
+    fi
+}
+
+while :; do
+    $apply
+    $registry
+    [ -z "${SETUP_TEST:-}" ] || exit 0
+    sleep 300
+done
