@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use registry_dns::config::cli::{Command, CommandLine, one_line};
+use registry_dns::config::cli::{CommandLine, Subcommand, one_line};
 use registry_dns::server::shutdown::signal_shutdown;
 use registry_dns::{Server, doctor, logging, net};
 
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return fail(&format!("{e:#}")),
     };
-    if let Some(Command::Doctor(args)) = cli.command {
+    if let Some(Subcommand::Doctor(args)) = cli.command {
         return doctor::run(&args);
     }
     logging::init(cli.settings.log_format);

@@ -209,7 +209,7 @@ impl<W> Cache<W> {
         let hash = self.hash(key);
         let mut shard = self.shard(hash);
         match shard.probe(hash, key.as_bytes(), transport, query, limit, now, self.policy.serve_stale, out) {
-            Probe::Fresh { prefetch } => Found::Fresh {
+            Seen::Fresh { prefetch } => Found::Fresh {
                 prefetch: prefetch.then(|| FlightGuard {
                     cache: self.clone(),
                     hash,
@@ -218,8 +218,8 @@ impl<W> Cache<W> {
                     refresh: true,
                 }),
             },
-            Probe::Stale => Found::Stale,
-            Probe::Missing { stale } => Found::Missing(Missing { cache: self, shard, hash, key, stale }),
+            Seen::Stale => Found::Stale,
+            Seen::Missing { stale } => Found::Missing(Missing { cache: self, shard, hash, key, stale }),
         }
     }
 
@@ -284,7 +284,7 @@ impl<W> Cache<W> {
 }
 
 /// What [`Shard::probe`] found.
-enum Probe {
+enum Seen {
     Fresh { prefetch: bool },
     Stale,
     Missing { stale: bool },
@@ -304,10 +304,10 @@ impl<W> Shard<W> {
         now: Instant,
         serve_stale: Duration,
         out: &mut Vec<u8>,
-    ) -> Probe {
-        let Some(entry) = self.store.get(hash, key) else { return Probe::Missing { stale: false } };
+    ) -> Seen {
+        let Some(entry) = self.store.get(hash, key) else { return Seen::Missing { stale: false } };
         if entry.answer.wire.len() > limit {
-            return Probe::Missing { stale: false };
+            return Seen::Missing { stale: false };
         }
         let age = now.saturating_duration_since(entry.stored_at);
         let age_secs = age.as_secs().min(u64::from(u32::MAX)) as u32;
@@ -322,18 +322,18 @@ impl<W> Shard<W> {
                 && left * 100 <= ttl * PREFETCH_PERCENT
                 && !recent(entry.failed, now);
             let prefetch = due && !self.flights.any(hash, key) && self.flights.register(hash, key, transport, true);
-            return Probe::Fresh { prefetch };
+            return Seen::Fresh { prefetch };
         }
         let held = entry.answer.kind != Kind::Failure && age < Duration::from_secs(u64::from(ttl)) + serve_stale;
         if !held {
             self.store.remove(hash);
-            return Probe::Missing { stale: false };
+            return Seen::Missing { stale: false };
         }
         if recent(entry.failed, now) || self.flights.any(hash, key) {
             entry.answer.write(query, 0, Some(STALE_TTL), out);
-            return Probe::Stale;
+            return Seen::Stale;
         }
-        Probe::Missing { stale: true }
+        Seen::Missing { stale: true }
     }
 
     fn write_stale(&mut self, hash: u64, key: &[u8], query: &[u8], now: Instant, out: &mut Vec<u8>) -> bool {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use std::ffi::OsString;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
-use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use ipnet::IpNet;
 
@@ -33,7 +33,7 @@ use crate::model::{AnswerMode, ServiceName, StaticRecord, parse_upstream};
 pub struct Cli {
     /// Without a subcommand, registry-dns serves DNS with the settings.
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub command: Option<Subcommand>,
 
     #[command(flatten)]
     pub settings: Settings,
@@ -220,8 +220,8 @@ fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
 }
 
 /// What else the binary does besides serving.
-#[derive(Debug, Subcommand)]
-pub enum Command {
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
     /// Find out why a name does not resolve here (on a node or in a pod): checks the local
     /// resolver setup, asks getaddrinfo and registry-dns, prints each problem with its fix.
     Doctor(crate::doctor::DoctorArgs),
@@ -269,7 +269,7 @@ impl CommandLine {
         // A subcommand (doctor) is not a setting: it comes from the command line alone.
         let command = match self.explicit.subcommand_name() {
             Some(_) => {
-                Some(Command::from_arg_matches(&self.explicit).map_err(|e| anyhow::anyhow!("{}", one_line(&e)))?)
+                Some(Subcommand::from_arg_matches(&self.explicit).map_err(|e| anyhow::anyhow!("{}", one_line(&e)))?)
             }
             None => None,
         };

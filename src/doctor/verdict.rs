@@ -69,7 +69,7 @@ impl Check {
 
 /// How the two ways of resolving compare; each outcome is an exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Comparison {
     /// getaddrinfo returns exactly registry-dns's addresses: exit 0.
     Same,
     /// getaddrinfo fails or returns other addresses: exit 1.
@@ -79,12 +79,12 @@ pub enum Outcome {
     NoReference,
 }
 
-impl Outcome {
+impl Comparison {
     pub fn exit_code(self) -> u8 {
         match self {
-            Outcome::Same => 0,
-            Outcome::Differs => 1,
-            Outcome::NoReference => 3,
+            Comparison::Same => 0,
+            Comparison::Differs => 1,
+            Comparison::NoReference => 3,
         }
     }
 }
@@ -93,7 +93,7 @@ impl Outcome {
 pub struct Report {
     pub title: String,
     pub checks: Vec<Check>,
-    pub outcome: Outcome,
+    pub outcome: Comparison,
     pub verdict: String,
 }
 
@@ -489,11 +489,11 @@ impl Judge<'_> {
         }
     }
 
-    fn verdict(&self, checks: &[Check]) -> (Outcome, String) {
+    fn verdict(&self, checks: &[Check]) -> (Comparison, String) {
         let name = &self.f.name;
         let Some(reference) = self.reference else {
             return (
-                Outcome::NoReference,
+                Comparison::NoReference,
                 format!(
                     "PROBLEM: registry-dns at {} gave no address for {name} ({}), so there is nothing to compare with: fix that first",
                     self.f.server,
@@ -505,7 +505,7 @@ impl Judge<'_> {
         let symptom = match &self.f.system.result {
             Ok(got) if got == reference => {
                 return (
-                    Outcome::Same,
+                    Comparison::Same,
                     format!(
                         "ok: {name} resolves to {expected} through the system resolver, as registry-dns answers it"
                     ),
@@ -523,7 +523,7 @@ impl Judge<'_> {
             1 => "apply the fix above".into(),
             n => format!("apply the {n} fixes above"),
         };
-        (Outcome::Differs, format!("PROBLEM: {symptom}; {advice}"))
+        (Comparison::Differs, format!("PROBLEM: {symptom}; {advice}"))
     }
 
     fn resolv_path(&self) -> String {

@@ -8,12 +8,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Cache;
 use super::client::ReplyTo;
 use super::in_flight::Permit;
 use super::upstreams::Upstreams;
 use super::verdict::{self, Verdict};
-use crate::cache::{CLIENT_TIMER, FlightGuard, Key};
+use crate::cache::{CLIENT_TIMER, Cache, FlightGuard, Key};
 use crate::dns::Transport;
 use crate::dns::wire::{self, Edns};
 
@@ -284,7 +283,7 @@ impl Exchange {
     }
 
     /// The cache the flight is in, for a stale answer.
-    pub fn cache(&self) -> Option<&Arc<Cache>> {
+    pub fn cache(&self) -> Option<&Arc<Cache<Parked>>> {
         self.flight.as_ref().map(|(_, flight)| flight.cache())
     }
 }

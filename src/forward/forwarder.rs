@@ -13,12 +13,11 @@ use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 
-use super::Cache;
 use super::client::{self, Parked, ReplyTo, UdpAnswers};
 use super::exchange::{Client, Exchange, Outcome, Start};
 use super::in_flight::InFlight;
 use super::upstreams::Upstreams;
-use crate::cache::{CachePolicy, Found, Key, Landing, shareable};
+use crate::cache::{Cache, CachePolicy, Found, Key, Landing, shareable};
 use crate::dns::Transport;
 use crate::dns::wire::{self, Edns, HEADER_LEN, rcode};
 use crate::metrics::{CacheEvent, ForwardingGauges, Path, Refusal, Traffic};
@@ -53,7 +52,7 @@ pub enum Begin {
 pub struct Forwarder {
     upstreams: ArcSwap<Upstreams>,
     /// `None` with `--cache-size 0`.
-    cache: ArcSwapOption<Cache>,
+    cache: ArcSwapOption<Cache<Parked>>,
     in_flight: Arc<InFlight>,
     /// How long one upstream gets to answer before the next is tried.
     timeout: Duration,
@@ -362,7 +361,7 @@ impl ForwardingGauges for Forwarder {
     }
 }
 
-fn new_cache(policy: CachePolicy, workers: usize, evictions: &Arc<AtomicU64>) -> Option<Arc<Cache>> {
+fn new_cache(policy: CachePolicy, workers: usize, evictions: &Arc<AtomicU64>) -> Option<Arc<Cache<Parked>>> {
     (policy.size > 0).then(|| Cache::new(policy, workers, evictions.clone()))
 }
 

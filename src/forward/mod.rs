@@ -37,6 +37,3 @@ pub use forwarder::{Begin, ClientQuery, Forwarder};
 pub use in_flight::{InFlight, Permit};
 pub use loop_probe::LoopProbe;
 pub use upstreams::{MAX_UPSTREAMS, Upstreams};
-
-/// The process's cache, with the clients the forwarder parks on its flights.
-pub type Cache = crate::cache::Cache<Parked>;

@@ -105,7 +105,7 @@ fn glibc_moves_past_servfail_and_silence_to_the_deciding_nameserver() {
     assert_eq!(line(&report, "nameserver 169.254.20.25 answers").severity, Severity::Ok);
     let slow = line(&report, "getaddrinfo(");
     assert!(slow.severity == Severity::Warn && slow.text.contains("took 5.2 s"), "{report}");
-    assert_eq!(report.outcome, Outcome::Same, "slow, but the same answer");
+    assert_eq!(report.outcome, Comparison::Same, "slow, but the same answer");
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn a_hosts_entry_equal_to_registry_dns_is_a_warning_not_a_failure() {
     let check = line(&report, "/etc/hosts line 1");
     assert_eq!(check.severity, Severity::Warn);
     assert!(check.text.contains("will not follow the registry"), "{report}");
-    assert_eq!(report.outcome, Outcome::Same);
+    assert_eq!(report.outcome, Comparison::Same);
 }
 
 #[test]
@@ -175,5 +175,5 @@ fn a_search_list_name_wins_unless_it_is_an_alias_of_the_registry() {
     f.system.result = Ok(addrs(&["10.0.0.10"]));
     let report = judge(&f);
     assert_eq!(line(&report, "team-a.svc.cluster.local exists").severity, Severity::Warn);
-    assert_eq!(report.outcome, Outcome::Same);
+    assert_eq!(report.outcome, Comparison::Same);
 }
