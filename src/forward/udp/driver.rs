@@ -72,19 +72,19 @@ pub struct UdpDriver {
     /// Tries waiting for [`UdpDriver::send_queued`]: (socket key, slot).
     queued: Vec<(SocketKey, usize)>,
     outgoing: SendBatch,
-    answers: Answers,
+    answers: AnswerBatches,
     replies: Option<RecvBatch>,
     traffic: Arc<Traffic>,
     rng: ThreadRng,
 }
 
 /// The worker's answer batches, one per listener.
-struct Answers {
+struct AnswerBatches {
     listeners: Vec<Socket>,
     batches: Vec<SendBatch>,
 }
 
-impl UdpAnswers for Answers {
+impl UdpAnswers for AnswerBatches {
     fn buffer(&mut self, listener: usize) -> Option<&mut Vec<u8>> {
         let batch = &mut self.batches[listener];
         if batch.is_full() {
@@ -98,7 +98,7 @@ impl UdpAnswers for Answers {
     }
 }
 
-impl Answers {
+impl AnswerBatches {
     fn send(&mut self) {
         for (batch, listener) in self.batches.iter_mut().zip(&self.listeners) {
             batch.send(listener.as_raw_fd());
@@ -129,7 +129,7 @@ impl UdpDriver {
             ready: Vec::new(),
             queued: Vec::new(),
             outgoing: SendBatch::default(),
-            answers: Answers { batches: listeners.iter().map(|_| SendBatch::default()).collect(), listeners },
+            answers: AnswerBatches { batches: listeners.iter().map(|_| SendBatch::default()).collect(), listeners },
             replies: Some(RecvBatch::new(MAX_REPLY)),
             traffic,
             rng: rand::rng(),
