@@ -136,7 +136,8 @@ impl<'c, W> Missing<'c, W> {
 /// How a flight ended, as the cache needs to know it.
 #[derive(Debug, Clone, Copy)]
 pub enum Landing<'a> {
-    /// An upstream's answer, stored if it can be (see [`Stored::answer`]).
+    /// An upstream's answer, stored unless it is truncated, an error other than NXDOMAIN,
+    /// negative without an SOA, or has a TTL of 0.
     Answer { reply: &'a [u8], question_end: usize },
     /// An answer that is not to be stored (it came during a spoofing episode).
     Uncached,

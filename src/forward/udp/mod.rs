@@ -19,7 +19,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-pub use driver::{Socket, UdpDriver};
+pub use driver::{Recheck, Socket, UdpDriver};
 use sockets::EpollSet;
 
 use super::{Forwarder, Upstreams, tcp};
