@@ -34,6 +34,5 @@ pub mod verdict;
 pub use client::{NoUdp, Parked, ReplyTo, UdpAnswers};
 pub use exchange::{Client, Command, Event, Exchange, Outcome};
 pub use forwarder::{Begin, ClientQuery, Forwarder};
-pub use in_flight::{InFlight, Permit};
 pub use loop_probe::LoopProbe;
 pub use upstreams::{MAX_UPSTREAMS, Upstreams};
