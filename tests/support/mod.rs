@@ -9,6 +9,7 @@ pub mod control_plane;
 pub mod forger;
 pub mod netns;
 pub mod registry_pod;
+pub mod relay;
 pub mod scrape;
 
 use std::io::{BufRead, BufReader};
