@@ -44,10 +44,11 @@ const NAME: &str = "knative-local-registry";
 const REPO: &str = "knative-local-registry:5000/app";
 const LINK_LOCAL: &str = "169.254.20.25";
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
-/// What the node's kubelet needs from kube-controller-manager beyond the other tests' controllers.
+/// kube-controller-manager's controllers: the other tests' and what workloads on a kubelet need (the
+/// node lifecycle controller lifts the not-ready taint the API server puts on a new Node).
 const CONTROLLERS: &str = "endpointslice-controller,serviceaccount-controller,namespace-controller,\
     garbage-collector-controller,root-ca-certificate-publisher-controller,daemonset-controller,\
-    deployment-controller,replicaset-controller,persistentvolume-binder-controller";
+    deployment-controller,replicaset-controller,persistentvolume-binder-controller,node-lifecycle-controller";
 /// The node's /etc/resolv.conf before node setup (tests/cluster/node.sh writes it).
 const NODE_RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n";
 

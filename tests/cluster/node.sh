@@ -100,11 +100,16 @@ evictionHard: {memory.available: 1Mi, nodefs.available: 1%, imagefs.available: 1
 serializeImagePulls: false
 EOF
   # containerd 1.6's CRI plugin: runc without systemd, CNI from the cache, registries from certs.d
-  # (the hosts.toml files that node setup writes), our pause image as the sandbox.
+  # (the hosts.toml files that node setup writes), our pause image as the sandbox. Where root lacks
+  # CAP_SYS_RESOURCE (these test machines), no process may lower its oom_score_adj, and runc would
+  # fail every sandbox (-998) and critical pod (-997): containerd then clamps them at its own.
+  local restrict_oom=false
+  can_lower_oom_score || restrict_oom=true
   cat >"$dir/etc/containerd/config.toml" <<EOF
 version = 2
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "registry.k8s.io/pause:3.10"
+  restrict_oom_score_adj = $restrict_oom
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -133,6 +138,13 @@ EOF
   for t in $kernel_tunables; do
     echo "${t#*=}" >"$dir/sysctl/$(echo "${t%%=*}" | tr / .)"
   done
+}
+
+# Whether this process may lower an oom_score_adj (CAP_SYS_RESOURCE, bit 24 of CapEff).
+can_lower_oom_score() {
+  local eff
+  eff="$(awk '$1=="CapEff:"{print $2}' /proc/self/status)"
+  (( (16#$eff >> 24) & 1 ))
 }
 
 # The node's cgroup root (one per DIR, so that a leftover never collides with a new node).
