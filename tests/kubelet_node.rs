@@ -68,9 +68,13 @@ fn parts() -> Option<&'static Parts> {
         if unsafe { libc::geteuid() } != 0 {
             return Err("tests/kubelet_node.rs needs root (namespaces, mounts, cgroups, containerd)".into());
         }
-        for tool in ["/usr/bin/containerd", "/usr/bin/ctr", "/usr/sbin/runc", "/usr/sbin/iptables", "/usr/bin/docker-registry"] {
+        for tool in
+            ["/usr/bin/containerd", "/usr/bin/ctr", "/usr/sbin/runc", "/usr/sbin/iptables", "/usr/bin/docker-registry"]
+        {
             if !Path::new(tool).exists() {
-                return Err(format!("{tool} is missing (tests/run.sh installs containerd, runc, iptables, docker-registry)"));
+                return Err(format!(
+                    "{tool} is missing (tests/run.sh installs containerd, runc, iptables, docker-registry)"
+                ));
             }
         }
         let kube = control_plane::build("build")?;
@@ -191,7 +195,8 @@ impl Cluster {
             },
         }));
         wait_for(&format!("pod {pod} Running"), Duration::from_secs(90), || {
-            let state = self.jsonpath(&["pod", pod, "-n", "default"], "{.status.phase} {.status.containerStatuses[0].state}");
+            let state =
+                self.jsonpath(&["pod", pod, "-n", "default"], "{.status.phase} {.status.containerStatuses[0].state}");
             state.starts_with("Running ").then_some(()).ok_or(state)
         });
         self.jsonpath(&["pod", pod, "-n", "default"], "{.status.containerStatuses[0].imageID}")
@@ -301,7 +306,8 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     let Some(c) = Cluster::start() else { return };
     let host_resolv_conf = std::fs::read("/etc/resolv.conf").unwrap_or_default();
     assert_eq!(c.node.etc("resolv.conf").as_deref(), Ok(NODE_RESOLV_CONF), "the node's own resolv.conf");
-    let kubelet_version = c.jsonpath(&["node", "node-1"], "{.status.nodeInfo.kubeletVersion} {.status.nodeInfo.containerRuntimeVersion}");
+    let kubelet_version =
+        c.jsonpath(&["node", "node-1"], "{.status.nodeInfo.kubeletVersion} {.status.nodeInfo.containerRuntimeVersion}");
     eprintln!("node-1 Ready: {kubelet_version}");
 
     // 1. The registry, as deploy/README.md says: `kubectl apply -k deploy/registry`. Its PVC binds
@@ -343,12 +349,17 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     let pod = &c.registry_dns_pods()[0];
     let user = c.jsonpath(&["pod", pod, "-n", "registry-dns"], "{.spec.securityContext.runAsUser}");
     assert_eq!(user, "65532");
-    let status = c.node.exec(&["sh", "-c", "grep -E '^(Uid|CapEff)' /proc/$(pgrep -x registry-dns)/status"]).output().unwrap();
+    let status =
+        c.node.exec(&["sh", "-c", "grep -E '^(Uid|CapEff)' /proc/$(pgrep -x registry-dns)/status"]).output().unwrap();
     let status = String::from_utf8_lossy(&status.stdout).replace('\t', " ");
     eprintln!("registry-dns on the node: {status}");
     assert!(status.contains("Uid: 65532 65532 65532 65532"), "{status}");
     assert!(status.contains("CapEff: 0000000000001400"), "NET_BIND_SERVICE and NET_ADMIN only: {status}");
-    assert_eq!(c.node_answer(), Some((ResponseCode::NoError, vec![registry1.clone()])), "registry-dns on 169.254.20.25");
+    assert_eq!(
+        c.node_answer(),
+        Some((ResponseCode::NoError, vec![registry1.clone()])),
+        "registry-dns on 169.254.20.25"
+    );
     assert!(c.interface_exists("registry-dns0"), "registry-dns made its interface on the node");
     assert!(c.node_getent().is_err(), "before node setup the node's resolver does not know {NAME}");
 
@@ -397,7 +408,16 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     let (queries, failures) = std::thread::scope(|s| {
         let client = s.spawn(|| query_until(&c, &stop, &want));
         std::thread::sleep(Duration::from_secs(1));
-        c.helm(&["upgrade", "registry-dns", &chart, "-n", "registry-dns", "--reuse-values", "--set", "cache.maxTTL=30m"]);
+        c.helm(&[
+            "upgrade",
+            "registry-dns",
+            &chart,
+            "-n",
+            "registry-dns",
+            "--reuse-values",
+            "--set",
+            "cache.maxTTL=30m",
+        ]);
         c.rollout("registry-dns", "daemonset/registry-dns", 180);
         wait_for("the old registry-dns pod gone", Duration::from_secs(60), || {
             let now = c.registry_dns_pods();
@@ -411,7 +431,11 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     let args = c.jsonpath(&["pods", "-n", "registry-dns", "-l", "app.kubernetes.io/name=registry-dns"], "{..args}");
     assert!(args.contains("--cache-max-ttl=30m"), "the new pod has the new flag: {args}");
     assert!(queries > 100, "the client kept asking: {queries}");
-    assert!(failures.is_empty(), "{} of {queries} queries failed during the rolling update: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {queries} queries failed during the rolling update: {failures:?}",
+        failures.len()
+    );
 
     // 7. Removal in deploy/README.md's order: node setup reverts the node, registry-dns goes, the
     // setup pods delete the interface, then node setup goes.
@@ -436,5 +460,9 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     assert_eq!(c.node.etc("resolv.conf").as_deref(), Ok(NODE_RESOLV_CONF), "the node's resolv.conf as it was");
     let certs = std::fs::read_dir(c.node.etc_path("containerd/certs.d")).unwrap().count();
     assert_eq!(certs, 0, "the node's certs.d as it was");
-    assert_eq!(std::fs::read("/etc/resolv.conf").unwrap_or_default(), host_resolv_conf, "the host's resolv.conf untouched");
+    assert_eq!(
+        std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+        host_resolv_conf,
+        "the host's resolv.conf untouched"
+    );
 }

@@ -273,6 +273,8 @@ wait_healthy() {
   exit 1
 }
 
+# kubeadm's --kubelet-preferred-address-types: a kubelet (tests/kubelet_node.rs) is reached by its
+# node IP for logs, not by a hostname no resolver knows.
 start_apiserver() {
   local dir=$1 name=$2 port=$3
   "$k8s_bin/kube-apiserver" \
@@ -286,6 +288,7 @@ start_apiserver() {
     --api-audiences=https://kubernetes.default.svc.cluster.local \
     --service-cluster-ip-range="$service_cidrs" \
     --endpoint-reconciler-type=none --allow-privileged=true --profiling=false \
+    --kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname \
     >"$dir/$name.log" 2>&1 &
   echo $! >"$dir/$name.pid"
   wait_healthy "$dir" "https://127.0.0.1:$port/readyz" "$name" "$(cat "$dir/$name.pid")"

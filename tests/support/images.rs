@@ -10,14 +10,19 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Builds every image into a directory under target/ and returns it (one OCI archive per image).
 pub fn build(crane: &Path) -> Result<PathBuf, String> {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(ROOT).join("target"));
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(ROOT).join("target"));
     let out = target.join("kubelet-node-images");
     let bin = out.join("bin");
     std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
     let pause = bin.join("pause");
-    run(Command::new("cc").args(["-static", "-Os", "-s", "-o"]).arg(&pause).arg(format!("{ROOT}/tests/cluster/images/pause.c")))?;
+    run(Command::new("cc")
+        .args(["-static", "-Os", "-s", "-o"])
+        .arg(&pause)
+        .arg(format!("{ROOT}/tests/cluster/images/pause.c")))?;
     run(Command::new("sh").arg(format!("{ROOT}/deploy/build-static.sh")).arg(&bin).current_dir(ROOT))?;
-    let chart = std::fs::read_to_string(format!("{ROOT}/deploy/helm/registry-dns/Chart.yaml")).map_err(|e| e.to_string())?;
+    let chart =
+        std::fs::read_to_string(format!("{ROOT}/deploy/helm/registry-dns/Chart.yaml")).map_err(|e| e.to_string())?;
     let version = chart
         .lines()
         .find_map(|l| l.strip_prefix("appVersion:"))

@@ -3,6 +3,7 @@
 //! what the script cannot: the relay for the `kubernetes` Service (there is no kube-proxy) and
 //! access to the node's files and commands.
 
+use std::mem::ManuallyDrop;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,8 +20,8 @@ const KUBERNETES_SERVICE: &str = "10.96.0.1";
 /// A running node; stopped (every process on it, its network namespace and cgroups) on drop.
 pub struct Node {
     pub name: String,
-    /// The node's network namespace.
-    pub netns: Netns,
+    /// The node's network namespace (`node.sh stop` deletes it).
+    pub netns: ManuallyDrop<Netns>,
     /// The script's directory: the upper layer of the node's /etc, its /var/lib, /var/log, logs.
     pub dir: TempDir,
 }
@@ -39,7 +40,7 @@ impl Node {
             .env("NETNS", &netns)
             .status()
             .unwrap();
-        let node = Self { name: name.into(), netns: Netns { name: netns }, dir };
+        let node = Self { name: name.into(), netns: ManuallyDrop::new(Netns { name: netns }), dir };
         assert!(status.success(), "node.sh start failed (its output is above)");
         let listener = node.netns.run(|| TcpListener::bind((KUBERNETES_SERVICE, 443)).unwrap());
         relay(listener, SocketAddr::from(([127, 0, 0, 1], cp.port)));
