@@ -236,6 +236,12 @@ impl Cluster {
         names.split_whitespace().map(String::from).collect()
     }
 
+    /// How many registry-dns processes run on the node.
+    fn registry_dns_processes(&self) -> usize {
+        let out = self.node.exec(&["pgrep", "-x", "registry-dns"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    }
+
     fn interface_exists(&self, name: &str) -> bool {
         let out = Command::new("ip").args(["-n", &self.node.netns.name, "link", "show", name]).output().unwrap();
         out.status.success()
@@ -405,7 +411,7 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     let stop = AtomicBool::new(false);
     let want = vec![registry2.clone()];
     let before = c.registry_dns_pods();
-    let (queries, failures) = std::thread::scope(|s| {
+    let (queries, failures, most) = std::thread::scope(|s| {
         let client = s.spawn(|| query_until(&c, &stop, &want));
         std::thread::sleep(Duration::from_secs(1));
         c.helm(&[
@@ -419,15 +425,19 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
             "cache.maxTTL=30m",
         ]);
         c.rollout("registry-dns", "daemonset/registry-dns", 180);
+        let mut most = 0;
         wait_for("the old registry-dns pod gone", Duration::from_secs(60), || {
+            most = most.max(c.registry_dns_processes());
             let now = c.registry_dns_pods();
             (now.len() == 1 && !before.contains(&now[0])).then_some(()).ok_or(format!("{now:?}"))
         });
         std::thread::sleep(Duration::from_secs(1));
         stop.store(true, Ordering::Relaxed);
-        client.join().unwrap()
+        let (queries, failures) = client.join().unwrap();
+        (queries, failures, most)
     });
     eprintln!("during the rolling update: {queries} queries, {} failed: {failures:?}", failures.len());
+    assert_eq!(most, 2, "the new registry-dns served beside the old one (maxSurge 1)");
     let args = c.jsonpath(&["pods", "-n", "registry-dns", "-l", "app.kubernetes.io/name=registry-dns"], "{..args}");
     assert!(args.contains("--cache-max-ttl=30m"), "the new pod has the new flag: {args}");
     assert!(queries > 100, "the client kept asking: {queries}");

@@ -104,7 +104,13 @@ EOF
   # CAP_SYS_RESOURCE (these test machines), no process may lower its oom_score_adj, and runc would
   # fail every sandbox (-998) and critical pod (-997): containerd then clamps them at its own.
   local restrict_oom=false
-  can_lower_oom_score || restrict_oom=true
+  if ! can_lower_oom_score; then
+    restrict_oom=true
+    log "root lacks CAP_SYS_RESOURCE here: containerd clamps the pods' oom_score_adj at its own (restrict_oom_score_adj)"
+  fi
+  if [ "$(stat -f -c %T /sys/fs/cgroup)" != cgroup2fs ]; then
+    log "cgroup v1 here: the kubelet runs with failCgroupV1: false"
+  fi
   cat >"$dir/etc/containerd/config.toml" <<EOF
 version = 2
 [plugins."io.containerd.grpc.v1.cri"]
@@ -212,7 +218,10 @@ start() {
   ip -n "$netns" addr add "$node_ip/30" dev eth0
   ip -n "$netns" link set eth0 up
   # kube-proxy's IPVS dummy device; an ifb where the kernel has no dummy interfaces.
-  ip -n "$netns" link add kube-ipvs0 type dummy 2>/dev/null || ip -n "$netns" link add kube-ipvs0 type ifb
+  if ! ip -n "$netns" link add kube-ipvs0 type dummy 2>/dev/null; then
+    log "no dummy interfaces in this kernel (CONFIG_DUMMY): kube-ipvs0 is an ifb, as registry-dns0 will be"
+    ip -n "$netns" link add kube-ipvs0 type ifb
+  fi
   ip -n "$netns" addr add "$kubernetes_service/32" dev kube-ipvs0
   ip -n "$netns" link set kube-ipvs0 up
   ip netns exec "$netns" sysctl -qw net.ipv4.ip_forward=1
