@@ -424,12 +424,18 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
             "--set",
             "cache.maxTTL=30m",
         ]);
-        c.rollout("registry-dns", "daemonset/registry-dns", 180);
+        // `kubectl rollout status`, sampling the node's processes meanwhile.
         let mut most = 0;
-        wait_for("the old registry-dns pod gone", Duration::from_secs(60), || {
+        wait_for("the rollout, the old pod gone", Duration::from_secs(180), || {
             most = most.max(c.registry_dns_processes());
+            let daemonset = c.jsonpath(
+                &["daemonset", "registry-dns", "-n", "registry-dns"],
+                "{.status.updatedNumberScheduled} {.status.numberAvailable}",
+            );
             let now = c.registry_dns_pods();
-            (now.len() == 1 && !before.contains(&now[0])).then_some(()).ok_or(format!("{now:?}"))
+            (daemonset == "1 1" && now.len() == 1 && !before.contains(&now[0]))
+                .then_some(())
+                .ok_or(format!("{daemonset}, pods {now:?}"))
         });
         std::thread::sleep(Duration::from_secs(1));
         stop.store(true, Ordering::Relaxed);

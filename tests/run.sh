@@ -42,6 +42,16 @@ if [ $# -eq 0 ] && ! { tests/cluster/control-plane.sh build >/dev/null && tests/
   [ -z "${CI:-}" ] || exit 1
 fi
 
+# registry-dns's static binary as the Dockerfile builds it, for tests/kubelet_node.rs's image: built
+# here, not from inside `cargo test`, whose environment (rustup's toolchain first on PATH,
+# RUSTUP_TOOLCHAIN) makes cargo rebuild the whole release, and deploy/check.sh's identical build
+# after it start over again.
+if [ $# -eq 0 ]; then
+  static_out="${CARGO_TARGET_DIR:-target}/deploy-check/out"
+  deploy/build-static.sh "$static_out" 2>&1 | grep -Ev '^\s+(Compiling|Downloaded|Downloading)'
+  export REGISTRY_DNS_STATIC_BINARY="$(cd "$static_out" && pwd)/registry-dns"
+fi
+
 cargo test --locked "$@"
 
 # Every fuzz target for a short while over its seeds (README, "Fuzzing"); not for a chosen few tests.

@@ -1,7 +1,8 @@
 //! The images a test node runs, built here without a daemon (tests/cluster/images/build.py): the
 //! pause binary compiled static from tests/cluster/images/pause.c, registry-dns's binary from
-//! `deploy/build-static.sh` (the Dockerfile's build, with its file capabilities; cargo's release
-//! build is the one deploy/check.sh reuses), and crane from `control-plane.sh build-e2e`.
+//! `deploy/build-static.sh` (the Dockerfile's build, with its file capabilities: the one tests/run.sh
+//! made and names in `REGISTRY_DNS_STATIC_BINARY`, else built here), and crane from
+//! `control-plane.sh build-e2e`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,7 +21,14 @@ pub fn build(crane: &Path) -> Result<PathBuf, String> {
         .args(["-static", "-Os", "-s", "-o"])
         .arg(&pause)
         .arg(format!("{ROOT}/tests/cluster/images/pause.c")))?;
-    run(Command::new("sh").arg(format!("{ROOT}/deploy/build-static.sh")).arg(&bin).current_dir(ROOT))?;
+    let registry_dns = match std::env::var_os("REGISTRY_DNS_STATIC_BINARY") {
+        // tests/run.sh built it (see there why not here).
+        Some(built) => PathBuf::from(built),
+        None => {
+            run(Command::new("sh").arg(format!("{ROOT}/deploy/build-static.sh")).arg(&bin).current_dir(ROOT))?;
+            bin.join("registry-dns")
+        }
+    };
     let chart =
         std::fs::read_to_string(format!("{ROOT}/deploy/helm/registry-dns/Chart.yaml")).map_err(|e| e.to_string())?;
     let version = chart
@@ -41,7 +49,7 @@ pub fn build(crane: &Path) -> Result<PathBuf, String> {
         .arg("--pause")
         .arg(&pause)
         .arg("--registry-dns")
-        .arg(bin.join("registry-dns"))
+        .arg(&registry_dns)
         .arg("--crane")
         .arg(crane)
         .args(["--version", &version, "--revision", &revision]))?;
