@@ -20,7 +20,8 @@
 //! the crane pods resolve through the node's resolv.conf (`dnsPolicy: Default`), not through
 //! CoreDNS (tests/e2e.rs covers the CoreDNS stanza). Until node setup writes containerd's
 //! `certs.d/knative-local-registry:5000/hosts.toml` (issue 22), the test writes it where node
-//! setup will (see [`HostsToml`]).
+//! setup will (see [`HostsToml`]). Where these machines lack something (cgroup v2, dummy interfaces,
+//! CAP_SYS_RESOURCE for root), `node.sh start` says so and what the node does instead.
 //!
 //! Needs root; skipped with a loud message when not root or when a part is missing or cannot be
 //! built, and never skipped when `CI` is set.
