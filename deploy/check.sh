@@ -63,27 +63,19 @@ fi
 echo "  $(promtool --version 2>&1 | head -1)"
 # helm and actionlint: built from their Go modules, pinned by deploy/check/go/NAME/go.mod and
 # go.sum, once per version into a cache outside the repository that later runs (and other
-# worktrees) reuse. A cold build takes minutes (README "CI"); the go.mod says which version.
+# worktrees, and tests/kubelet_node.rs) reuse: deploy/check/go/build.sh. A cold build takes minutes
+# (README "CI"); the go.mod says which version.
 tools_cache=${REGISTRY_DNS_TOOLS_CACHE:-/var/cache/registry-dns/tools}
 HELM_VERSION=v3.22.0
 ACTIONLINT_VERSION=v1.7.12
-go_tool() {  # NAME MODULE VERSION PACKAGE: prints the cached binary's path, building it if missing
-    local name=$1 module=$2 version=$3 pkg=$4 dir=deploy/check/go/$1 bin t0
-    bin=$tools_cache/$name-$version/$name
-    command -v go >/dev/null || fail "go is needed to build $name (https://go.dev/dl)"
-    [ "$(cd "$dir" && go list -m -f '{{.Version}}' "$module")" = "$version" ] || fail "$dir/go.mod does not pin $module $version"
-    if [ ! -x "$bin" ]; then
-        t0=$(date +%s)
-        mkdir -p "$(dirname "$bin")"
-        (cd "$dir" && nice -n 10 go build -mod=readonly -buildvcs=false -trimpath -ldflags='-s -w' -o "$bin.tmp" "$pkg") \
-            || fail "building $name $version"
-        mv "$bin.tmp" "$bin"
-        echo "  built $name $version in $(( $(date +%s) - t0 ))s: $bin" >&2
-    fi
+go_tool() {  # NAME VERSION: prints the cached binary's path, building it if missing
+    local bin
+    bin=$(deploy/check/go/build.sh "$1") || fail "building $1"
+    [ "$bin" = "$tools_cache/$1-$2/$1" ] || fail "deploy/check/go/$1/go.mod does not pin $1 $2 ($bin)"
     echo "$bin"
 }
-HELM=$(go_tool helm helm.sh/helm/v3 "$HELM_VERSION" helm.sh/helm/v3/cmd/helm)
-ACTIONLINT=$(go_tool actionlint github.com/rhysd/actionlint "$ACTIONLINT_VERSION" github.com/rhysd/actionlint/cmd/actionlint)
+HELM=$(go_tool helm "$HELM_VERSION")
+ACTIONLINT=$(go_tool actionlint "$ACTIONLINT_VERSION")
 echo "  helm $HELM_VERSION ($("$HELM" version --short)), actionlint $("$ACTIONLINT" -version | head -1) (from $tools_cache)"
 
 step "Dockerfile"

@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::control_plane::{self, ControlPlane, skip_or_fail};
 use support::netns::Netns;
+use support::relay::relay;
 use support::{RegistryDns, TempDir, http_get, wait_until};
 
 const NAME: &str = "knative-local-registry";
@@ -123,25 +124,6 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Forwards every connection accepted on `listener` (made in another network namespace) to `to`
-/// (in this thread's namespace, the host's): kube-proxy's part for the `kubernetes` Service.
-fn relay(listener: TcpListener, to: SocketAddr) {
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { return };
-            let Ok(server) = TcpStream::connect(to) else { continue };
-            let pipe = |mut from: TcpStream, mut to: TcpStream| {
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from, &mut to);
-                    let _ = to.shutdown(std::net::Shutdown::Write);
-                });
-            };
-            pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-            pipe(server, client);
-        }
-    });
 }
 
 /// A dummy interface carrying `addresses` in `ns` (kube-proxy's kube-ipvs0, node-local-dns's

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests drive (dig, nsd, ldns,
-# dnsmasq, iproute2, setpriv, openssl, curl, containerd, docker-registry, musl-tools) from
-# Debian's packages when missing (their services are not started), then runs every test. tests/control_plane.rs builds its Kubernetes control plane itself on first use
-# (tests/cluster/control-plane.sh: from Go modules, cached outside the repository; it installs Go
-# from Debian, and the pinned toolchain from the module proxy, when missing).
+# dnsmasq, iproute2, setpriv, openssl, curl, containerd, runc, iptables, libcap2-bin,
+# docker-registry, musl-tools) from Debian's packages when missing (their services are not
+# started), builds the Kubernetes parts and other Go tools the tests run
+# (tests/cluster/control-plane.sh: from pinned Go modules, cached outside the repository; it
+# installs Go from Debian, and the pinned toolchain from the module proxy, when missing), then runs
+# every test and fuzzes each target briefly.
 # Usage: tests/run.sh [cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in dig:dnsutils nsd:nsd ldns-signzone:ldnsutils ldns-keygen:ldnsutils dnsmasq:dnsmasq-base ip:iproute2 setpriv:util-linux unshare:util-linux openssl:openssl curl:curl containerd:containerd ctr:containerd docker-registry:docker-registry musl-gcc:musl-tools; do
+for pair in dig:dnsutils nsd:nsd ldns-signzone:ldnsutils ldns-keygen:ldnsutils dnsmasq:dnsmasq-base ip:iproute2 setpriv:util-linux unshare:util-linux openssl:openssl curl:curl containerd:containerd ctr:containerd runc:runc iptables:iptables setcap:libcap2-bin docker-registry:docker-registry musl-gcc:musl-tools; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -30,14 +32,25 @@ fi
 # The Prometheus project's Python client parses /metrics in tests/metrics.rs.
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check prometheus-client==0.21.1
 
-# The Kubernetes control plane of tests/control_plane.rs, and CoreDNS and crane for tests/e2e.rs
-# (from the same go.mod, so their shared packages compile once), built once per version into a cache
-# outside the repository (a cold build takes a while; docs/testing.md, "Against a real control plane"). Outside
-# CI a failure here only makes those tests skip, loudly; under CI it fails the run.
-# crictl and containerd 2.x for tests/containerd_cri.rs come from their own go.mod (build-cri).
+# The Kubernetes control plane of tests/control_plane.rs, CoreDNS and crane for tests/e2e.rs, and
+# kubelet and kube-scheduler for tests/kubelet_node.rs (from the same go.mod, so their shared
+# packages compile once; the CNI plugins from their own), built once per version into a cache
+# outside the repository (a cold build takes a while; docs/testing.md, "Against a real control
+# plane"); crictl and containerd 2.x for tests/containerd_cri.rs from their own go.mod. Outside CI a
+# failure here only makes those tests skip, loudly; under CI it fails the run.
 if [ $# -eq 0 ] && ! { tests/cluster/control-plane.sh build >/dev/null && tests/cluster/control-plane.sh build-e2e >/dev/null &&
-  tests/cluster/control-plane.sh build-cri >/dev/null; }; then
+  tests/cluster/control-plane.sh build-cri >/dev/null && tests/cluster/control-plane.sh build-node >/dev/null; }; then
   [ -z "${CI:-}" ] || exit 1
+fi
+
+# registry-dns's static binary as the Dockerfile builds it, for tests/kubelet_node.rs's image: built
+# here, not from inside `cargo test`, whose environment (rustup's toolchain first on PATH,
+# RUSTUP_TOOLCHAIN) makes cargo rebuild the whole release, and deploy/check.sh's identical build
+# after it start over again.
+if [ $# -eq 0 ]; then
+  static_out="${CARGO_TARGET_DIR:-target}/deploy-check/out"
+  deploy/build-static.sh "$static_out" 2>&1 | grep -Ev '^\s+(Compiling|Downloaded|Downloading)'
+  export REGISTRY_DNS_STATIC_BINARY="$(cd "$static_out" && pwd)/registry-dns"
 fi
 
 cargo test --locked "$@"

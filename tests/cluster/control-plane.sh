@@ -18,6 +18,10 @@
 #                                        (github.com/containerd/containerd/v2) for tests/containerd_cri.rs,
 #                                        from their own go.mod in tests/cluster/containerd; prints their
 #                                        two directories
+#   control-plane.sh build-node          build (or find) what a real node adds, for tests/kubelet_node.rs:
+#                                        kubelet and kube-scheduler from the same go.mod, and the CNI
+#                                        plugins (bridge, host-local, loopback, portmap) from
+#                                        tests/cluster/cni/go.mod; prints their two directories
 #   control-plane.sh start DIR           start everything, with its state (certs, etcd data, logs,
 #                                        admin.kubeconfig, env) in DIR
 #   control-plane.sh stop DIR            stop everything started in DIR
@@ -26,9 +30,12 @@
 #   control-plane.sh stop-apiserver DIR NAME
 #   control-plane.sh start-controller-manager DIR NAME PORT   a kube-controller-manager talking to
 #                                        the kube-apiserver on PORT
+#   control-plane.sh start-scheduler DIR  kube-scheduler (a kubelet's pods need one; the other tests
+#                                        bind their Pods themselves)
 #   control-plane.sh compact DIR         compact etcd's history up to its current revision
 # Ports for start come from the environment (defaults for a by-hand run): ETCD_PORT (2379),
-# ETCD_PEER_PORT (2380), APISERVER_PORT (6443); later commands read them from DIR/env.
+# ETCD_PEER_PORT (2380), APISERVER_PORT (6443); later commands read them from DIR/env. CONTROLLERS
+# (start) replaces kube-controller-manager's --controllers list.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -47,6 +54,9 @@ k8s_bin="$cache/kubernetes-$k8s_version"
 etcd_bin="$cache/etcd-$etcd_version"
 coredns_bin="$cache/coredns-$coredns_version"
 crane_bin="$cache/crane-$crane_version"
+cni_version="$(awk '$1=="github.com/containernetworking/plugins"{print $2; exit}' "$here/cni/go.mod")"
+node_bin="$cache/kubernetes-node-$k8s_version"
+cni_bin="$cache/cni-plugins-$cni_version"
 etcd_port="${ETCD_PORT:-2379}"
 etcd_peer_port="${ETCD_PEER_PORT:-2380}"
 apiserver_port="${APISERVER_PORT:-6443}"
@@ -202,6 +212,42 @@ build_cri() {
   log "built in $((SECONDS - start)) s"
 }
 
+node_built() {
+  [ -x "$node_bin/kubelet" ] && [ -x "$node_bin/kube-scheduler" ] && [ -x "$cni_bin/bridge" ] &&
+    [ -x "$cni_bin/host-local" ] && [ -x "$cni_bin/loopback" ] && [ -x "$cni_bin/portmap" ]
+}
+
+# kubelet and kube-scheduler in one `go build` from the control plane's go.mod (most of their
+# packages are already in Go's build cache from it); the CNI plugins from their own go.mod, so that
+# MVS cannot move a module the Kubernetes binaries use. Static (CGO_ENABLED=0), like the rest.
+build_node() {
+  node_built && return
+  mkdir -p "$cache"
+  exec 9>"$cache/.build.lock"
+  flock 9
+  node_built && return
+  ensure_go
+  local out
+  out="$(mktemp -d "$cache/.build.XXXXXX")"
+  trap "rm -rf '$out'" EXIT
+  log "building kubelet, kube-scheduler $k8s_version and CNI plugins $cni_version into $cache (once)"
+  local start=$SECONDS
+  mkdir -p "$out/node" "$out/cni"
+  (cd "$gomod" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 \
+    go build -trimpath -ldflags="-s -w $(version_ldflags)" -o "$out/node/" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler)
+  local plugins=github.com/containernetworking/plugins/plugins
+  (cd "$here/cni" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 \
+    go build -trimpath -ldflags="-s -w" -o "$out/cni/" \
+    $plugins/main/bridge $plugins/ipam/host-local $plugins/main/loopback $plugins/meta/portmap)
+  rm -rf "$node_bin" "$cni_bin"
+  mv "$out/node" "$node_bin"
+  mv "$out/cni" "$cni_bin"
+  trap - EXIT
+  rmdir "$out"
+  log "built in $((SECONDS - start)) s"
+}
+
 # The ports start chose, for the commands that follow it.
 load_env() {
   local dir=$1
@@ -270,6 +316,8 @@ wait_healthy() {
   exit 1
 }
 
+# kubeadm's --kubelet-preferred-address-types: a kubelet (tests/kubelet_node.rs) is reached by its
+# node IP for logs, not by a hostname no resolver knows.
 start_apiserver() {
   local dir=$1 name=$2 port=$3
   "$k8s_bin/kube-apiserver" \
@@ -283,6 +331,7 @@ start_apiserver() {
     --api-audiences=https://kubernetes.default.svc.cluster.local \
     --service-cluster-ip-range="$service_cidrs" \
     --endpoint-reconciler-type=none --allow-privileged=true --profiling=false \
+    --kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname \
     >"$dir/$name.log" 2>&1 &
   echo $! >"$dir/$name.pid"
   wait_healthy "$dir" "https://127.0.0.1:$port/readyz" "$name" "$(cat "$dir/$name.pid")"
@@ -303,17 +352,33 @@ stop_pid() {
   rm -f "$file"
 }
 
+default_controllers=endpointslice-controller,serviceaccount-controller,namespace-controller,garbage-collector-controller,certificatesigningrequest-signing-controller,certificatesigningrequest-approving-controller
+
+# kube-scheduler, with the admin's credentials (its own RBAC role would do; this is a test cluster).
+start_scheduler() {
+  local dir=$1
+  kubeconfig "$dir" "$apiserver_port" >"$dir/scheduler.kubeconfig"
+  "$node_bin/kube-scheduler" \
+    --kubeconfig="$dir/scheduler.kubeconfig" --authentication-kubeconfig="$dir/scheduler.kubeconfig" \
+    --authorization-kubeconfig="$dir/scheduler.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
+    >"$dir/scheduler.log" 2>&1 &
+  echo $! >"$dir/scheduler.pid"
+}
+
 # The EndpointSlice controller (what the tests need), the ServiceAccount and namespace
 # controllers and the garbage collector (what a namespace's lifecycle needs), and the CSR signer and
 # approver with the cluster CA.
 start_controller_manager() {
-  local dir=$1 name=$2 port=$3
+  local dir=$1 name=$2 port=$3 controllers
+  controllers="$(sed -n 's/^CONTROLLERS=//p' "$dir/env" 2>/dev/null || true)"
+  controllers="${controllers:-${CONTROLLERS:-$default_controllers}}"
   kubeconfig "$dir" "$port" >"$dir/$name.kubeconfig"
   "$k8s_bin/kube-controller-manager" \
     --kubeconfig="$dir/$name.kubeconfig" --authentication-kubeconfig="$dir/$name.kubeconfig" \
     --authorization-kubeconfig="$dir/$name.kubeconfig" \
     --bind-address=127.0.0.1 --secure-port=0 --leader-elect=false \
-    --controllers=endpointslice-controller,serviceaccount-controller,namespace-controller,garbage-collector-controller,certificatesigningrequest-signing-controller,certificatesigningrequest-approving-controller \
+    --controllers="$controllers" \
     --service-account-private-key-file="$dir/sa.key" --root-ca-file="$dir/ca.crt" \
     --cluster-signing-cert-file="$dir/ca.crt" --cluster-signing-key-file="$dir/ca.key" \
     --service-cluster-ip-range="$service_cidrs" \
@@ -349,6 +414,7 @@ start() {
   start_apiserver "$dir" apiserver "$apiserver_port"
   start_controller_manager "$dir" controller-manager "$apiserver_port"
   cat >"$dir/env" <<EOF
+CONTROLLERS=${CONTROLLERS:-$default_controllers}
 KUBECONFIG=$dir/admin.kubeconfig
 BIN=$k8s_bin
 ETCD_BIN=$etcd_bin
@@ -380,14 +446,19 @@ case "${1:-}" in
     build_cri
     echo "$crictl_bin $containerd2_bin"
     ;;
+  build-node)
+    build_node
+    echo "$node_bin $cni_bin"
+    ;;
   start) start "$2" ;;
   stop) stop "$2" ;;
   start-apiserver) load_env "$2" && start_apiserver "$(cd "$2" && pwd)" "$3" "$4" ;;
   stop-apiserver | stop-controller-manager) stop_pid "$2/$3.pid" ;;
   start-controller-manager) load_env "$2" && start_controller_manager "$(cd "$2" && pwd)" "$3" "$4" ;;
+  start-scheduler) load_env "$2" && start_scheduler "$(cd "$2" && pwd)" ;;
   compact) load_env "$2" && compact "$2" ;;
   *)
-    sed -n '2,31p' "$0" >&2
+    sed -n '2,38p' "$0" >&2
     exit 2
     ;;
 esac

@@ -72,23 +72,7 @@ impl ControlPlane {
     /// Starts one (`kubectl` from the script's build), applies the manifests server-side, as the
     /// README says, and adds the Node.
     pub fn start(kubectl: PathBuf, tag: &str) -> Self {
-        static SERIAL: Mutex<()> = Mutex::new(());
-        let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let dir = TempDir::new(tag);
-        let port = free_port();
-        let status = Command::new("bash")
-            .args([SCRIPT, "start"])
-            .arg(&dir.0)
-            .env("APISERVER_PORT", port.to_string())
-            .env("ETCD_PORT", free_port().to_string())
-            .env("ETCD_PEER_PORT", free_port().to_string())
-            .status()
-            .unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let admin = runtime.block_on(client_from(&dir.path("admin.kubeconfig")));
-        let cp = Self { dir, kubectl, port, runtime, admin, _serial: serial };
-        assert!(status.success(), "control-plane.sh start failed (its output is above)");
-
+        let cp = Self::launch(kubectl, tag, None);
         let deploy = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
         cp.kubectl(&["apply", "--server-side", "-k", &format!("{deploy}/registry")]);
         cp.kubectl(&["apply", "--server-side", "-k", &format!("{deploy}/base")]);
@@ -98,6 +82,30 @@ impl ControlPlane {
             wait_until(Duration::from_secs(30), || cp.try_kubectl(&["get", "sa", "default", "-n", "registry"]).is_ok()),
             "no default ServiceAccount in registry"
         );
+        cp
+    }
+
+    /// Starts one with nothing applied; `controllers` replaces kube-controller-manager's list.
+    pub fn launch(kubectl: PathBuf, tag: &str, controllers: Option<&str>) -> Self {
+        static SERIAL: Mutex<()> = Mutex::new(());
+        let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dir = TempDir::new(tag);
+        let port = free_port();
+        let mut command = Command::new("bash");
+        command
+            .args([SCRIPT, "start"])
+            .arg(&dir.0)
+            .env("APISERVER_PORT", port.to_string())
+            .env("ETCD_PORT", free_port().to_string())
+            .env("ETCD_PEER_PORT", free_port().to_string());
+        if let Some(controllers) = controllers {
+            command.env("CONTROLLERS", controllers);
+        }
+        let status = command.status().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let admin = runtime.block_on(client_from(&dir.path("admin.kubeconfig")));
+        let cp = Self { dir, kubectl, port, runtime, admin, _serial: serial };
+        assert!(status.success(), "control-plane.sh start failed (its output is above)");
         cp
     }
 

@@ -7,9 +7,12 @@ pub mod apiserver;
 pub mod bad_upstream;
 pub mod control_plane;
 pub mod forger;
+pub mod images;
 pub mod netns;
+pub mod node;
 pub mod registry_node;
 pub mod registry_pod;
+pub mod relay;
 pub mod scrape;
 
 use std::io::{BufRead, BufReader};
