@@ -18,10 +18,10 @@
 //! file capabilities. Stand-ins: the images are built here (tests/cluster/images/build.py: no
 //! registry can be reached), kube-proxy's one Service the pods use (`kubernetes`) is a relay, and
 //! the crane pods resolve through the node's resolv.conf (`dnsPolicy: Default`), not through
-//! CoreDNS (tests/e2e.rs covers the CoreDNS stanza). Until node setup writes containerd's
-//! `certs.d/knative-local-registry:5000/hosts.toml` (issue 22), the test writes it where node
-//! setup will (see [`HostsToml`]). Where these machines lack something (cgroup v2, dummy interfaces,
-//! CAP_SYS_RESOURCE for root), `node.sh start` says so and what the node does instead.
+//! CoreDNS (tests/e2e.rs covers the CoreDNS stanza). Node setup writes containerd's
+//! `certs.d/knative-local-registry:5000/hosts.toml`, which is all the node's containerd knows of the
+//! registry. Where these machines lack something (cgroup v2, dummy interfaces, CAP_SYS_RESOURCE for
+//! root), `node.sh start` says so and what the node does instead.
 //!
 //! Needs root; skipped with a loud message when not root or when a part is missing or cannot be
 //! built, and never skipped when `CI` is set.
@@ -266,30 +266,12 @@ impl Drop for Cluster {
     }
 }
 
-/// containerd's registry configuration for the name, in the node's
-/// /etc/containerd/certs.d/knative-local-registry:5000/hosts.toml (config_path), as deploy/README.md
-/// documents it for plain HTTP. Issue 22 makes node setup write it: then [`HostsToml::write`]
-/// goes, and the test asserts node setup's file instead (and that removal deletes it).
-struct HostsToml;
-
-impl HostsToml {
-    const PATH: &'static str = "containerd/certs.d/knative-local-registry:5000";
-
-    fn write(node: &Node) {
-        let dir = node.etc_path(Self::PATH);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("hosts.toml"),
-            "server = \"http://knative-local-registry:5000\"\n\
-             [host.\"http://knative-local-registry:5000\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n",
-        )
-        .unwrap();
-    }
-
-    fn remove(node: &Node) {
-        std::fs::remove_dir_all(node.etc_path(Self::PATH)).unwrap();
-    }
-}
+/// Where node setup writes containerd's registry configuration on the node (the CRI plugin's
+/// `config_path`, as node.sh's config.toml sets it), and what it writes for a plain-HTTP registry.
+const HOSTS_TOML: &str = "containerd/certs.d/knative-local-registry:5000/hosts.toml";
+const HOSTS_TOML_CONTENT: &str = "# Written by registry-dns node setup (deploy/node); ACTION=remove deletes it.\n\
+     server = \"http://knative-local-registry:5000\"\n\
+     [host.\"http://knative-local-registry:5000\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n";
 
 /// Queries registry-dns on the node until `stop`, each from a fresh socket (a new source port, as
 /// glibc and Go's resolver do per lookup), one try of at most 2 s (stricter than glibc's default
@@ -370,7 +352,8 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     assert!(c.interface_exists("registry-dns0"), "registry-dns made its interface on the node");
     assert!(c.node_getent().is_err(), "before node setup the node's resolver does not know {NAME}");
 
-    // 3. Node setup rewires the node's resolver (no systemd-resolved here: resolv.conf mode).
+    // 3. Node setup rewires the node's resolver (no systemd-resolved here: resolv.conf mode) and
+    // writes containerd's hosts.toml for the registry.
     c.cp.kubectl(&["apply", "-k", &format!("{DEPLOY}/node")]);
     c.rollout("registry-dns", "daemonset/registry-dns-node-setup", 120);
     wait_for("node setup's resolv.conf", Duration::from_secs(30), || {
@@ -378,7 +361,10 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
         now.starts_with(&format!("nameserver {LINK_LOCAL} # registry-dns\n")).then_some(()).ok_or(now)
     });
     assert_eq!(c.node_getent(), Ok(vec![registry1.clone()]), "glibc on the node, after node setup");
-    HostsToml::write(&c.node);
+    wait_for("node setup's hosts.toml", Duration::from_secs(30), || {
+        let now = c.node.etc(HOSTS_TOML)?;
+        (now == HOSTS_TOML_CONTENT).then_some(()).ok_or(now)
+    });
 
     // 4. A pod in `default` pushes by name; a second pod's image is that digest, by name: the
     // kubelet asks containerd (CRI) to pull it, which resolves the name on the node.
@@ -460,7 +446,7 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     c.rollout("registry-dns", "daemonset/registry-dns-node-setup", 120);
     wait_for("node setup's removal", Duration::from_secs(30), || {
         let now = c.node.etc("resolv.conf")?;
-        (now == NODE_RESOLV_CONF).then_some(()).ok_or(now)
+        (now == NODE_RESOLV_CONF && c.node.etc(HOSTS_TOML).is_err()).then_some(()).ok_or(now)
     });
     c.helm(&["uninstall", "registry-dns", "-n", "registry-dns", "--wait"]);
     wait_for("the registry-dns pod gone", Duration::from_secs(60), || {
@@ -473,7 +459,6 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
         (!c.interface_exists("registry-dns0")).then_some(()).ok_or("still there".to_string())
     });
     c.cp.kubectl(&["delete", "-k", &format!("{DEPLOY}/node")]);
-    HostsToml::remove(&c.node);
     assert_eq!(c.node.etc("resolv.conf").as_deref(), Ok(NODE_RESOLV_CONF), "the node's resolv.conf as it was");
     let certs = std::fs::read_dir(c.node.etc_path("containerd/certs.d")).unwrap().count();
     assert_eq!(certs, 0, "the node's certs.d as it was");

@@ -235,7 +235,11 @@ def main():
     )
 
     setup = Layer()
-    setup.host_binaries({"/bin/dash": "/bin/sh", "/bin/cat": "/bin/cat", "/bin/sleep": "/bin/sleep", "/usr/bin/nsenter": "/usr/bin/nsenter"})
+    # What deploy/node's scripts run in their own container (the rest runs on the node, through nsenter).
+    setup.host_binaries({
+        "/bin/dash": "/bin/sh", "/bin/cat": "/bin/cat", "/bin/sleep": "/bin/sleep", "/usr/bin/nsenter": "/usr/bin/nsenter",
+        "/usr/bin/dirname": "/usr/bin/dirname", "/bin/grep": "/bin/grep", "/bin/sed": "/bin/sed", "/usr/bin/head": "/usr/bin/head",
+    })
     setup.dir("/tmp", 0o1777)
     images["node-setup"] = ("docker.io/library/debian:bookworm-slim", setup, {"Cmd": ["sh"], "Env": ["PATH=" + PATH]})
 
