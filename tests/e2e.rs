@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::control_plane::{self, ControlPlane, skip_or_fail};
 use support::netns::Netns;
+use support::registry_node;
 use support::relay::relay;
 use support::{RegistryDns, TempDir, http_get, wait_until};
 
@@ -182,7 +183,12 @@ impl Cluster {
         relay(listener, SocketAddr::from(([127, 0, 0, 1], cluster.cp.port)));
 
         if tls {
-            cluster.tls = Some(cluster.make_registry_certificate());
+            // A CA standing in for cert-manager's CA Issuer, with deploy/registry/tls/issuer.yaml's names.
+            cluster.tls = Some(registry_node::make_certificate(
+                &cluster.cp.dir,
+                "registry",
+                &[NAME, "knative.registry.svc", "knative.registry.svc.cluster.local"],
+            ));
         }
         Some(cluster)
     }
@@ -301,48 +307,6 @@ impl Cluster {
         });
         assert!(up, "{name} not ready on {ready}{path}\n{}", process.tail());
         process
-    }
-
-    /// A CA standing in for cert-manager's CA Issuer, and the registry's certificate from it
-    /// (deploy/registry/tls/issuer.yaml's names, server auth): (ca.crt, tls.crt, tls.key).
-    fn make_registry_certificate(&self) -> (PathBuf, PathBuf, PathBuf) {
-        let p = |name: &str| self.cp.dir.path(name).to_str().unwrap().to_string();
-        let (ca_key, ca_crt, key, csr, ext, crt) =
-            (p("registry-ca.key"), p("registry-ca.crt"), p("tls.key"), p("tls.csr"), p("tls.ext"), p("tls.crt"));
-        let openssl = |args: &[&str]| check(&Command::new("openssl").args(args).output().unwrap(), "openssl");
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=knative-local-registry CA"];
-        ca.extend(ec);
-        ca.extend(["-keyout", &ca_key, "-out", &ca_crt]);
-        openssl(&ca);
-        let mut request = vec!["req", "-subj", "/CN=knative-local-registry"];
-        request.extend(ec);
-        request.extend(["-keyout", &key, "-out", &csr]);
-        openssl(&request);
-        std::fs::write(
-            &ext,
-            "subjectAltName=DNS:knative-local-registry,DNS:knative.registry.svc,DNS:knative.registry.svc.cluster.local\n\
-             extendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_crt,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            &ext,
-            "-out",
-            &crt,
-        ]);
-        (self.cp.dir.path("registry-ca.crt"), self.cp.dir.path("tls.crt"), self.cp.dir.path("tls.key"))
     }
 
     /// distribution (Debian's docker-registry) in `pod`, serving on the pod's IP, port 5000, with
