@@ -123,6 +123,8 @@ else
   LENGTH=12 WARMUP=2 LAT_LENGTH=3
 fi
 BU_LINES=2000000        # unique names: lasts 12 s at 160k QPS (a wrap-around is flagged)
+BN_LINES=500000         # unique names that do not exist, after job Bu
+NEG_LENGTH=4            # seconds of them: far more names than any negative cache holds
 LAT_QPS=10000
 LAT_LINES=50000         # Bu names for the latency run (disjoint from BU_LINES)
 PAUSE=2                 # idle seconds between rows: each starts from the same throttle state
@@ -354,6 +356,10 @@ gen_data() {
   # Unique names (kept between invocations: generating them takes a while).
   if [ ! -f "$DATA/qBu.txt" ] || [ "$(wc -l <"$DATA/qBu.txt")" != "$BU_LINES" ]; then
     awk -v n="$BU_LINES" 'BEGIN { for (i = 0; i < n; i++) printf "%07d.u.bench.test. A\n", i }' >"$DATA/qBu.txt"
+  fi
+  # After job Bu: unique names that do not exist (NXDOMAIN with the SOA), to fill the negative side.
+  if [ ! -f "$DATA/qBn.txt" ] || [ "$(wc -l <"$DATA/qBn.txt")" != "$BN_LINES" ]; then
+    awk -v n="$BN_LINES" 'BEGIN { for (i = 0; i < n; i++) printf "%07d.n.bench.test. A\n", i }' >"$DATA/qBn.txt"
   fi
   # Latency run of job Bu: names never used by the throughput run.
   awk -v n="$LAT_LINES" 'BEGIN { for (i = 0; i < n; i++) printf "%07d.u.bench.test. A\n", 9000000 + i }' \
@@ -662,6 +668,10 @@ run_row() {
   measure_throughput "$pid" "$port" "$qfile" "$LOGS/$tag.dnsperf.txt"
   foreign_load && busy=1
   measure_latency "$port" "$qlat" "$LOGS/$tag.latency.txt"
+  # Job Bu filled the positive answers; names that do not exist fill the negative ones, so that the
+  # peak RSS read next is that of a cache full on both sides.
+  [ "$job" = Bu ] && run_dnsperf "$LOGS/$tag.negative.txt" -s 127.0.0.1 -p "$port" -d "$DATA/qBn.txt" \
+    -c "$CLIENTS" -q "$OUTSTANDING" -t "$TIMEOUT" -l "$NEG_LENGTH"
   local rss; rss=$(peak_rss_mib "$pid")
   local up=1; alive "$pid" "${STARTED[$pid]}" || up=0
   local cnote=""
@@ -930,7 +940,7 @@ write_markdown() {
     echo "- Caches: registry-dns's default \`--cache-size 8MiB\` (one for the process, shared by the workers and TCP); dnsdist \`newPacketCache(100000)\`;" \
          "unbound \`msg-cache-size 8m\`, \`rrset-cache-size 16m\`. Job B's 1000 names loop, so every cache hits after the first pass (TTL 3600);" \
          "job Bu never repeats a name, so every query misses and the caches fill and evict within its first second or so:" \
-         "registry-dns's positive-answer pools (3/4 of each shard) are full then, its negative pools stay empty."
+         "registry-dns's positive-answer pools (3/4 of each shard) are full then; 4 s of unique names that do not exist (NXDOMAIN) follow job Bu, for every server, so that the negative pools are full too when its peak RSS is read."
     if [ "$RUNS" -gt 1 ]; then
       echo "- Summary tables: medians over the $RUNS runs (QPS min-max over all runs' samples, RSS the highest, lost per run). Per-run figures follow."
     fi
