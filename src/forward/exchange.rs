@@ -81,8 +81,9 @@ pub struct Exchange {
     started: Instant,
     /// Who waits for the answer; `None` for a prefetch, and once a stale answer was served.
     client: Option<Client>,
-    /// The cache key and the flight this exchange leads, when the answer is cacheable.
-    flight: Option<(Key, FlightGuard<Parked>)>,
+    /// The cache key and the flight this exchange leads, when the answer is cacheable (boxed: a
+    /// key is 260 bytes, and the driver keeps up to `--max-concurrent` exchanges).
+    flight: Option<Box<(Key, FlightGuard<Parked>)>>,
     /// An expired answer is held for the key: the client gets it at [`CLIENT_TIMER`] or on failure.
     stale_fallback: bool,
     upstreams: Arc<Upstreams>,
@@ -120,7 +121,7 @@ impl Exchange {
             transport: start.transport,
             started: start.started,
             client: start.client,
-            flight: start.flight,
+            flight: start.flight.map(Box::new),
             stale_fallback: start.stale_fallback,
             upstreams,
             timeout,
@@ -275,16 +276,16 @@ impl Exchange {
 
     /// The cache key and flight, for the answer's way into the cache.
     pub fn take_flight(&mut self) -> Option<(Key, FlightGuard<Parked>)> {
-        self.flight.take()
+        self.flight.take().map(|flight| *flight)
     }
 
     pub fn key(&self) -> Option<&Key> {
-        self.flight.as_ref().map(|(key, _)| key)
+        self.flight.as_deref().map(|(key, _)| key)
     }
 
     /// The cache the flight is in, for a stale answer.
     pub fn cache(&self) -> Option<&Arc<Cache<Parked>>> {
-        self.flight.as_ref().map(|(_, flight)| flight.cache())
+        self.flight.as_deref().map(|(_, flight)| flight.cache())
     }
 }
 

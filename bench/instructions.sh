@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Instructions per query of one or more registry-dns builds, counted by callgrind: what a code
+# change costs per query, free of this shared VM's noise (dnsperf's figures move by 20% and more
+# between runs, see bench/README.md). User space only: the system calls per query, most of a
+# query's cost, are what bench/run.sh measures; a change that keeps them keeps the kernel's share.
+#
+# For each build and job the server answers N, then 3N queries, each time under a fresh callgrind;
+# the difference of the two totals over 2N is the count per query (start-up, the first pass's
+# misses of job B and shutdown cancel out).
+#
+#   A    knative-local-registry A (a local answer)
+#   B    h000..h999.bench.test A, looped (cache hits)
+#   Bu   unique NNNNNNN.u.bench.test A (every query misses; the cache fills and evicts)
+#   Bu0  the same with --cache-size 0 (the plain relay)
+#
+# Usage: bench/instructions.sh [-n N] BINARY...   (as root, on loopback; needs nsd, dnsperf,
+# valgrind: installed from Debian when missing)
+set -euo pipefail
+
+n=3000
+if [ "${1:-}" = -n ]; then n=$2; shift 2; fi
+[ $# -gt 0 ] || { echo "usage: bench/instructions.sh [-n N] BINARY..." >&2; exit 2; }
+need=()
+for pair in nsd:nsd dnsperf:dnsperf valgrind:valgrind; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+work=$(mktemp -d /tmp/registry-dns-instructions.XXXXXX)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+up_port=15311
+{
+  printf '$ORIGIN bench.test.\n$TTL 3600\n'
+  printf '@ IN SOA ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 3600\n'
+  printf '@ IN NS ns.bench.test.\nns IN A 127.0.0.1\n'
+  awk 'BEGIN { for (i = 0; i < 1000; i++) printf "h%04d IN A 10.1.%d.%d\n", i, int(i / 256), i % 256 }'
+  printf '*.u IN A 10.9.9.9\n'
+} >"$work/bench.test.zone"
+cat >"$work/nsd.conf" <<EOF
+server:
+  ip-address: 127.0.0.1@$up_port
+  zonesdir: "$work"
+  database: ""
+  pidfile: "$work/nsd.pid"
+  xfrdfile: "$work/xfrd.state"
+  zonelistfile: "$work/zone.list"
+  username: ""
+  verbosity: 0
+  hide-version: yes
+  rrl-ratelimit: 0
+remote-control:
+  control-enable: no
+zone:
+  name: bench.test.
+  zonefile: bench.test.zone
+EOF
+nsd -d -c "$work/nsd.conf" >"$work/nsd.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 50); do dig +short -p "$up_port" @127.0.0.1 h0001.bench.test >/dev/null 2>&1 && break; sleep 0.1; done
+
+queries() {  # queries JOB COUNT START: a query file
+  case "$1" in
+    A) awk -v n="$2" 'BEGIN { for (i = 0; i < n; i++) print "knative-local-registry. A" }' ;;
+    B) awk -v n="$2" 'BEGIN { for (i = 0; i < n; i++) printf "h%04d.bench.test. A\n", i % 1000 }' ;;
+    Bu | Bu0) awk -v n="$2" -v s="$3" 'BEGIN { for (i = 0; i < n; i++) printf "%07d.u.bench.test. A\n", s + i }' ;;
+  esac
+}
+
+# total BINARY JOB COUNT: callgrind's instruction total for COUNT queries of JOB
+total() {
+  local bin=$1 job=$2 count=$3 port=15312 extra=()
+  [ "$job" = Bu0 ] && extra=(--cache-size 0)
+  queries "$job" "$count" $((RANDOM * 100)) >"$work/q.txt"
+  local out="$work/callgrind.out" log="$work/server.log"
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --listen "127.0.0.1:$port" \
+    --record knative-local-registry=10.0.0.10 --upstream "127.0.0.1:$up_port" --workers 1 \
+    --ops-listen off "${extra[@]}" >"$log" 2>&1 &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 600); do grep -q "registry-dns serving" "$log" && break; sleep 0.1; done
+  dnsperf -s 127.0.0.1 -p "$port" -d "$work/q.txt" -n 1 -c 1 -q 20 -t 10 >"$work/dnsperf.txt" 2>&1
+  grep -q "Queries completed: *$count " "$work/dnsperf.txt" ||
+    { echo "$bin $job: not every query answered: $(grep -E 'Queries (sent|completed|lost)' "$work/dnsperf.txt" | tr '\n' ' ')" >&2; }
+  kill -INT "$pid"
+  wait "$pid" || true
+  awk '/^totals:/ { print $2 }' "$out"
+}
+
+printf '%-40s %-4s %12s\n' build job "instr/query"
+for bin in "$@"; do
+  for job in A B Bu Bu0; do
+    small=$(total "$bin" "$job" "$n")
+    large=$(total "$bin" "$job" $((3 * n)))
+    printf '%-40s %-4s %12d\n' "$bin" "$job" $(((large - small) / (2 * n)))
+  done
+done
