@@ -21,7 +21,8 @@
 #
 # Usage:
 #   node.sh start DIR CONTROL_PLANE_DIR IMAGES_DIR   start the node with its state in DIR; imports
-#                                        IMAGES_DIR/*.tar into containerd (namespace k8s.io) first
+#                                        IMAGES_DIR/*.tar into containerd (namespace k8s.io) first;
+#                                        removes the netns of a node whose run was killed
 #   node.sh exec DIR COMMAND...          COMMAND on the node (its namespaces)
 #   node.sh stop DIR                     stop the node (its init and every process under it), remove
 #                                        its network namespace and cgroups
@@ -194,10 +195,36 @@ veth_name() {
   echo "rdn$(echo "$1" | md5sum | cut -c1-8)"
 }
 
+# Every node uses the same addresses, so a node left behind by a run that was killed before its
+# `stop` (its veth still holds host_ip) would take the new node's traffic: the API server would
+# reach the dead node's netns and `kubectl logs` get "connection refused". A node netns with no
+# process left is such a leftover and is removed; one with processes is a live node, and an error.
+clear_leftover_nodes() {
+  local ns
+  for ns in $(ip netns list | awk '$1 ~ /^rdns-node-/ {print $1}'); do
+    if [ -n "$(ip netns pids "$ns")" ]; then
+      log "a node is still running in netns $ns and holds $host_ip: stop it first (node.sh stop ITS_DIR)"
+      exit 1
+    fi
+    log "removing netns $ns, left behind by a node that was never stopped"
+    ip netns del "$ns"
+  done
+  # The kernel removes a deleted netns's veth (and its host end's address) asynchronously.
+  for _ in $(seq 50); do
+    ip -br addr show | grep -q "$host_ip/" || break
+    sleep 0.1
+  done
+  if ip -br addr show | grep -q "$host_ip/"; then
+    log "$host_ip is already on a host interface ($(ip -br addr show | grep "$host_ip/" | awk '{print $1}')): remove it first"
+    exit 1
+  fi
+}
+
 start() {
   local dir=$1 cp_dir=$2 images=$3
   local name=${NODE_NAME:-node-1} netns=${NETNS:-rdns-node-$$}
   local bins k8s_bin node_bin cni_bin
+  clear_leftover_nodes
   read -r k8s_bin _ < <("$here/control-plane.sh" build)
   read -r node_bin cni_bin < <("$here/control-plane.sh" build-node)
   mkdir -p "$dir"
@@ -318,7 +345,7 @@ case "${1:-}" in
   exec) shift && node_exec "$@" ;;
   stop) stop "$2" ;;
   *)
-    sed -n '2,31p' "$0" >&2
+    sed -n '2,30p' "$0" >&2
     exit 2
     ;;
 esac
