@@ -8,6 +8,7 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use support::doctor_report::{check, verdict};
 use support::netns::Netns;
 use support::{RegistryDns, TempDir, parse_dig, wait_until};
 
@@ -54,21 +55,6 @@ impl Node {
         eprintln!("{report}{}", String::from_utf8_lossy(&out.stderr));
         (out.status.code(), report)
     }
-}
-
-/// The report's line for a check, by severity and a prefix of its text, with its fix line.
-fn check<'a>(report: &'a str, severity: &str, text: &str) -> (&'a str, &'a str) {
-    let lines: Vec<&str> = report.lines().collect();
-    let index = lines
-        .iter()
-        .position(|l| l.trim_start().strip_prefix(severity).is_some_and(|rest| rest.trim_start().starts_with(text)))
-        .unwrap_or_else(|| panic!("no `{severity} {text}` line in:\n{report}"));
-    let fix = lines.get(index + 1).and_then(|l| l.trim_start().strip_prefix("fix: ")).unwrap_or_default();
-    (lines[index], fix)
-}
-
-fn verdict(report: &str) -> &str {
-    report.lines().find_map(|l| l.strip_prefix("verdict: ")).unwrap_or_else(|| panic!("no verdict in:\n{report}"))
 }
 
 /// A dnsmasq in a namespace, killed on drop.

@@ -11,6 +11,7 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use support::TempDir;
+use support::doctor_report::{check, verdict};
 use support::registry_node::{NAME, REGISTRY, REGISTRY_IP, RegistryNode, make_certificate, node_setup};
 
 /// containerd 1.x's config with the CRI plugin's `config_path` at DIR/certs.d, or without it.
@@ -23,21 +24,6 @@ fn containerd_config(dir: &TempDir, with_config_path: bool) -> PathBuf {
     std::fs::write(&config, format!("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n{registry}"))
         .unwrap();
     config
-}
-
-/// The report's line for a check, by severity and a prefix of its text, with its fix line.
-fn check<'a>(report: &'a str, severity: &str, text: &str) -> (&'a str, &'a str) {
-    let lines: Vec<&str> = report.lines().collect();
-    let index = lines
-        .iter()
-        .position(|l| l.trim_start().strip_prefix(severity).is_some_and(|rest| rest.trim_start().starts_with(text)))
-        .unwrap_or_else(|| panic!("no `{severity} {text}` line in:\n{report}"));
-    let fix = lines.get(index + 1).and_then(|l| l.trim_start().strip_prefix("fix: ")).unwrap_or_default();
-    (lines[index], fix)
-}
-
-fn verdict(report: &str) -> &str {
-    report.lines().find_map(|l| l.strip_prefix("verdict: ")).unwrap_or_else(|| panic!("no verdict in:\n{report}"))
 }
 
 fn doctor(node: &RegistryNode, config: &Path) -> (Option<i32>, String) {

@@ -6,6 +6,7 @@
 pub mod apiserver;
 pub mod bad_upstream;
 pub mod control_plane;
+pub mod doctor_report;
 pub mod forger;
 pub mod images;
 pub mod netns;
