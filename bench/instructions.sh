@@ -30,35 +30,14 @@ fi
 
 work=$(mktemp -d /tmp/registry-dns-instructions.XXXXXX)
 pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait; rm -rf "$work"; }
 trap cleanup EXIT
 
+# shellcheck source=bench/upstream.sh
+. "$(dirname "$0")/upstream.sh"
 up_port=15311
-{
-  printf '$ORIGIN bench.test.\n$TTL 3600\n'
-  printf '@ IN SOA ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 3600\n'
-  printf '@ IN NS ns.bench.test.\nns IN A 127.0.0.1\n'
-  awk 'BEGIN { for (i = 0; i < 1000; i++) printf "h%04d IN A 10.1.%d.%d\n", i, int(i / 256), i % 256 }'
-  printf '*.u IN A 10.9.9.9\n'
-} >"$work/bench.test.zone"
-cat >"$work/nsd.conf" <<EOF
-server:
-  ip-address: 127.0.0.1@$up_port
-  zonesdir: "$work"
-  database: ""
-  pidfile: "$work/nsd.pid"
-  xfrdfile: "$work/xfrd.state"
-  zonelistfile: "$work/zone.list"
-  username: ""
-  verbosity: 0
-  hide-version: yes
-  rrl-ratelimit: 0
-remote-control:
-  control-enable: no
-zone:
-  name: bench.test.
-  zonefile: bench.test.zone
-EOF
+bench_zone "$work/bench.test.zone"
+bench_nsd_conf 127.0.0.1 "$up_port" "$work" "$work" >"$work/nsd.conf"
 nsd -d -c "$work/nsd.conf" >"$work/nsd.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 50); do dig +short -p "$up_port" @127.0.0.1 h0001.bench.test >/dev/null 2>&1 && break; sleep 0.1; done

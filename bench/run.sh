@@ -39,6 +39,8 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 SELF="$BENCH_DIR/$(basename "${BASH_SOURCE[0]}")"
+# shellcheck source=bench/upstream.sh
+. "$BENCH_DIR/upstream.sh"
 WORK=${BENCH_WORK:-/tmp/registry-dns-bench}   # generated data, configs, raw logs
 # RDNS_BIN=PATH measures another build of registry-dns (a before/after comparison).
 RDNS_BIN=${RDNS_BIN:-"$REPO_DIR/target/release/registry-dns"}
@@ -341,15 +343,7 @@ wait_for_idle() {
 
 # ----------------------------------------------------------- data -----------
 gen_data() {
-  # Upstream zone: 1000 A records and the wildcard that answers job Bu.
-  # shellcheck disable=SC2016  # $ORIGIN and $TTL are zone-file directives
-  {
-    printf '$ORIGIN bench.test.\n$TTL 3600\n'
-    printf '@ IN SOA ns.bench.test. hostmaster.bench.test. 1 3600 600 86400 3600\n'
-    printf '@ IN NS ns.bench.test.\nns IN A 127.0.0.1\n'
-    awk 'BEGIN { for (i = 0; i < 1000; i++) printf "h%04d IN A 10.1.%d.%d\n", i, int(i / 256), i % 256 }'
-    printf '*.u IN A 10.9.9.9\n'
-  } >"$DATA/bench.test.zone"
+  bench_zone "$DATA/bench.test.zone"
   # dnsperf query files ("NAME TYPE" per line; dnsperf loops over a file).
   printf 'knative-local-registry. A\n' >"$DATA/qA.txt"
   awk 'BEGIN { for (i = 0; i < 1000; i++) printf "h%04d.bench.test. A\n", i }' >"$DATA/qB.txt"
@@ -373,30 +367,9 @@ gen_data() {
 
 note_cmd() { local name=$1; shift; printf '%s\n' "$*" >"$LOGS/cmd-$name.txt"; }
 
-start_upstream() {  # nsd, authoritative for bench.test.; RRL off (Debian enables it)
+start_upstream() {  # nsd (bench/upstream.sh)
   local dir=$1 log=$2
-  cat >"$dir/nsd.conf" <<EOF
-server:
-    ip-address: $UP_ADDR@$UP_PORT
-    do-ip6: no
-    server-count: 1
-    username: ""
-    chroot: ""
-    database: ""
-    zonesdir: "$DATA"
-    pidfile: "$dir/nsd.pid"
-    xfrdfile: "$dir/xfrd.state"
-    xfrdir: "$dir"
-    zonelistfile: "$dir/zone.list"
-    verbosity: 0
-    rrl-ratelimit: 0
-    rrl-whitelist-ratelimit: 0
-remote-control:
-    control-enable: no
-zone:
-    name: "bench.test."
-    zonefile: "bench.test.zone"
-EOF
+  bench_nsd_conf "$UP_ADDR" "$UP_PORT" "$DATA" "$dir" >"$dir/nsd.conf"
   note_cmd upstream nsd -d -c nsd.conf
   start_bg "$SERVER_CPU" "$log" nsd -d -c "$dir/nsd.conf"
 }
