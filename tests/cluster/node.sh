@@ -210,14 +210,14 @@ clear_leftover_nodes() {
     ip netns del "$ns"
   done
   # The kernel removes a deleted netns's veth (and its host end's address) asynchronously.
+  local holder
   for _ in $(seq 50); do
-    ip -br addr show | grep -q "$host_ip/" || break
+    holder=$(ip -br addr show | awk -v ip="$host_ip/" '{ for (i = 3; i <= NF; i++) if (index($i, ip) == 1) print $1 }')
+    [ -z "$holder" ] && return
     sleep 0.1
   done
-  if ip -br addr show | grep -q "$host_ip/"; then
-    log "$host_ip is already on a host interface ($(ip -br addr show | grep "$host_ip/" | awk '{print $1}')): remove it first"
-    exit 1
-  fi
+  log "$host_ip is already on a host interface ($holder): remove it first"
+  exit 1
 }
 
 start() {
