@@ -179,7 +179,7 @@ impl Cluster {
             let phase = self.jsonpath(&["pod", pod, "-n", "default"], "{.status.phase}");
             matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase.clone()).ok_or(phase)
         });
-        let logs = self.cp.kubectl(&["logs", "-n", "default", pod]);
+        let logs = self.node.container_log("default", pod, "crane").unwrap_or_else(|e| panic!("{pod}'s log: {e}"));
         assert_eq!(phase, "Succeeded", "crane push in {pod}: {logs}");
         let digest = logs.lines().find(|l| l.starts_with(&format!("{REPO}@sha256:")));
         digest.unwrap_or_else(|| panic!("no digest in crane's output: {logs}")).to_string()

@@ -316,8 +316,8 @@ wait_healthy() {
   exit 1
 }
 
-# kubeadm's --kubelet-preferred-address-types: a kubelet (tests/kubelet_node.rs) is reached by its
-# node IP for logs, not by a hostname no resolver knows.
+# kubeadm's --kubelet-preferred-address-types: a kubelet (tests/cluster/node.sh) is reached by its
+# node IP for `kubectl logs`, not by a hostname no resolver knows.
 start_apiserver() {
   local dir=$1 name=$2 port=$3
   "$k8s_bin/kube-apiserver" \

@@ -76,7 +76,8 @@ contexts:
 current-context: test
 EOF
   # Anonymous requests with AlwaysAllow: the kubelet's port is reachable from the host's end of the
-  # veth only, and `kubectl logs` (the API server has no kubelet client certificate) needs it.
+  # veth only, and `kubectl logs` or `exec` by hand (the API server has no kubelet client
+  # certificate) need it. The test reads pod logs from the node's files instead.
   cat >"$dir/etc/kubernetes/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration

@@ -68,6 +68,32 @@ impl Node {
         self.dir.path("etc").join(path)
     }
 
+    /// What `kubectl logs` would print for `container` of `namespace/pod`, read where the kubelet
+    /// reads it: the CRI log file containerd wrote under the node's /var/log/pods (lines of
+    /// `TIME STREAM F|P TEXT`, P for a part of a longer line). Read here rather than through the
+    /// API server, whose way to the kubelet (host -> veth -> port 10250) is the test's own wiring.
+    pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> Result<String, String> {
+        let pods = self.dir.path("var/log/pods");
+        let prefix = format!("{namespace}_{pod}_");
+        let entries = std::fs::read_dir(&pods).map_err(|e| format!("{}: {e}", pods.display()))?;
+        let dir = entries
+            .filter_map(|e| e.ok())
+            .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .ok_or_else(|| format!("no {prefix}* in {}", pods.display()))?;
+        let file = dir.path().join(container).join("0.log");
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let mut log = String::new();
+        for line in text.lines() {
+            let mut fields = line.splitn(4, ' ');
+            let (_time, _stream, tag) = (fields.next(), fields.next(), fields.next());
+            log.push_str(fields.next().unwrap_or(""));
+            if tag != Some("P") {
+                log.push('\n');
+            }
+        }
+        Ok(log)
+    }
+
     /// The last `lines` lines of one of the node's logs (`kubelet`, `containerd`, `node`).
     pub fn log_tail(&self, name: &str, lines: usize) -> String {
         let text = std::fs::read_to_string(self.dir.path(&format!("{name}.log"))).unwrap_or_default();
