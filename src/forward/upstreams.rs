@@ -248,25 +248,40 @@ mod tests {
         assert_eq!(ups.next(0b01, now), None);
     }
 
+    /// The documented numbers, written out: 10 unexpected replies within 10 s start an episode,
+    /// which lasts until 60 s pass without another.
     #[test]
-    fn an_episode_starts_at_the_threshold_once() {
+    fn an_episode_starts_at_the_tenth_unexpected_reply_within_10_s_and_lasts_60_s() {
         let metrics = Metrics::default();
         let ups = Upstreams::new(&["127.0.0.1:1".parse().unwrap()], &metrics);
         let now = Instant::now();
-        for _ in 1..SPOOF_THRESHOLD {
-            ups.record_unexpected(0, now);
+        let at = |seconds: f64| now + Duration::from_secs_f64(seconds);
+        for i in 0..9 {
+            ups.record_unexpected(0, at(f64::from(i)));
         }
         assert_eq!(ups.episodes(0), 0);
-        assert!(!ups.is_defending(0, now));
-        ups.record_unexpected(0, now);
-        assert_eq!(ups.episodes(0), 1);
-        assert!(ups.is_defending(0, now));
-        assert!(!ups.is_defending(0, now + SPOOF_DEFENSE + Duration::from_secs(1)));
-        for _ in 0..3 * SPOOF_THRESHOLD {
-            ups.record_unexpected(0, now);
+        assert!(!ups.is_defending(0, at(9.0)));
+        ups.record_unexpected(0, at(9.5));
+        assert_eq!(ups.episodes(0), 1, "the tenth within 10 s");
+        assert!(ups.is_defending(0, at(69.0)));
+        assert!(!ups.is_defending(0, at(70.0)), "60 s after the last one");
+        for _ in 0..30 {
+            ups.record_unexpected(0, at(20.0));
         }
         assert_eq!(ups.episodes(0), 1, "more forgeries extend the episode");
+        assert!(ups.is_defending(0, at(79.0)));
         let stats = metrics.upstream(ups.addr(0));
-        assert_eq!((stats.unexpected_replies(), stats.episodes()), (u64::from(4 * SPOOF_THRESHOLD), 1));
+        assert_eq!((stats.unexpected_replies(), stats.episodes()), (40, 1));
+    }
+
+    #[test]
+    fn unexpected_replies_spread_wider_than_10_s_start_no_episode() {
+        let metrics = Metrics::default();
+        let ups = Upstreams::new(&["127.0.0.1:1".parse().unwrap()], &metrics);
+        let now = Instant::now();
+        for i in 0..20 {
+            ups.record_unexpected(0, now + Duration::from_millis(1_200 * i));
+        }
+        assert_eq!(ups.episodes(0), 0, "one every 1.2 s: never 10 within 10 s");
     }
 }
