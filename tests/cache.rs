@@ -279,6 +279,7 @@ fn do_cd_type_and_class_never_share_an_entry_and_tc_answers_are_not_cached() {
 fn a_hit_never_carries_another_clients_cookie() {
     let upstream = BadUpstream::with(Behaviour::CookieEcho);
     let s = start(upstream.addr, &[]);
+    assert!(wait_until(Duration::from_secs(5), || upstream.queries() >= 1), "the loop probe");
     let port = s.addr.port().to_string();
     let dig = || {
         let out = std::process::Command::new("dig")
@@ -415,6 +416,7 @@ fn a_cached_failure_never_hides_a_positive_answer() {
 fn flush_empties_the_cache_or_one_name() {
     let upstream = BadUpstream::with(Behaviour::Genuine);
     let s = start(upstream.addr, &[]);
+    assert!(wait_until(Duration::from_secs(5), || upstream.queries() >= 1), "the loop probe");
     let a = query(1, "a.example.", RecordType::A, None);
     let b = query(2, "b.example.", RecordType::AAAA, None);
     let tcp_asked = |name: &str| {
@@ -486,6 +488,8 @@ fn a_reload_that_changes_the_upstreams_or_the_cache_settings_empties_the_cache()
     };
     write(first.addr, "1h");
     let s = RegistryDns::start(&["--record", "knative-local-registry=10.0.0.10", "--config", config.to_str().unwrap()]);
+    // Each new upstream list gets a loop probe, sent by a task of its own: counted only once it came.
+    assert!(wait_until(Duration::from_secs(5), || first.queries() >= 1), "the loop probe");
     let a = |id| query(id, "a.example.", RecordType::A, None);
     ask(s.addr, &a(1));
     let asked = first.queries();
@@ -499,6 +503,7 @@ fn a_reload_that_changes_the_upstreams_or_the_cache_settings_empties_the_cache()
     };
     write(second.addr, "1h");
     reload("configuration reloaded");
+    assert!(wait_until(Duration::from_secs(5), || second.queries() >= 1), "the new list's loop probe");
     let asked = second.queries();
     ask(s.addr, &a(3));
     assert_eq!(second.queries(), asked + 1, "new upstreams, empty cache");
