@@ -217,7 +217,7 @@ fn after_expiry_every_client_gets_the_stale_answer_whichever_worker_takes_its_qu
 fn clients_asking_at_once_for_one_name_cost_one_upstream_query() {
     let upstream = BadUpstream::with(Behaviour::Slow(Duration::from_millis(500)));
     let s = start(upstream.addr, &[]);
-    assert!(wait_until(Duration::from_secs(5), || upstream.queries() >= 1), "the loop probe");
+    upstream.wait_for_loop_probe();
     std::thread::sleep(Duration::from_millis(600));
     let asked = upstream.queries();
     let server = s.addr;
@@ -237,7 +237,7 @@ fn clients_asking_at_once_for_one_name_cost_one_upstream_query() {
 fn do_cd_type_and_class_never_share_an_entry_and_tc_answers_are_not_cached() {
     let upstream = BadUpstream::with(Behaviour::Genuine);
     let s = start(upstream.addr, &[]);
-    assert!(wait_until(Duration::from_secs(5), || upstream.queries() >= 1), "the loop probe");
+    upstream.wait_for_loop_probe();
     let mut variants = vec![
         query(1, "a.example.", RecordType::A, None),
         query(2, "a.example.", RecordType::A, Some(false)),
@@ -279,7 +279,7 @@ fn do_cd_type_and_class_never_share_an_entry_and_tc_answers_are_not_cached() {
 fn a_hit_never_carries_another_clients_cookie() {
     let upstream = BadUpstream::with(Behaviour::CookieEcho);
     let s = start(upstream.addr, &[]);
-    assert!(wait_until(Duration::from_secs(5), || upstream.queries() >= 1), "the loop probe");
+    upstream.wait_for_loop_probe();
     let port = s.addr.port().to_string();
     let dig = || {
         let out = std::process::Command::new("dig")
@@ -416,7 +416,7 @@ fn a_cached_failure_never_hides_a_positive_answer() {
 fn flush_empties_the_cache_or_one_name() {
     let upstream = BadUpstream::with(Behaviour::Genuine);
     let s = start(upstream.addr, &[]);
-    assert!(wait_until(Duration::from_secs(5), || upstream.queries() >= 1), "the loop probe");
+    upstream.wait_for_loop_probe();
     let a = query(1, "a.example.", RecordType::A, None);
     let b = query(2, "b.example.", RecordType::AAAA, None);
     let tcp_asked = |name: &str| {
@@ -488,8 +488,7 @@ fn a_reload_that_changes_the_upstreams_or_the_cache_settings_empties_the_cache()
     };
     write(first.addr, "1h");
     let s = RegistryDns::start(&["--record", "knative-local-registry=10.0.0.10", "--config", config.to_str().unwrap()]);
-    // Each new upstream list gets a loop probe, sent by a task of its own: counted only once it came.
-    assert!(wait_until(Duration::from_secs(5), || first.queries() >= 1), "the loop probe");
+    first.wait_for_loop_probe();
     let a = |id| query(id, "a.example.", RecordType::A, None);
     ask(s.addr, &a(1));
     let asked = first.queries();
@@ -503,7 +502,7 @@ fn a_reload_that_changes_the_upstreams_or_the_cache_settings_empties_the_cache()
     };
     write(second.addr, "1h");
     reload("configuration reloaded");
-    assert!(wait_until(Duration::from_secs(5), || second.queries() >= 1), "the new list's loop probe");
+    second.wait_for_loop_probe();
     let asked = second.queries();
     ask(s.addr, &a(3));
     assert_eq!(second.queries(), asked + 1, "new upstreams, empty cache");
@@ -522,7 +521,7 @@ fn a_reload_that_changes_the_upstreams_or_the_cache_settings_empties_the_cache()
 fn with_cache_size_zero_every_query_is_relayed() {
     let upstream = BadUpstream::with(Behaviour::Genuine);
     let s = start(upstream.addr, &["--cache-size", "0"]);
-    assert!(wait_until(Duration::from_secs(5), || upstream.queries() >= 1), "the loop probe");
+    upstream.wait_for_loop_probe();
     for id in 1..4 {
         let asked = upstream.queries();
         ask(s.addr, &query(id, "a.example.", RecordType::A, None));

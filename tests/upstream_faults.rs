@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use support::bad_upstream::{BIG_ANSWERS, BadUpstream, Behaviour, FORGED, Forgery, GENUINE};
-use support::{Dig, Nsd, RegistryDns, dig, healthy_upstream, wait_until};
+use support::{Dig, Nsd, RegistryDns, dig, healthy_upstream};
 
 /// The healthy upstream's answer to `www.test A`.
 const HEALTHY: &str = "192.0.2.1";
@@ -38,7 +38,7 @@ fn relay(bad: &BadUpstream, healthy: &Nsd) -> RegistryDns {
         "--cache-size",
         "0",
     ]);
-    assert!(wait_until(Duration::from_secs(5), || bad.queries() >= 1), "the loop probe reaches the bad upstream");
+    bad.wait_for_loop_probe();
     s
 }
 

@@ -188,6 +188,17 @@ impl BadUpstream {
         self.arrivals.lock().unwrap().len()
     }
 
+    /// Waits (at most 5 s) until the loop probe that registry-dns sends each new upstream list has
+    /// arrived: a task of its own sends it, after start or a reload, so a count of queries taken
+    /// before it came may or may not include it.
+    pub fn wait_for_loop_probe(&self) {
+        assert!(
+            super::wait_until(Duration::from_secs(5), || self.queries() >= 1),
+            "no loop probe reached {}",
+            self.addr
+        );
+    }
+
     /// When each query arrived, in order.
     pub fn arrivals(&self) -> Vec<Instant> {
         self.arrivals.lock().unwrap().clone()
