@@ -164,10 +164,10 @@ else
 fi
 
 step "node setup: containerd's hosts.toml and k3s's registries.yaml (deploy/node/containerd-hosts.sh, scratch files)"
-for f in setup.sh containerd-hosts.sh; do
+for f in setup.sh resolved.sh containerd-hosts.sh registry-dns.conf; do
     cmp -s "deploy/node/$f" "deploy/helm/registry-dns/files/node/$f" || fail "deploy/helm/registry-dns/files/node/$f differs from deploy/node/$f (copy it)"
 done
-echo "  the chart's files/node/{setup.sh,containerd-hosts.sh} are deploy/node's"
+echo "  the chart's files/node/{setup.sh,resolved.sh,containerd-hosts.sh,registry-dns.conf} are deploy/node's"
 c=$t/containerd
 mkdir -p "$c"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=check-ca \

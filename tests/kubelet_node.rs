@@ -2,11 +2,13 @@
 //!
 //! ```text
 //!  host: etcd, kube-apiserver 127.0.0.1:P, kube-controller-manager, kube-scheduler, the test,
-//!        helm and kubectl (as admin); a relay thread: node's 10.96.0.1:443 -> the API server
-//!  node-1 (tests/cluster/node.sh: own network, mount, PID and UTS namespaces; /etc an overlay)
-//!    kubelet ── CRI ──► containerd 1.6 + runc ── CNI bridge cni0 10.244.0.0/24
+//!        helm and kubectl (as admin); a relay thread: node's 10.96.0.1:443 -> the API server;
+//!        dnsmasq on 10.198.0.1 as the node's own DNS server (per link, from networkd)
+//!  node-1 10.198.0.2 (tests/cluster/node.sh: Debian booted with systemd as PID 1, in namespaces
+//!        of its own; systemd-resolved with its stub on 127.0.0.53, as most nodes have it)
+//!    kubelet (unit) ── CRI ──► containerd 1.6 (unit) + runc ── CNI bridge cni0 10.244.1.0/24
 //!    hostNetwork: registry-dns (the chart's DaemonSet) on registry-dns0 169.254.20.25,
-//!                 node setup (deploy/node, privileged, nsenter into the node's PID 1)
+//!                 node setup (deploy/node, privileged, nsenter into the node's PID 1: systemd)
 //!    pods: the registry (deploy/registry's Deployment, PVC on a hostPath PV), crane pods in
 //!          `default` (push by name), app pods whose image is knative-local-registry:5000/app@sha256:...
 //! ```
@@ -15,10 +17,12 @@
 //! EndpointSlice, ServiceAccount and root CA controllers), kube-scheduler, kubelet, containerd's
 //! CRI plugin, runc, the CNI plugins, the shipped chart (`helm install` / `upgrade` / `uninstall`),
 //! `kubectl apply -k deploy/registry` and `-k deploy/node`, and the images' users, entrypoints and
-//! file capabilities. Stand-ins: the images are built here (tests/cluster/images/build.py: no
-//! registry can be reached), kube-proxy's one Service the pods use (`kubernetes`) is a relay, and
-//! the crane pods resolve through the node's resolv.conf (`dnsPolicy: Default`), not through
-//! CoreDNS (tests/e2e.rs covers the CoreDNS stanza). Node setup writes containerd's
+//! file capabilities, and node setup's real resolved wiring (resolvectl, busctl, systemctl).
+//! Stand-ins: the images are built here (tests/cluster/images/build.py: no registry can be
+//! reached), kube-proxy's one Service the pods use (`kubernetes`) is a relay, and the crane pods
+//! ask registry-dns directly (`dnsConfig`): on a systemd-resolved node a `dnsPolicy: Default` pod
+//! gets the node's upstreams, which do not know the name, and the `ClusterFirst` way through CoreDNS
+//! is tests/e2e.rs's. Node setup writes containerd's
 //! `certs.d/knative-local-registry:5000/hosts.toml`, which is all the node's containerd knows of the
 //! registry. Where these machines lack something (cgroup v2, dummy interfaces, CAP_SYS_RESOURCE for
 //! root), `node.sh start` says so and what the node does instead.
@@ -38,8 +42,8 @@ use std::time::{Duration, Instant};
 use hickory_proto::op::ResponseCode;
 use serde_json::json;
 use support::control_plane::{self, ControlPlane, skip_or_fail};
-use support::node::Node;
-use support::{ask_a, images};
+use support::node::{HostDns, Node};
+use support::{TempDir, ask_a, images};
 
 const NAME: &str = "knative-local-registry";
 const REPO: &str = "knative-local-registry:5000/app";
@@ -50,8 +54,6 @@ const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
 const CONTROLLERS: &str = "endpointslice-controller,serviceaccount-controller,namespace-controller,\
     garbage-collector-controller,root-ca-certificate-publisher-controller,daemonset-controller,\
     deployment-controller,replicaset-controller,persistentvolume-binder-controller,node-lifecycle-controller";
-/// The node's /etc/resolv.conf before node setup (tests/cluster/node.sh writes it).
-const NODE_RESOLV_CONF: &str = "nameserver 127.0.0.1\noptions timeout:2 attempts:2\n";
 
 struct Parts {
     kubectl: PathBuf,
@@ -110,11 +112,13 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, S
     }
 }
 
-/// The cluster: a control plane with a scheduler, one real node, and helm.
+/// The cluster: a control plane with a scheduler, one real node with its DNS server, and helm.
 struct Cluster {
     parts: &'static Parts,
+    _dns: HostDns,
     node: Node,
     cp: ControlPlane,
+    _dir: TempDir,
 }
 
 impl Cluster {
@@ -122,8 +126,11 @@ impl Cluster {
         let parts = parts()?;
         let cp = ControlPlane::launch(parts.kubectl.clone(), "kubelet", Some(CONTROLLERS));
         cp.script("start-scheduler", &[]);
-        let node = Node::start(&cp, "node-1", &parts.images);
-        let cluster = Self { parts, node, cp };
+        let node = Node::join(&cp, 1, &parts.images, &[]);
+        let dir = TempDir::new("kubelet-node");
+        let dns = HostDns::start(&dir);
+        node.use_host_dns();
+        let cluster = Self { parts, _dns: dns, node, cp, _dir: dir };
         wait_for("node-1 Ready", Duration::from_secs(120), || {
             let ready = cluster.cp.try_kubectl(&[
                 "get",
@@ -162,13 +169,14 @@ impl Cluster {
         self.cp.slice_addresses(&self.cp.admin, "IPv4")
     }
 
-    /// A one-shot crane Pod in `default` that pushes /app.tar as `reference` by name through the
-    /// node's resolver; the digest reference crane printed.
+    /// A one-shot crane Pod in `default` that pushes /app.tar as `reference` by name, asking
+    /// registry-dns on the node's link-local address; the digest reference crane printed.
     fn push(&self, pod: &str, reference: &str) -> String {
         self.cp.apply(&json!({
             "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": "default"},
             "spec": {
-                "restartPolicy": "Never", "dnsPolicy": "Default", "automountServiceAccountToken": false,
+                "restartPolicy": "Never", "dnsPolicy": "None", "dnsConfig": {"nameservers": [LINK_LOCAL]},
+                "automountServiceAccountToken": false,
                 "containers": [{
                     "name": "crane", "image": "registry-dns.test/crane:1", "imagePullPolicy": "Never",
                     "args": ["push", "/app.tar", reference, "--insecure"],
@@ -212,8 +220,8 @@ impl Cluster {
         })
     }
 
-    /// `getent ahosts NAME` on the node: glibc with the node's /etc/resolv.conf (what containerd's
-    /// Go resolver reads too); the IPv4 addresses, sorted.
+    /// `getent ahosts NAME` on the node: glibc through resolved's stub (what containerd's Go
+    /// resolver asks too); the IPv4 addresses, sorted.
     fn node_getent(&self) -> Result<Vec<String>, String> {
         let out = self.node.exec(&["getent", "ahosts", NAME]).output().unwrap();
         if !out.status.success() {
@@ -258,10 +266,10 @@ impl Drop for Cluster {
         let pods = self.cp.try_kubectl(&["get", "pods", "-A", "-o", "wide"]).unwrap_or_else(|e| e);
         let events = self.cp.try_kubectl(&["get", "events", "-A", "--sort-by=.lastTimestamp"]).unwrap_or_else(|e| e);
         eprintln!(
-            "pods:\n{pods}\nevents:\n{events}\nkubelet log:\n{}\ncontainerd log:\n{}\nnode log:\n{}",
-            self.node.log_tail("kubelet", 40),
-            self.node.log_tail("containerd", 20),
-            self.node.log_tail("node", 20)
+            "pods:\n{pods}\nevents:\n{events}\nkubelet journal:\n{}\ncontainerd journal:\n{}\nresolved:\n{}",
+            self.node.journal("kubelet", 40),
+            self.node.journal("containerd", 20),
+            String::from_utf8_lossy(&self.node.sh("resolvectl status").stdout)
         );
     }
 }
@@ -294,7 +302,7 @@ fn query_until(cluster: &Cluster, stop: &AtomicBool, want: &[String]) -> (usize,
 fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_cri() {
     let Some(c) = Cluster::start() else { return };
     let host_resolv_conf = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    assert_eq!(c.node.etc("resolv.conf").as_deref(), Ok(NODE_RESOLV_CONF), "the node's own resolv.conf");
+    let node_resolver = c.node.resolver_snapshot();
     let kubelet_version =
         c.jsonpath(&["node", "node-1"], "{.status.nodeInfo.kubeletVersion} {.status.nodeInfo.containerRuntimeVersion}");
     eprintln!("node-1 Ready: {kubelet_version}");
@@ -302,21 +310,20 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     // 1. The registry, as deploy/README.md says: `kubectl apply -k deploy/registry`. Its PVC binds
     // to a hostPath PersistentVolume on the node (the cluster has no provisioner); the registry
     // runs as 1000.
-    let storage = c.node.dir.path("registry-data");
-    std::fs::create_dir_all(&storage).unwrap();
-    std::os::unix::fs::chown(&storage, Some(1000), Some(1000)).unwrap();
+    let storage = "/var/lib/registry-data";
+    c.node.sh_ok(&format!("mkdir -p {storage} && chown 1000:1000 {storage}"));
     c.cp.apply(&json!({
         "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "registry-data"},
         "spec": {
             "capacity": {"storage": "20Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": "",
             "persistentVolumeReclaimPolicy": "Retain",
-            "hostPath": {"path": storage.to_str().unwrap(), "type": "Directory"},
+            "hostPath": {"path": storage, "type": "Directory"},
         },
     }));
     c.cp.kubectl(&["apply", "-k", &format!("{DEPLOY}/registry")]);
 
-    // 2. registry-dns from the chart, into a namespace that admits privileged pods; the node has no
-    // systemd-resolved, so the upstreams come from /etc/resolv.conf (deploy/README.md, Helm).
+    // 2. registry-dns from the chart, into a namespace that admits privileged pods, its upstreams
+    // from resolved's /run/systemd/resolve/resolv.conf (the chart's default).
     c.cp.kubectl(&["create", "namespace", "registry-dns"]);
     c.cp.kubectl(&[
         "label",
@@ -326,7 +333,7 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
         "pod-security.kubernetes.io/warn=privileged",
     ]);
     let chart = format!("{DEPLOY}/helm/registry-dns");
-    c.helm(&["install", "registry-dns", &chart, "-n", "registry-dns", "--set", "upstream.resolvConf=/etc/resolv.conf"]);
+    c.helm(&["install", "registry-dns", &chart, "-n", "registry-dns"]);
     c.rollout("registry", "deployment/registry", 120);
     c.rollout("registry-dns", "daemonset/registry-dns", 120);
     let registry1 = wait_for("the registry Pod in the EndpointSlices", Duration::from_secs(30), || {
@@ -352,15 +359,20 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     assert!(c.interface_exists("registry-dns0"), "registry-dns made its interface on the node");
     assert!(c.node_getent().is_err(), "before node setup the node's resolver does not know {NAME}");
 
-    // 3. Node setup rewires the node's resolver (no systemd-resolved here: resolv.conf mode) and
-    // writes containerd's hosts.toml for the registry.
+    // registry-dns follows the node's upstreams: it forwards what it does not serve.
+    let ordinary = c.node.netns.dig(LINK_LOCAL, &[support::node::ORDINARY]);
+    assert_eq!(ordinary.rdata("A"), [support::node::ORDINARY_IP], "registry-dns forwards to the node's upstream");
+
+    // 3. Node setup routes the name to registry-dns in systemd-resolved (its auto mode finds
+    // resolved active) and writes containerd's hosts.toml for the registry.
     c.cp.kubectl(&["apply", "-k", &format!("{DEPLOY}/node")]);
     c.rollout("registry-dns", "daemonset/registry-dns-node-setup", 120);
-    wait_for("node setup's resolv.conf", Duration::from_secs(30), || {
-        let now = c.node.etc("resolv.conf")?;
-        now.starts_with(&format!("nameserver {LINK_LOCAL} # registry-dns\n")).then_some(()).ok_or(now)
+    wait_for("node setup's resolved wiring", Duration::from_secs(30), || {
+        let getent = c.node_getent()?;
+        (getent == [registry1.clone()]).then_some(()).ok_or(format!("{getent:?}"))
     });
-    assert_eq!(c.node_getent(), Ok(vec![registry1.clone()]), "glibc on the node, after node setup");
+    let routing = String::from_utf8_lossy(&c.node.sh("resolvectl domain registry-dns0").stdout).into_owned();
+    assert!(routing.contains(&format!("~{NAME}")), "registry-dns0's routing domain: {routing}");
     wait_for("node setup's hosts.toml", Duration::from_secs(30), || {
         let now = c.node.etc(HOSTS_TOML)?;
         (now == HOSTS_TOML_CONTENT).then_some(()).ok_or(now)
@@ -445,8 +457,8 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     c.cp.kubectl(&["-n", "registry-dns", "set", "env", "daemonset/registry-dns-node-setup", "ACTION=remove"]);
     c.rollout("registry-dns", "daemonset/registry-dns-node-setup", 120);
     wait_for("node setup's removal", Duration::from_secs(30), || {
-        let now = c.node.etc("resolv.conf")?;
-        (now == NODE_RESOLV_CONF && c.node.etc(HOSTS_TOML).is_err()).then_some(()).ok_or(now)
+        let dropin = c.node.etc("systemd/resolved.conf.d/registry-dns.conf");
+        (dropin.is_err() && c.node.etc(HOSTS_TOML).is_err()).then_some(()).ok_or(format!("{dropin:?}"))
     });
     c.helm(&["uninstall", "registry-dns", "-n", "registry-dns", "--wait"]);
     wait_for("the registry-dns pod gone", Duration::from_secs(60), || {
@@ -459,8 +471,8 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
         (!c.interface_exists("registry-dns0")).then_some(()).ok_or("still there".to_string())
     });
     c.cp.kubectl(&["delete", "-k", &format!("{DEPLOY}/node")]);
-    assert_eq!(c.node.etc("resolv.conf").as_deref(), Ok(NODE_RESOLV_CONF), "the node's resolv.conf as it was");
-    let certs = std::fs::read_dir(c.node.etc_path("containerd/certs.d")).unwrap().count();
+    assert_eq!(c.node.resolver_snapshot(), node_resolver, "the node's resolver as it was");
+    let certs = std::fs::read_dir(c.node.path("/etc/containerd/certs.d")).unwrap().count();
     assert_eq!(certs, 0, "the node's certs.d as it was");
     assert_eq!(
         std::fs::read("/etc/resolv.conf").unwrap_or_default(),

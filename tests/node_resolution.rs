@@ -4,37 +4,12 @@
 
 mod support;
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use support::RegistryDns;
 use support::netns::Netns;
 
-/// Builds `tests/resolvers/lookup.c` against glibc and musl, and `lookup.go` with Go's own resolver,
-/// into the test's scratch directory: (glibc, musl, go) binaries.
-fn resolvers() -> [PathBuf; 3] {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/resolvers");
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("resolvers");
-    std::fs::create_dir_all(&out).unwrap();
-    let c = src.join("lookup.c");
-    let built =
-        [("lookup-glibc", "gcc", &[][..]), ("lookup-musl", "musl-gcc", &["-static"][..])].map(|(name, cc, flags)| {
-            let binary = out.join(name);
-            let status = Command::new(cc).args(flags).args(["-O2", "-o"]).arg(&binary).arg(&c).status();
-            assert!(status.is_ok_and(|s| s.success()), "{cc} failed (tests/run.sh installs gcc and musl-tools)");
-            binary
-        });
-    let go = out.join("lookup-go");
-    let status =
-        Command::new("go").args(["build", "-o"]).arg(&go).arg(src.join("lookup.go")).env("CGO_ENABLED", "0").status();
-    assert!(status.is_ok_and(|s| s.success()), "go build failed (Go is on every machine of this kind)");
-    let [glibc, musl] = built;
-    [glibc, musl, go]
-}
-
 #[test]
 fn glibc_musl_and_go_resolve_local_and_forwarded_names_from_fresh_sockets_over_four_workers() {
-    let [glibc, musl, go] = resolvers();
+    let [glibc, musl, go] = support::resolvers::build();
     let ns = Netns::new("stubs", "nameserver 127.0.0.1\noptions timeout:2 attempts:1\n");
     let _upstream = ns.dnsmasq("127.0.0.2", "192.0.2.2");
     let _server = RegistryDns::start_with(

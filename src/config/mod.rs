@@ -132,7 +132,8 @@ impl Config {
     }
 
     /// The upstreams to use: the configured ones, or the resolv.conf's minus any address of our
-    /// own (a node whose resolv.conf already points at registry-dns must not loop).
+    /// own (a node whose resolv.conf already points at registry-dns must not loop). The list is
+    /// empty when the resolv.conf names no other server: the local names are still served.
     pub fn resolve_upstreams(&self) -> anyhow::Result<Vec<SocketAddr>> {
         if !self.upstreams.is_empty() {
             return Ok(self.upstreams.clone());
@@ -146,11 +147,6 @@ impl Config {
             None => true,
         });
         upstreams.truncate(MAX_UPSTREAMS);
-        ensure!(
-            !upstreams.is_empty(),
-            "no upstream: {} lists no usable nameserver and no --upstream is given",
-            self.resolv_conf.display()
-        );
         Ok(upstreams)
     }
 

@@ -18,6 +18,8 @@ mod containerd;
 mod probe;
 mod registry_probe;
 mod registry_verdict;
+mod resolved_routing;
+mod resolved_state;
 mod resolver_setup;
 mod verdict;
 
@@ -117,7 +119,9 @@ pub fn run(args: &DoctorArgs) -> ExitCode {
         (direct.join().expect("the direct query does not panic"), nameservers)
     });
     let search_answers = search_answers(&setup, &nameservers, args);
+    let resolved = setup.resolved_in_path().then(resolved_state::ResolvedState::read);
     let findings = Findings {
+        resolved,
         name: args.name.clone(),
         server: args.server,
         timeout: args.timeout,

@@ -173,13 +173,18 @@ pub fn hosts_entries(text: &str, name: &str) -> Vec<HostsEntry> {
         .collect()
 }
 
-/// systemd-resolved's effective `ResolveUnicastSingleLabel`, and where it came from.
+/// What resolved.conf and its drop-ins say that the doctor judges: the effective
+/// `ResolveUnicastSingleLabel` and where it came from, and which file sets which `DNS=` servers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResolvedSettings {
     /// `None` when no file sets it (resolved's default is `no`).
     pub single_label: Option<bool>,
     /// The file whose setting won.
     pub source: Option<PathBuf>,
+    /// Each file that adds global `DNS=` servers, with them, in the order resolved reads them.
+    pub dns: Vec<(PathBuf, Vec<IpAddr>)>,
+    /// Every file read, the main one included when it exists.
+    pub files: Vec<PathBuf>,
 }
 
 impl ResolvedSettings {
@@ -200,32 +205,69 @@ impl ResolvedSettings {
         dropins.sort();
         let mut settings = Self::default();
         for path in std::iter::once(main.to_path_buf()).chain(dropins.into_iter().map(|(_, path)| path)) {
-            if let Some(value) = std::fs::read_to_string(&path).ok().and_then(|text| single_label_setting(&text)) {
-                settings = Self { single_label: Some(value), source: Some(path) };
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            settings.files.push(path.clone());
+            for (key, value) in resolve_section(&text) {
+                match key {
+                    "ResolveUnicastSingleLabel" => {
+                        if let Some(value) = systemd_boolean(value) {
+                            settings.single_label = Some(value);
+                            settings.source = Some(path.clone());
+                        }
+                    }
+                    // An empty assignment resets the list; any other adds to it.
+                    "DNS" if value.is_empty() => settings.dns.clear(),
+                    "DNS" => {
+                        let servers: Vec<IpAddr> = value.split_whitespace().filter_map(server_address).collect();
+                        match settings.dns.last_mut() {
+                            Some((file, list)) if *file == path => list.extend(servers),
+                            _ => settings.dns.push((path.clone(), servers)),
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
         settings
     }
+
+    /// The file that names `server` in a global `DNS=`, if one does.
+    pub fn file_naming(&self, server: IpAddr) -> Option<&Path> {
+        self.dns.iter().find(|(_, servers)| servers.contains(&server)).map(|(file, _)| file.as_path())
+    }
 }
 
-/// The last valid `ResolveUnicastSingleLabel=` of a file's `[Resolve]` section.
-fn single_label_setting(text: &str) -> Option<bool> {
+/// The `KEY=VALUE` lines of a file's `[Resolve]` section, values trimmed.
+fn resolve_section(text: &str) -> Vec<(&str, &str)> {
     let mut in_resolve = false;
-    let mut value = None;
+    let mut lines = Vec::new();
     for line in text.lines().map(str::trim) {
         if line.starts_with('#') || line.starts_with(';') {
             continue;
         }
         if line.starts_with('[') {
             in_resolve = line == "[Resolve]";
-        } else if let Some((key, raw)) = line.split_once('=')
+        } else if let Some((key, value)) = line.split_once('=')
             && in_resolve
-            && key.trim() == "ResolveUnicastSingleLabel"
         {
-            value = systemd_boolean(raw.trim()).or(value);
+            lines.push((key.trim(), value.trim()));
         }
     }
-    value
+    lines
+}
+
+/// The address of a resolved `DNS=` entry: `ADDR`, `ADDR:PORT`, `[ADDR]:PORT`, each optionally
+/// with `%IFNAME` and `#SNI`.
+fn server_address(entry: &str) -> Option<IpAddr> {
+    let entry = entry.split('#').next()?;
+    let entry = entry.split('%').next()?;
+    if let Ok(ip) = entry.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = entry.strip_prefix('[') {
+        return rest.split(']').next()?.parse().ok();
+    }
+    entry.rsplit_once(':')?.0.parse().ok()
 }
 
 /// systemd's `parse_boolean`.
@@ -318,7 +360,8 @@ mod tests {
         let main = dir.join("resolved.conf");
         std::fs::write(&main, "[Resolve]\n#ResolveUnicastSingleLabel=yes\nDNS=10.0.0.2\n").unwrap();
         let dirs = [etc.clone(), vendor.clone()];
-        assert_eq!(ResolvedSettings::read(&main, &dirs), ResolvedSettings::default());
+        let settings = ResolvedSettings::read(&main, &dirs);
+        assert_eq!((settings.single_label, settings.source), (None, None));
 
         std::fs::write(vendor.join("20-vendor.conf"), "[Resolve]\nResolveUnicastSingleLabel=yes\n").unwrap();
         std::fs::write(vendor.join("10-masked.conf"), "[Resolve]\nResolveUnicastSingleLabel=yes\n").unwrap();
@@ -331,6 +374,34 @@ mod tests {
 
         std::fs::write(etc.join("99-off.conf"), "[Resolve]\nResolveUnicastSingleLabel = off\n").unwrap();
         assert_eq!(ResolvedSettings::read(&main, &dirs).single_label, Some(false));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn resolved_global_servers_by_file_as_resolved_appends_them() {
+        let dir = std::env::temp_dir().join(format!("registry-dns-resolved-dns-{}", std::process::id()));
+        let etc = dir.join("resolved.conf.d");
+        std::fs::create_dir_all(&etc).unwrap();
+        let main = dir.join("resolved.conf");
+        std::fs::write(&main, "[Resolve]\nDNS=10.0.0.2 [fd00::2]:53 10.0.0.3#dns.example\n").unwrap();
+        std::fs::write(
+            etc.join("registry-dns.conf"),
+            "[Resolve]\nDNS=169.254.20.25\nDomains=~knative-local-registry\n",
+        )
+        .unwrap();
+        let settings = ResolvedSettings::read(&main, std::slice::from_ref(&etc));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            settings.dns,
+            vec![
+                (main.clone(), vec![ip("10.0.0.2"), ip("fd00::2"), ip("10.0.0.3")]),
+                (etc.join("registry-dns.conf"), vec![ip("169.254.20.25")])
+            ]
+        );
+        assert_eq!(settings.file_naming(ip("169.254.20.25")), Some(etc.join("registry-dns.conf").as_path()));
+        std::fs::write(etc.join("zz-reset.conf"), "[Resolve]\nDNS=\nDNS=10.0.0.9:5353%eth0\n").unwrap();
+        let settings = ResolvedSettings::read(&main, &[etc]);
+        assert_eq!(settings.dns, vec![(dir.join("resolved.conf.d/zz-reset.conf"), vec![ip("10.0.0.9")])]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use hickory_proto::op::ResponseCode;
 
 use super::probe::{Reply, SystemLookup};
+use super::resolved_routing::Routing;
+use super::resolved_state::Reported;
 use super::resolver_setup::{RESOLVED_STUBS, ResolverSetup};
 
 /// NodeLocal DNSCache's usual link-local address: its `.` block bypasses CoreDNS.
@@ -28,6 +30,8 @@ pub struct Findings {
     /// How long each direct query waited.
     pub timeout: Duration,
     pub setup: ResolverSetup,
+    /// What systemd-resolved reports of its configuration, when it is in the path.
+    pub resolved: Option<Reported>,
     /// Each resolv.conf nameserver (as glibc uses them) and its answer for the name.
     pub nameservers: Vec<(IpAddr, Reply)>,
     /// `name.domain` for each search domain glibc tries first, asked at the nameserver glibc
@@ -129,6 +133,7 @@ pub fn judge(findings: &Findings) -> Report {
     checks.push(judge.nsswitch());
     checks.extend(judge.hosts());
     checks.push(judge.resolved());
+    checks.extend(judge.resolved_routing());
     checks.extend(judge.nameservers());
     checks.push(judge.registry_dns());
     checks.push(judge.system());
@@ -310,22 +315,35 @@ impl Judge<'_> {
                 setup.paths.resolved_conf.display()
             ),
         };
+        let file = format!("{}/registry-dns.conf", self.dropin_dir());
+        let edit = match setup.resolved.files.iter().any(|f| f.as_os_str() == file.as_str()) {
+            true => format!("add `ResolveUnicastSingleLabel=yes` under `[Resolve]` in {file}"),
+            false => format!("create {file} with `[Resolve]` and `ResolveUnicastSingleLabel=yes`"),
+        };
         Check::problem(
             format!("systemd-resolved answers single-label names itself and never sends {} to DNS: {why}", self.f.name),
-            self.resolved_dropin_fix(),
+            format!(
+                "{edit}, then `systemctl restart systemd-resolved`; deploy/node's node setup does this on every node"
+            ),
         )
     }
 
-    fn resolved_dropin_fix(&self) -> String {
-        let dir = self.f.setup.paths.resolved_dropin_dirs.first().map(|d| d.display().to_string()).unwrap_or_default();
-        // resolved's DNS= takes ADDR or ADDR:PORT (IPv6 in brackets), as SocketAddr prints it.
-        let server = self.f.server;
-        let dns = if server.port() == 53 { server.ip().to_string() } else { server.to_string() };
-        format!(
-            "create {dir}/registry-dns.conf with `[Resolve]` `DNS={dns}` `Domains=~{}` `ResolveUnicastSingleLabel=yes` \
-             (one per line) and run `systemctl restart systemd-resolved`; deploy/node does this on every node",
-            self.f.name
-        )
+    /// How resolved routes the name (`resolved_routing`), when it is in the path.
+    fn resolved_routing(&self) -> Vec<Check> {
+        let (Some(state), true) = (&self.f.resolved, self.f.setup.resolved_in_path()) else { return Vec::new() };
+        let dropin_dir = self.dropin_dir();
+        Routing {
+            name: &self.f.name,
+            server: self.f.server,
+            settings: &self.f.setup.resolved,
+            dropin_dir: &dropin_dir,
+            state,
+        }
+        .checks()
+    }
+
+    fn dropin_dir(&self) -> String {
+        self.f.setup.paths.resolved_dropin_dirs.first().map(|d| d.display().to_string()).unwrap_or_default()
     }
 
     /// Each nameserver as glibc uses it: it moves on after silence, SERVFAIL or REFUSED, and
@@ -398,13 +416,9 @@ impl Judge<'_> {
         let (name, server) = (&self.f.name, self.f.server.ip());
         let in_pod = self.f.setup.resolv_conf.as_ref().is_ok_and(|c| c.search.iter().any(|d| d.contains("svc.")));
         if RESOLVED_STUBS.contains(&ip) {
-            return match self.f.setup.resolved.single_label {
-                Some(true) => format!(
-                    "systemd-resolved sends {name} to servers that do not lead to registry-dns: {}",
-                    self.resolved_dropin_fix()
-                ),
-                _ => "this is systemd-resolved's stub: see the systemd-resolved fix above".into(),
-            };
+            return "this is systemd-resolved's stub: see the systemd-resolved lines above (and the registry-dns line \
+                    below when resolved routes the name to it)"
+                .into();
         }
         if ip == NODE_LOCAL_DNS {
             return "this is NodeLocal DNSCache, whose `.` block bypasses CoreDNS: add the stanza to its Corefile too \

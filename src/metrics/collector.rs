@@ -179,6 +179,13 @@ impl Collector {
             stats.iter().map(|(addr, s)| (upstream(addr), s.episodes())),
         )?;
         let current = self.forwarding.upstreams();
+        single(
+            encoder,
+            "registry_dns_upstreams",
+            "Upstreams forwarded queries go to; 0 while the resolv.conf names none but ourselves, when \
+             every forwarded query gets SERVFAIL (or a stale answer)",
+            ConstGauge::new(current.len() as i64),
+        )?;
         gauges(
             encoder,
             "registry_dns_upstream_healthy",

@@ -85,7 +85,7 @@ impl Server {
             }
         }
         let metrics = Arc::new(Metrics::default());
-        let upstreams = Upstreams::new(&config.resolve_upstreams()?, &metrics);
+        let upstreams = Upstreams::new(&reload::initial_upstreams(&config), &metrics);
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

@@ -29,6 +29,28 @@ use crate::sources::static_records;
 /// kubelet or DHCP replaces, bind-mounted or symlinked, is not reliably seen by inotify).
 const RESOLV_CONF_POLL: Duration = Duration::from_secs(2);
 
+/// What the log says of a resolv.conf that names no server but our own.
+const NO_UPSTREAM: &str = "no upstream: the resolv.conf lists no nameserver but our own";
+
+/// The upstreams to start with. Without any (a resolv.conf that is missing, or names only
+/// registry-dns itself, as on a node whose resolver is still being set up) the server starts all
+/// the same: its local names need none, forwarded queries get SERVFAIL (or a stale answer), and
+/// the first upstreams the resolv.conf lists are taken up (`watch_resolv_conf`). Exiting instead
+/// would crash-loop the pod and take the local names down with it.
+pub(crate) fn initial_upstreams(config: &Config) -> Vec<SocketAddr> {
+    match config.resolve_upstreams() {
+        Ok(addrs) if addrs.is_empty() => {
+            warn!(path = %config.resolv_conf.display(), "{NO_UPSTREAM}: serving the local names, SERVFAIL for the rest until it lists one");
+            addrs
+        }
+        Ok(addrs) => addrs,
+        Err(e) => {
+            warn!(error = %format!("{e:#}"), "{NO_UPSTREAM}: serving the local names, SERVFAIL for the rest until it lists one");
+            Vec::new()
+        }
+    }
+}
+
 /// Applies new configurations to a running server.
 pub struct Reloader {
     shared: Arc<Shared>,
@@ -56,7 +78,9 @@ impl Reloader {
             current.records = new.records;
             changed.push("record");
         }
-        if self.swap_upstreams(&upstreams) {
+        if upstreams.is_empty() && !self.shared.forwarder.upstreams().is_empty() {
+            warn!(path = %new.resolv_conf.display(), "{NO_UPSTREAM}: keeping the current upstreams");
+        } else if self.swap_upstreams(&upstreams) {
             changed.push("upstream");
         }
         if current.cache != new.cache {
@@ -100,7 +124,8 @@ impl Reloader {
     }
 
     /// Re-reads the resolv.conf whenever its content changes, while the upstreams come from it.
-    /// A resolv.conf that lists no usable nameserver (a half-written file) keeps the old ones.
+    /// A resolv.conf that lists no usable nameserver (a half-written file) keeps the old ones; a
+    /// server that had none takes the first it lists.
     pub async fn watch_resolv_conf(self: Arc<Self>) {
         let mut last = None;
         let mut tick = tokio::time::interval(RESOLV_CONF_POLL);
@@ -121,6 +146,9 @@ impl Reloader {
             }
             last = Some(content);
             match current.resolve_upstreams() {
+                Ok(addrs) if addrs.is_empty() => {
+                    warn!(path = %current.resolv_conf.display(), "resolv.conf changed: {NO_UPSTREAM}: keeping the current upstreams")
+                }
                 Ok(addrs) => {
                     if self.swap_upstreams(&addrs) {
                         info!(path = %current.resolv_conf.display(), upstreams = %list(&addrs), "resolv.conf changed: new upstreams");

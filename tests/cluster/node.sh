@@ -1,67 +1,127 @@
 #!/usr/bin/env bash
-# A real Kubernetes node for tests/kubelet_node.rs (and for poking by hand): kubelet (built by
-# `control-plane.sh build-node`), Debian's containerd with its CRI plugin and runc, and the CNI
-# plugins bridge, host-local, loopback and portmap, joined to a control plane that
-# control-plane.sh started. The node lives in namespaces of its own, so that the host is untouched
-# and what node setup changes on "the node" can be looked at and undone:
-#   network  its own netns NETNS: a veth to the host (node IP 10.198.0.2, host end 10.198.0.1, no
-#            default route: pods and the node reach nothing beyond the host's end), `kube-ipvs0`
-#            carrying the `kubernetes` Service's 10.96.0.1 (the caller relays 10.96.0.1:443 to the
-#            API server: there is no kube-proxy), and cni0 with the pods (10.244.0.0/24).
-#   mount    /etc is an overlay on the host's /etc whose upper layer is DIR/etc (the node's own
-#            resolv.conf, containerd and CNI configuration; whatever node setup writes lands
-#            there); /var/lib, /var/log and /run are DIR's; /proc and /sys are the node's.
-#   pid, uts the node's init is PID 1 (what node setup's `nsenter --target 1` enters), hostname
-#            NODE_NAME.
-#   cgroups  v1 or v2 as the host has them, under a cgroup root of the node's own (kubelet's
-#            --cgroup-root, cgroupfs driver), removed on stop.
-# The kernel tunables the kubelet insists on setting (vm.overcommit_memory, kernel.panic...) are
-# not namespaced: the node sees files with the values it wants bound over them in /proc/sys, so
-# that it leaves the host's alone.
+# A real node for the tests (and for poking by hand): Debian with systemd as PID 1, booted by
+# systemd-nspawn from tests/cluster/rootfs.sh's tree, with systemd-resolved's stub on 127.0.0.53
+# and /etc/resolv.conf pointing at it (as Ubuntu and Fedora nodes have it), systemd-networkd
+# managing the node's network, D-Bus, and containerd as a systemd unit. Given a control plane, the node joins it:
+# the kubelet (built by `control-plane.sh build-node`) runs as a systemd unit over containerd's CRI
+# plugin and runc, with the CNI plugins bridge, host-local, loopback and portmap.
+#
+#   network  the node's own netns, made by nspawn at each boot and named NETNS: host0 is a veth
+#            whose host end is on the bridge rdns-nodes (10.198.0.1/24, the node network; the
+#            host is its only router). Node N is
+#            10.198.0.(N+1), with its pods on cni0 in 10.244.N.0/24; every node and the host have a
+#            route to each running node's pod range through that node (host-gw, as kubenet or
+#            flannel's host-gw set it up). `kube-ipvs0` carries the `kubernetes` Service's
+#            10.96.0.1 (the caller relays it to the API server where no kube-proxy runs).
+#   files    an overlay per node on the cached tree (upper layer DIR/upper: whatever the node or
+#            node setup writes lands there); /var/lib/containerd is DIR/containerd.
+#   pid, uts, ipc, cgroup   the node's own; systemd is PID 1 (what node setup's `nsenter --target
+#            1` enters), the hostname is NODE_NAME, and the node's cgroup root is a cgroup of its
+#            own on the host (removed on stop).
+# What these machines lack, and what the node does instead (said on start): cgroup v1, whose
+# controllers nspawn mounts read-only (a unit remounts them writable before containerd, as kind's
+# entrypoint does); no dummy interfaces (kube-ipvs0 is an ifb);
+# root without CAP_SYS_RESOURCE (containerd clamps the pods' oom_score_adj). And nspawn's own: the
+# kubelet's kernel tunables are not namespaced, so the node sees files with the values it wants
+# bound over them in /proc/sys (kernel-tunables.service).
 #
 # Usage:
-#   node.sh start DIR CONTROL_PLANE_DIR IMAGES_DIR   start the node with its state in DIR; imports
-#                                        IMAGES_DIR/*.tar into containerd (namespace k8s.io) first;
-#                                        removes the netns of a node whose run was killed
-#   node.sh exec DIR COMMAND...          COMMAND on the node (its namespaces)
-#   node.sh stop DIR                     stop the node (its init and every process under it), remove
-#                                        its network namespace and cgroups
-# Environment for start: NODE_NAME (node-1), NETNS (rdns-node-<pid>); the binaries come from
-# control-plane.sh build and build-node.
+#   node.sh start DIR [CONTROL_PLANE_DIR IMAGES_DIR]   boot the node with its state in DIR; with a
+#                                  control plane, import IMAGES_DIR/*.tar into containerd (namespace
+#                                  k8s.io) and start the kubelet
+#   node.sh exec DIR COMMAND...    COMMAND on the node (all its namespaces)
+#   node.sh reboot DIR             power the node off and boot it again: /etc and /var kept; /run and
+#                                  the network namespace (with every virtual link) fresh
+#   node.sh stop DIR               power the node off, remove its network namespace, routes, cgroups
+# Environment for start: NODE_INDEX (1), NODE_NAME (node-INDEX), NETNS (rdns-node-INDEX), and
+# NODE_BIND_RO: space-separated HOST_PATH:NODE_PATH to mount read-only on the node at every boot.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-node_ip=10.198.0.2
+bridge=rdns-nodes
 host_ip=10.198.0.1
 kubernetes_service=10.96.0.1
-pod_cidr=10.244.0.0/24
 
 log() { echo "node.sh: $*" >&2; }
+
+node_ip() { echo "10.198.0.$(($1 + 1))"; }
+pod_cidr() { echo "10.244.$1.0/24"; }
 
 # What the kubelet writes into these files (pkg/kubelet/cm/container_manager_linux.go
 # setupKernelTunables) unless they already hold it.
 kernel_tunables="vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel/panic_on_oops=1 kernel/keys/root_maxkeys=1000000 kernel/keys/root_maxbytes=25000000"
 
-# The node's configuration files, in DIR/etc (the upper layer of its /etc).
-write_config() {
-  local dir=$1 cp_dir=$2 cni_bin=$3 name=$4
-  mkdir -p "$dir/etc/kubernetes/pki" "$dir/etc/containerd/certs.d" "$dir/etc/cni/net.d" \
-    "$dir/var/lib/kubelet" "$dir/var/log" "$dir/run" "$dir/overlay-work" "$dir/sysctl"
-  # The node's own resolver configuration, before node setup: a resolver on the node.
-  printf 'nameserver 127.0.0.1\noptions timeout:2 attempts:2\n' >"$dir/etc/resolv.conf"
-  printf '127.0.0.1 localhost\n%s %s\n' "$node_ip" "$name" >"$dir/etc/hosts"
-  echo "$name" >"$dir/etc/hostname"
+# The node's own files, written into the upper layer of its root before it boots.
+write_node_files() {
+  local dir=$1 index=$2 name=$3 root=$1/upper
+  mkdir -p "$root/etc/systemd/network" "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/containerd"
+  echo "$name" >"$root/etc/hostname"
+  printf '127.0.0.1 localhost\n%s %s\n' "$(node_ip "$index")" "$name" >"$root/etc/hosts"
+  # host0 (nspawn's name for the node's end of its veth) by networkd, with no DNS server: the
+  # node's upstream is each test's choice (per link, global DNS= or FallbackDNS=), as it is each
+  # distribution's.
+  cat >"$root/etc/systemd/network/10-host0.network" <<EOF
+[Match]
+Name=host0
+[Network]
+Address=$(node_ip "$index")/24
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+EOF
+  # nspawn mounts cgroup v1 controllers read-only; containerd and the kubelet create cgroups in
+  # them. On cgroup v2 nspawn delegates the node's subtree and this unit does nothing.
+  cat >"$root/etc/systemd/system/cgroups-writable.service" <<'EOF'
+[Unit]
+Description=Make the cgroup v1 controllers writable for containerd and the kubelet (tests/cluster/node.sh)
+DefaultDependencies=no
+Before=containerd.service kubelet.service
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'for m in /sys/fs/cgroup/*/; do [ "$(stat -f -c %%T "$m")" = cgroupfs ] && mount -o remount,bind,rw "$m"; done; true'
+[Install]
+WantedBy=multi-user.target
+EOF
+  ln -sf ../cgroups-writable.service "$root/etc/systemd/system/multi-user.target.wants/cgroups-writable.service"
+  local restrict_oom=false
+  can_lower_oom_score || restrict_oom=true
+  # containerd 1.6's CRI plugin: runc without systemd cgroups, CNI from the tools cache, registries
+  # from certs.d (the hosts.toml files node setup writes), our pause image as the sandbox.
+  cat >"$root/etc/containerd/config.toml" <<EOF
+version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.10"
+  restrict_oom_score_adj = $restrict_oom
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "/etc/containerd/certs.d"
+EOF
+  ln -sf /lib/systemd/system/containerd.service "$root/etc/systemd/system/multi-user.target.wants/containerd.service"
+}
 
+# The kubelet's part of the node: its identity, configuration and unit, and the pods' network.
+write_kubelet_files() {
+  local dir=$1 index=$2 name=$3 cp_dir=$4 root=$1/upper
+  mkdir -p "$root/etc/kubernetes/pki" "$root/etc/kubernetes/sysctl" "$root/etc/cni/net.d"
   # The kubelet's client certificate: a node identity, which the Node authorizer and the
   # NodeRestriction admission plugin check.
-  local pki=$dir/etc/kubernetes/pki
+  local pki=$root/etc/kubernetes/pki
   openssl req -newkey rsa:2048 -nodes -subj "/O=system:nodes/CN=system:node:$name" \
     -keyout "$pki/kubelet.key" -out "$pki/kubelet.csr" 2>/dev/null
   printf 'extendedKeyUsage=clientAuth\n' >"$pki/kubelet.ext"
   openssl x509 -req -in "$pki/kubelet.csr" -CA "$cp_dir/ca.crt" -CAkey "$cp_dir/ca.key" -CAcreateserial \
     -days 2 -extfile "$pki/kubelet.ext" -out "$pki/kubelet.crt" 2>/dev/null
   cp "$cp_dir/ca.crt" "$pki/ca.crt"
-  cat >"$dir/etc/kubernetes/kubelet.kubeconfig" <<EOF
+  cat >"$root/etc/kubernetes/kubelet.kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
@@ -75,10 +135,12 @@ contexts:
   context: {cluster: test, user: kubelet}
 current-context: test
 EOF
-  # Anonymous requests with AlwaysAllow: the kubelet's port is reachable from the host's end of the
-  # veth only, and `kubectl logs` or `exec` by hand (the API server has no kubelet client
-  # certificate) need it. The test reads pod logs from the node's files instead.
-  cat >"$dir/etc/kubernetes/kubelet.yaml" <<EOF
+  # Anonymous requests with AlwaysAllow: the kubelet's port is reachable from the node network
+  # only, and `kubectl logs` or `exec` by hand (the API server has no kubelet client certificate)
+  # need it. The tests read pod logs from the node's files instead. resolvConf is the file kubeadm
+  # gives the kubelet on a systemd-resolved node: the real upstreams, never the 127.0.0.53 stub,
+  # which a pod cannot reach.
+  cat >"$root/etc/kubernetes/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 authentication:
@@ -87,65 +149,61 @@ authentication:
 authorization: {mode: AlwaysAllow}
 containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
 cgroupDriver: cgroupfs
-cgroupRoot: /$(cgroup_root "$dir")
 failCgroupV1: false
 failSwapOn: false
-address: $node_ip
+address: $(node_ip "$index")
 readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 clusterDomain: cluster.local
-resolvConf: /etc/resolv.conf
+resolvConf: /run/systemd/resolve/resolv.conf
 # Never collect the imported images (nothing could pull them again) nor evict on a busy disk.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: 1Mi, nodefs.available: 1%, imagefs.available: 1%}
 serializeImagePulls: false
 EOF
-  # containerd 1.6's CRI plugin: runc without systemd, CNI from the cache, registries from certs.d
-  # (the hosts.toml files that node setup writes), our pause image as the sandbox. Where root lacks
-  # CAP_SYS_RESOURCE (these test machines), no process may lower its oom_score_adj, and runc would
-  # fail every sandbox (-998) and critical pod (-997): containerd then clamps them at its own.
-  local restrict_oom=false
-  if ! can_lower_oom_score; then
-    restrict_oom=true
-    log "root lacks CAP_SYS_RESOURCE here: containerd clamps the pods' oom_score_adj at its own (restrict_oom_score_adj)"
-  fi
-  if [ "$(stat -f -c %T /sys/fs/cgroup)" != cgroup2fs ]; then
-    log "cgroup v1 here: the kubelet runs with failCgroupV1: false"
-  fi
-  cat >"$dir/etc/containerd/config.toml" <<EOF
-version = 2
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "registry.k8s.io/pause:3.10"
-  restrict_oom_score_adj = $restrict_oom
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "$cni_bin"
-    conf_dir = "/etc/cni/net.d"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "/etc/containerd/certs.d"
+  cat >"$root/etc/systemd/system/kubelet.service" <<EOF
+[Unit]
+Description=kubelet
+Wants=containerd.service
+After=containerd.service network-online.target
+[Service]
+ExecStart=/usr/local/bin/kubelet --config=/etc/kubernetes/kubelet.yaml --kubeconfig=/etc/kubernetes/kubelet.kubeconfig --node-ip=$(node_ip "$index") --v=2
+Restart=always
+RestartSec=2
+[Install]
+WantedBy=multi-user.target
 EOF
-  cat >"$dir/etc/cni/net.d/10-pods.conflist" <<EOF
+  cat >"$root/etc/cni/net.d/10-pods.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
   "name": "pods",
   "plugins": [
     {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
-     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$pod_cidr"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+     "ipam": {"type": "host-local", "ranges": [[{"subnet": "$(pod_cidr "$index")"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
     {"type": "portmap", "capabilities": {"portMappings": true}}
   ]
 }
 EOF
+  # The kernel tunables the kubelet insists on are not namespaced: the node sees files holding
+  # the values it wants bound over them, so that it leaves the host's alone.
   local t
   for t in $kernel_tunables; do
-    echo "${t#*=}" >"$dir/sysctl/$(echo "${t%%=*}" | tr / .)"
+    echo "${t#*=}" >"$root/etc/kubernetes/sysctl/$(echo "${t%%=*}" | tr / .)"
   done
+  cat >"$root/etc/systemd/system/kernel-tunables.service" <<'EOF'
+[Unit]
+Description=The kubelet's kernel tunables as files over /proc/sys (tests/cluster/node.sh)
+DefaultDependencies=no
+Before=kubelet.service
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'for f in /etc/kubernetes/sysctl/*; do mount --bind -o ro "$f" "/proc/sys/$(basename "$f" | tr . /)"; done'
+[Install]
+WantedBy=multi-user.target
+EOF
+  ln -sf ../kernel-tunables.service "$root/etc/systemd/system/multi-user.target.wants/kernel-tunables.service"
 }
 
 # Whether this process may lower an oom_score_adj (CAP_SYS_RESOURCE, bit 24 of CapEff).
@@ -155,7 +213,7 @@ can_lower_oom_score() {
   (( (16#$eff >> 24) & 1 ))
 }
 
-# The node's cgroup root (one per DIR, so that a leftover never collides with a new node).
+# The node's cgroup root on the host (one per DIR, so that a leftover never collides with a new node).
 cgroup_root() {
   echo "registry-dns-node-$(echo "$1" | md5sum | cut -c1-8)"
 }
@@ -177,6 +235,15 @@ make_cgroups() {
   done
 }
 
+# Moves the calling shell into the node's cgroup in every hierarchy: nspawn makes it the node's
+# cgroup namespace root.
+enter_cgroups() {
+  local root=$1 m
+  for m in $(cgroup_mounts); do
+    echo "$BASHPID" >"$m/$root/cgroup.procs"
+  done
+}
+
 # Deepest first; a cgroup whose processes are still exiting is tried again for 10 s.
 remove_cgroups() {
   local root=$1 m
@@ -192,59 +259,54 @@ remove_cgroups() {
   log "cgroups under $root not removed"
 }
 
-veth_name() {
-  echo "rdn$(echo "$1" | md5sum | cut -c1-8)"
+# The node network's bridge, with the host's address on it; made by the first node.
+ensure_bridge() {
+  if ! ip link show "$bridge" >/dev/null 2>&1; then
+    ip link add "$bridge" type bridge
+    ip addr add "$host_ip/24" dev "$bridge"
+    ip link set "$bridge" up
+  fi
 }
 
-# Every node uses the same addresses, so a node left behind by a run that was killed before its
-# `stop` (its veth still holds host_ip) would take the new node's traffic: the API server would
-# reach the dead node's netns and `kubectl logs` get "connection refused". A node netns with no
-# process left is such a leftover and is removed; one with processes is a live node, and an error.
+# A node netns with no process left was left behind by a run killed before its `stop`, and is
+# removed (with its routes); one with processes is a live node. Node N's address is taken by a live
+# node with the same index: an error.
 clear_leftover_nodes() {
-  local ns
+  local index=$1 ns
   for ns in $(ip netns list | awk '$1 ~ /^rdns-node-/ {print $1}'); do
-    if [ -n "$(ip netns pids "$ns")" ]; then
-      log "a node is still running in netns $ns and holds $host_ip: stop it first (node.sh stop ITS_DIR)"
-      exit 1
-    fi
+    [ -n "$(ip netns pids "$ns")" ] && continue
     log "removing netns $ns, left behind by a node that was never stopped"
     ip netns del "$ns"
   done
-  # The kernel removes a deleted netns's veth (and its host end's address) asynchronously.
-  local holder
-  for _ in $(seq 50); do
-    holder=$(ip -br addr show | awk -v ip="$host_ip/" '{ for (i = 3; i <= NF; i++) if (index($i, ip) == 1) print $1 }')
-    [ -z "$holder" ] && return
-    sleep 0.1
-  done
-  log "$host_ip is already on a host interface ($holder): remove it first"
-  exit 1
+  if ip -4 neigh show "$(node_ip "$index")" dev "$bridge" 2>/dev/null | grep -q REACHABLE; then
+    log "$(node_ip "$index") answers on $bridge: a node with index $index is still running (node.sh stop ITS_DIR)"
+    exit 1
+  fi
 }
 
-start() {
-  local dir=$1 cp_dir=$2 images=$3
-  local name=${NODE_NAME:-node-1} netns=${NETNS:-rdns-node-$$}
-  local bins k8s_bin node_bin cni_bin
-  clear_leftover_nodes
-  read -r k8s_bin _ < <("$here/control-plane.sh" build)
-  read -r node_bin cni_bin < <("$here/control-plane.sh" build-node)
-  mkdir -p "$dir"
-  dir="$(cd "$dir" && pwd)"
-  cp_dir="$(cd "$cp_dir" && pwd)"
-  images="$(cd "$images" && pwd)"
-  write_config "$dir" "$cp_dir" "$cni_bin" "$name"
-  printf 'NETNS=%s\nNODE_NAME=%s\nCGROUP_ROOT=%s\nKUBELET=%s\nKUBECTL=%s\n' \
-    "$netns" "$name" "$(cgroup_root "$dir")" "$node_bin/kubelet" "$k8s_bin/kubectl" >"$dir/env"
+# Routes between this node's pods and every other running node's (host-gw, as kubenet or
+# flannel's host-gw set them up), both ways, and from the host. /run/registry-dns-nodes holds each
+# running node's env.
+add_pod_routes() {
+  local index=$1 netns=$2 env other_index other_netns
+  ip route replace "$(pod_cidr "$index")" via "$(node_ip "$index")" dev "$bridge"
+  for env in /run/registry-dns-nodes/*.env; do
+    other_index="$(sed -n 's/^NODE_INDEX=//p' "$env")"
+    other_netns="$(sed -n 's/^NETNS=//p' "$env")"
+    [ "$other_index" = "$index" ] && continue
+    ip -n "$netns" route replace "$(pod_cidr "$other_index")" via "$(node_ip "$other_index")"
+    ip -n "$other_netns" route replace "$(pod_cidr "$index")" via "$(node_ip "$index")"
+  done
+}
 
-  local veth
-  veth="$(veth_name "$dir")"
-  ip netns add "$netns"
-  ip link add "$veth" type veth peer name eth0 netns "$netns"
-  ip addr add "$host_ip/30" dev "$veth"
-  ip link set "$veth" up
-  ip -n "$netns" link set lo up
-  ip -n "$netns" addr add "$node_ip/30" dev eth0
-  ip -n "$netns" link set eth0 up
+# The node's network, once nspawn has made its namespace (at each boot: a reboot loses every
+# virtual link, as a real one does): a name for the namespace (`ip netns attach`), kube-ipvs0,
+# forwarding, and the routes to and from the other nodes' pods.
+attach_network() {
+  local dir=$1 netns index
+  netns="$(sed -n 's/^NETNS=//p' "$dir/env")"
+  index="$(sed -n 's/^NODE_INDEX=//p' "$dir/env")"
+  ip netns attach "$netns" "$(node_pid "$dir")"
   # kube-proxy's IPVS dummy device; an ifb where the kernel has no dummy interfaces.
   if ! ip -n "$netns" link add kube-ipvs0 type dummy 2>/dev/null; then
     log "no dummy interfaces in this kernel (CONFIG_DUMMY): kube-ipvs0 is an ifb, as registry-dns0 will be"
@@ -253,100 +315,153 @@ start() {
   ip -n "$netns" addr add "$kubernetes_service/32" dev kube-ipvs0
   ip -n "$netns" link set kube-ipvs0 up
   ip netns exec "$netns" sysctl -qw net.ipv4.ip_forward=1
-  make_cgroups "$(cgroup_root "$dir")"
+  mkdir -p /run/registry-dns-nodes
+  cp "$dir/env" "/run/registry-dns-nodes/$netns.env"
+  add_pod_routes "$index" "$netns"
+}
 
-  # --kill-child: when unshare dies, so does the node's init, and with it every process of the node.
-  nsenter --net="/run/netns/$netns" unshare --mount --pid --uts --ipc --fork --kill-child \
-    --propagation private --mount-proc \
-    bash "$here/node.sh" init "$dir" "$images" "$node_bin/kubelet" >"$dir/node.log" 2>&1 &
+detach_network() {
+  local dir=$1 netns index
+  netns="$(sed -n 's/^NETNS=//p' "$dir/env")"
+  index="$(sed -n 's/^NODE_INDEX=//p' "$dir/env")"
+  ip route del "$(pod_cidr "$index")" 2>/dev/null || true
+  ip netns del "$netns" 2>/dev/null || true
+  rm -f "/run/registry-dns-nodes/$netns.env"
+}
+
+boot() {
+  local dir=$1 name root lower
+  name="$(sed -n 's/^NODE_NAME=//p' "$dir/env")"
+  root="$(sed -n 's/^CGROUP_ROOT=//p' "$dir/env")"
+  lower="$(sed -n 's/^ROOTFS=//p' "$dir/env")"
+  mkdir -p "$dir/root" "$dir/work" "$dir/containerd"
+  mountpoint -q "$dir/root" || mount -t overlay overlay -o "lowerdir=$lower,upperdir=$dir/upper,workdir=$dir/work" "$dir/root"
+  local binds=(--bind="$dir/containerd:/var/lib/containerd")
+  if [ -f "$dir/kubelet" ]; then
+    binds+=(--bind-ro="$(cat "$dir/kubelet"):/usr/local/bin/kubelet" --bind-ro="$(cat "$dir/cni-bin"):/opt/cni/bin"
+      --bind=/dev/kmsg)
+  fi
+  local extra
+  for extra in $(sed -n 's/^NODE_BIND_RO=//p' "$dir/env"); do binds+=(--bind-ro="$extra"); done
+  make_cgroups "$root"
+  # --keep-unit --register=no: no systemd on this machine to register with. SYSTEMD_SECCOMP=0 and
+  # every capability: containerd and runc create namespaces, mounts and keyrings, as in any node.
+  (
+    enter_cgroups "$root"
+    exec env SYSTEMD_SECCOMP=0 systemd-nspawn --quiet --directory="$dir/root" --boot --machine="$name" \
+      --register=no --keep-unit --network-bridge="$bridge" --capability=all \
+      --console=read-only --link-journal=no "${binds[@]}"
+  ) >>"$dir/node.log" 2>&1 &
   echo $! >"$dir/node.pid"
+  local state=""
   for _ in $(seq 600); do
-    [ -e "$dir/kubelet.started" ] && { log "up: $name in $netns, state in $dir"; return; }
+    state="$(node_exec "$dir" systemctl is-system-running 2>/dev/null || true)"
+    case "$state" in
+      running)
+        attach_network "$dir"
+        return ;;
+      degraded)
+        log "$name booted degraded: $(node_exec "$dir" systemctl --failed --no-legend --plain | awk '{print $1}' | tr '\n' ' ')"
+        attach_network "$dir"
+        return ;;
+    esac
     if ! kill -0 "$(cat "$dir/node.pid")" 2>/dev/null; then
-      log "the node's init exited; its log:"
+      log "the node's nspawn exited; its log:"
       tail -n 30 "$dir/node.log" >&2
       exit 1
     fi
     sleep 0.1
   done
-  log "kubelet not started after 60 s; the node's log:"
+  log "$name did not finish booting in 60 s (state: $state); its log:"
   tail -n 30 "$dir/node.log" >&2
   exit 1
 }
 
-# PID 1 of the node: its mounts, then containerd (with the images) and the kubelet.
-init() {
-  local dir=$1 images=$2 kubelet=$3 t
-  hostname "$(cat "$dir/etc/hostname")"
-  mount --make-rprivate /
-  # This netns's /sys (its interfaces), with the host's cgroup hierarchies moved over to it.
-  mkdir -p "$dir/.cgroup"
-  mount --rbind /sys/fs/cgroup "$dir/.cgroup"
-  mount -t sysfs sysfs /sys
-  mount --move "$dir/.cgroup" /sys/fs/cgroup
-  mount -t overlay overlay -o "lowerdir=/etc,upperdir=$dir/etc,workdir=$dir/overlay-work" /etc
-  mount --bind "$dir/var/lib" /var/lib
-  mount --bind "$dir/var/log" /var/log
-  mount --bind "$dir/run" /run
-  mount --make-rshared /
-  for t in $kernel_tunables; do
-    mount --bind "$dir/sysctl/$(echo "${t%%=*}" | tr / .)" "/proc/sys/${t%%=*}"
-  done
-  log "mounts ready"
+start() {
+  local dir=$1 cp_dir=${2:-} images=${3:-}
+  local index=${NODE_INDEX:-1}
+  local name=${NODE_NAME:-node-$index} netns=${NETNS:-rdns-node-$index}
+  local rootfs
+  rootfs="$("$here/rootfs.sh" build)"
+  ensure_bridge
+  clear_leftover_nodes "$index"
+  mkdir -p "$dir/upper"
+  dir="$(cd "$dir" && pwd)"
+  printf 'NETNS=%s\nNODE_NAME=%s\nNODE_INDEX=%s\nCGROUP_ROOT=%s\nROOTFS=%s\nNODE_BIND_RO=%s\n' \
+    "$netns" "$name" "$index" "$(cgroup_root "$dir")" "$rootfs" "${NODE_BIND_RO:-}" >"$dir/env"
+  write_node_files "$dir" "$index" "$name"
+  [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ] || log "cgroup v1 here: the node remounts its controllers writable (cgroups-writable.service)"
+  can_lower_oom_score || log "root lacks CAP_SYS_RESOURCE here: containerd clamps the pods' oom_score_adj at its own (restrict_oom_score_adj)"
+  if [ -n "$cp_dir" ]; then
+    local k8s_bin node_bin cni_bin
+    read -r k8s_bin _ < <("$here/control-plane.sh" build)
+    read -r node_bin cni_bin < <("$here/control-plane.sh" build-node)
+    write_kubelet_files "$dir" "$index" "$name" "$(cd "$cp_dir" && pwd)"
+    echo "$node_bin/kubelet" >"$dir/kubelet"
+    echo "$cni_bin" >"$dir/cni-bin"
+    echo "KUBECTL=$k8s_bin/kubectl" >>"$dir/env"
+  fi
 
-  containerd >"$dir/containerd.log" 2>&1 &
-  for _ in $(seq 300); do
-    ctr version >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  local image
-  for image in "$images"/*.tar; do
-    ctr -n k8s.io images import --snapshotter overlayfs "$image" >/dev/null
-  done
-  log "images: $(ctr -n k8s.io images ls -q | tr '\n' ' ')"
-  "$kubelet" --config=/etc/kubernetes/kubelet.yaml --kubeconfig=/etc/kubernetes/kubelet.kubeconfig \
-    --node-ip="$node_ip" --v=2 >"$dir/kubelet.log" 2>&1 &
-  touch "$dir/kubelet.started"
-  wait -n
-  log "a node process exited; stopping the node"
-  exit 1
+  boot "$dir"
+
+  if [ -n "$cp_dir" ]; then
+    local image
+    for image in "$images"/*.tar; do
+      node_exec "$dir" ctr -n k8s.io images import --snapshotter overlayfs - <"$image" >/dev/null
+    done
+    log "images: $(node_exec "$dir" ctr -n k8s.io images ls -q | tr '\n' ' ')"
+    node_exec "$dir" systemctl enable --now kubelet.service
+  fi
+  log "up: $name ($(node_ip "$index")) in $netns, state in $dir"
+}
+
+# systemd of the node: the child of nspawn's inner child, which runs it as PID 1 of the node.
+node_pid() {
+  local dir=$1 nspawn
+  nspawn="$(cat "$dir/node.pid")"
+  pgrep -x systemd -P "$(pgrep -P "$nspawn" | head -1)" 2>/dev/null || pgrep -x systemd -P "$nspawn"
 }
 
 node_exec() {
   local dir=$1
   shift
-  local pid
-  # The node's init: the child of unshare.
-  pid="$(cat "/proc/$(cat "$dir/node.pid")/task/$(cat "$dir/node.pid")/children" | awk '{print $1}')"
-  nsenter --target "$pid" --mount --uts --ipc --net --pid -- "$@"
+  nsenter --target "$(node_pid "$dir")" --all -- "$@"
+}
+
+poweroff() {
+  local dir=$1 pid
+  [ -f "$dir/node.pid" ] || return 0
+  pid="$(cat "$dir/node.pid")"
+  # nspawn asks the node's systemd to power off on SIGTERM; a node that hangs is killed.
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 150); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$dir/node.pid"
+  umount "$dir/root" 2>/dev/null || umount -l "$dir/root" 2>/dev/null || true
 }
 
 stop() {
-  local dir=$1 netns root
+  local dir=$1
   [ -f "$dir/env" ] || return 0
-  netns="$(sed -n 's/^NETNS=//p' "$dir/env")"
-  root="$(sed -n 's/^CGROUP_ROOT=//p' "$dir/env")"
-  if [ -f "$dir/node.pid" ]; then
-    local pid
-    pid="$(cat "$dir/node.pid")"
-    kill -KILL "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    rm -f "$dir/node.pid"
+  poweroff "$dir"
+  remove_cgroups "$(sed -n 's/^CGROUP_ROOT=//p' "$dir/env")"
+  detach_network "$dir"
+  # The last node takes the node network with it.
+  if [ -z "$(ls /run/registry-dns-nodes 2>/dev/null)" ]; then
+    ip link del "$bridge" 2>/dev/null || true
   fi
-  remove_cgroups "$root"
-  ip netns del "$netns" 2>/dev/null || true
 }
 
 case "${1:-}" in
-  start) start "$2" "$3" "$4" ;;
-  init) init "$2" "$3" "$4" ;;
+  start) start "$2" "${3:-}" "${4:-}" ;;
   exec) shift && node_exec "$@" ;;
+  reboot) poweroff "$2" && detach_network "$2" && boot "$2" ;;
   stop) stop "$2" ;;
   *)
-    sed -n '2,30p' "$0" >&2
+    sed -n '2,33p' "$0" >&2
     exit 2
     ;;
 esac

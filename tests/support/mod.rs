@@ -14,6 +14,7 @@ pub mod node;
 pub mod registry_node;
 pub mod registry_pod;
 pub mod relay;
+pub mod resolvers;
 pub mod scrape;
 
 use std::io::{BufRead, BufReader};

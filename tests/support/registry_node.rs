@@ -60,9 +60,96 @@ pub fn make_certificate(dir: &TempDir, tag: &str, names: &[&str]) -> (PathBuf, P
     (ca_crt.into(), crt.into(), key.into())
 }
 
+/// Debian's registry (distribution) on `ip`:5000 inside a network namespace, with
+/// deploy/registry/base/config.yml's settings, plain HTTP or TLS; killed on drop.
+pub struct Registry {
+    child: Child,
+}
+
+impl Registry {
+    pub fn start(ns: &Netns, dir: &TempDir, ip: &str, tls: Option<(&Path, &Path)>) -> Self {
+        let storage = dir.path("storage");
+        std::fs::create_dir_all(&storage).unwrap();
+        let tls = match tls {
+            Some((crt, key)) => format!("  tls:\n    certificate: {}\n    key: {}\n", crt.display(), key.display()),
+            None => String::new(),
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: {ip}:5000\n  secret: registry-dns-test\n{tls}",
+            storage.display()
+        );
+        let file = dir.path("registry.yml");
+        std::fs::write(&file, config).unwrap();
+        let log = std::fs::File::create(dir.path("registry.log")).unwrap();
+        let child = ns
+            .exec(&["/usr/bin/docker-registry", "serve", file.to_str().unwrap()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker-registry (tests/run.sh installs it)");
+        let registry = Self { child };
+        let addr = format!("{ip}:5000").parse().unwrap();
+        let up = wait_until(Duration::from_secs(30), || {
+            ns.run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
+        });
+        assert!(
+            up,
+            "the registry did not listen on {addr}: {}",
+            std::fs::read_to_string(dir.path("registry.log")).unwrap_or_default()
+        );
+        registry
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds a one-layer image with `crane` (no base, nothing pulled) and pushes it to `reference`
+/// from inside `ns` (trusting `ca`, or over plain HTTP without one); its digest.
+pub fn push_image(ns: &Netns, dir: &TempDir, crane: &Path, ca: Option<&Path>, reference: &str) -> String {
+    let content = dir.path("layer");
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("hello.txt"), format!("{reference}\n")).unwrap();
+    let layer = dir.path("layer.tar");
+    let tar = Command::new("tar")
+        .args(["-C", content.to_str().unwrap(), "-cf", layer.to_str().unwrap(), "."])
+        .output()
+        .unwrap();
+    assert!(tar.status.success());
+    let image = dir.path("image.tar");
+    let crane = crane.to_str().unwrap();
+    let built = Command::new(crane)
+        .args(["append", "-f", layer.to_str().unwrap(), "-t", reference, "-o", image.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "crane append: {}", String::from_utf8_lossy(&built.stderr));
+    let crane_in_ns = |args: &[&str]| -> Output {
+        let mut argv = vec![crane];
+        argv.extend_from_slice(args);
+        if ca.is_none() {
+            argv.push("--insecure");
+        }
+        let mut command = ns.exec(&argv);
+        if let Some(ca) = ca {
+            command.env("SSL_CERT_FILE", ca);
+        }
+        command.stdin(Stdio::null()).output().unwrap()
+    };
+    let pushed = crane_in_ns(&["push", image.to_str().unwrap(), reference]);
+    assert!(pushed.status.success(), "crane push: {}", String::from_utf8_lossy(&pushed.stderr));
+    let digest = crane_in_ns(&["digest", reference]);
+    assert!(digest.status.success(), "crane digest: {}", String::from_utf8_lossy(&digest.stderr));
+    String::from_utf8_lossy(&digest.stdout).trim().to_string()
+}
+
 /// The node: its namespace, registry-dns, and the registry while it runs.
 pub struct RegistryNode {
-    pub registry: Option<Child>,
+    pub registry: Option<Registry>,
     _server: RegistryDns,
     pub ns: Netns,
     pub dir: TempDir,
@@ -100,47 +187,14 @@ impl RegistryNode {
         node
     }
 
-    /// distribution on REGISTRY_IP:5000 with deploy/registry/base/config.yml's settings.
+    /// The registry on REGISTRY_IP:5000.
     pub fn start_registry(&mut self, tls: Option<(&Path, &Path)>) {
-        let storage = self.dir.path("storage");
-        std::fs::create_dir_all(&storage).unwrap();
-        let tls = match tls {
-            Some((crt, key)) => format!("  tls:\n    certificate: {}\n    key: {}\n", crt.display(), key.display()),
-            None => String::new(),
-        };
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {REGISTRY_IP}:5000\n  secret: registry-dns-test\n{tls}",
-            storage.display()
-        );
-        let file = self.dir.path("registry.yml");
-        std::fs::write(&file, config).unwrap();
-        let log = std::fs::File::create(self.dir.path("registry.log")).unwrap();
-        let child = self
-            .ns
-            .exec(&["/usr/bin/docker-registry", "serve", file.to_str().unwrap()])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (tests/run.sh installs it)");
-        self.registry = Some(child);
-        let addr = format!("{REGISTRY_IP}:5000").parse().unwrap();
-        let up = wait_until(Duration::from_secs(30), || {
-            self.ns.run(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
-        });
-        assert!(
-            up,
-            "the registry did not listen on {addr}: {}",
-            std::fs::read_to_string(self.dir.path("registry.log")).unwrap_or_default()
-        );
+        self.registry = Some(Registry::start(&self.ns, &self.dir, REGISTRY_IP, tls));
     }
 
     /// Stops the registry (its port then refuses connections).
     pub fn stop_registry(&mut self) {
-        if let Some(mut child) = self.registry.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.registry = None;
     }
 
     /// `registry-dns doctor ARGS` on the node: exit code and report.
@@ -153,48 +207,9 @@ impl RegistryNode {
         (out.status.code(), report)
     }
 
-    /// Builds a one-layer image with `crane` (no base, nothing pulled) and pushes it to `reference`
-    /// from the node (trusting the registry's CA, or over plain HTTP); its digest.
+    /// [`push_image`] from the node.
     pub fn push_image(&self, crane: &Path, reference: &str) -> String {
-        let content = self.dir.path("layer");
-        std::fs::create_dir_all(&content).unwrap();
-        std::fs::write(content.join("hello.txt"), format!("{reference}\n")).unwrap();
-        let layer = self.dir.path("layer.tar");
-        let tar = Command::new("tar")
-            .args(["-C", content.to_str().unwrap(), "-cf", layer.to_str().unwrap(), "."])
-            .output()
-            .unwrap();
-        assert!(tar.status.success());
-        let image = self.dir.path("image.tar");
-        let crane = crane.to_str().unwrap();
-        let built = Command::new(crane)
-            .args(["append", "-f", layer.to_str().unwrap(), "-t", reference, "-o", image.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(built.status.success(), "crane append: {}", String::from_utf8_lossy(&built.stderr));
-        let crane_in_node = |args: &[&str]| -> Output {
-            let mut argv = vec![crane];
-            argv.extend_from_slice(args);
-            if self.ca.is_none() {
-                argv.push("--insecure");
-            }
-            let mut command = self.ns.exec(&argv);
-            if let Some(ca) = &self.ca {
-                command.env("SSL_CERT_FILE", ca);
-            }
-            command.stdin(Stdio::null()).output().unwrap()
-        };
-        let pushed = crane_in_node(&["push", image.to_str().unwrap(), reference]);
-        assert!(pushed.status.success(), "crane push: {}", String::from_utf8_lossy(&pushed.stderr));
-        let digest = crane_in_node(&["digest", reference]);
-        assert!(digest.status.success(), "crane digest: {}", String::from_utf8_lossy(&digest.stderr));
-        String::from_utf8_lossy(&digest.stdout).trim().to_string()
-    }
-}
-
-impl Drop for RegistryNode {
-    fn drop(&mut self) {
-        self.stop_registry();
+        push_image(&self.ns, &self.dir, crane, self.ca.as_deref(), reference)
     }
 }
 

@@ -44,6 +44,7 @@ fn findings(resolv_conf: &str, hosts: &str, nameservers: Vec<Reply>, system: Res
         timeout: Duration::from_secs(2),
         nameservers: resolv.nameservers.iter().copied().zip(nameservers).collect(),
         setup,
+        resolved: None,
         search_answers: Vec::new(),
         direct: answer(&["10.0.0.10"]),
         system: SystemLookup { result: system.map(addrs).map_err(String::from), took: Duration::from_millis(5) },

@@ -1,22 +1,24 @@
 #!/bin/sh
 # Runs in the registry-dns-node-setup pod (privileged, hostPID) and changes the NODE through
 # nsenter into PID 1's namespaces. ACTION=install (default) or remove; MODE=auto (default),
-# resolved, resolv-conf or none (the node's resolver is wired some other way). Then containerd's
-# configuration for the registry (containerd-hosts.sh; CONTAINERD=off skips it). Idempotent:
-# re-run every 5 minutes, so a DHCP client that rewrites /etc/resolv.conf is corrected, a CA
-# that changed reaches the nodes, and systemd-resolved restarts only when the drop-in changed.
+# resolved (resolved.sh), resolv-conf or none (the node's resolver is wired some other way). Then
+# containerd's configuration for the registry (containerd-hosts.sh; CONTAINERD=off skips it).
+# Idempotent: re-run every 5 minutes, so a DHCP client that rewrites /etc/resolv.conf is
+# corrected, a CA that changed reaches the nodes, and systemd-resolved restarts only when the
+# drop-in changed; in between, every 5 seconds, registry-dns0's routing in resolved is checked.
+# ONCE=1 runs one pass and exits (by hand, and the tests).
 set -eu
 ACTION=${ACTION:-install}
 MODE=${MODE:-auto}
 CONTAINERD=${CONTAINERD:-auto}
 ADDRESS=${ADDRESS:-169.254.20.25}
-DROPIN=/etc/systemd/resolved.conf.d/registry-dns.conf
 conf=$(cat "${CONFIG:-/config/registry-dns.conf}")
 
 host() { nsenter --target 1 --mount --uts --ipc --net --pid -- "$@"; }
 # deploy/check.sh and tests/containerd_cri.rs run this script against scratch files, in place.
 if [ -n "${SETUP_TEST:-}" ]; then host() { "$@"; }; fi
 . "$(dirname "$0")/containerd-hosts.sh"
+. "$(dirname "$0")/resolved.sh"
 
 if [ "$MODE" = auto ]; then
     if host sh -c 'command -v systemctl >/dev/null && systemctl is-active --quiet systemd-resolved'; then
@@ -26,23 +28,6 @@ if [ "$MODE" = auto ]; then
     fi
 fi
 echo "node $(host hostname): $ACTION, mode $MODE"
-
-resolved_install() {
-    host sh -c '
-        set -eu
-        if [ "$(cat "$1" 2>/dev/null)" = "$2" ]; then echo "$1 up to date"; exit 0; fi
-        mkdir -p "$(dirname "$1")"
-        printf "%s\n" "$2" > "$1.tmp" && mv "$1.tmp" "$1"
-        systemctl restart systemd-resolved
-        echo "wrote $1, restarted systemd-resolved"
-    ' sh "$DROPIN" "$conf"
-}
-
-resolved_remove() {
-    host sh -c '
-        if [ -e "$1" ]; then rm -f "$1"; systemctl restart systemd-resolved; echo "removed $1, restarted systemd-resolved"; fi
-    ' sh "$DROPIN"
-}
 
 # In place (cat >, not mv): in kind and other containers /etc/resolv.conf is a bind mount.
 resolvconf_install() {
@@ -66,8 +51,9 @@ resolvconf_remove() {
     ' sh "$ADDRESS"
 }
 
+link=true
 case "$ACTION/$MODE" in
-    install/resolved) apply=resolved_install ;;
+    install/resolved) apply=resolved_install link=resolved_link ;;
     install/resolv-conf) apply=resolvconf_install ;;
     install/none) apply=true ;;
     remove/*) apply=remove_all ;;
@@ -99,6 +85,11 @@ remove_all() {
 while :; do
     $apply
     $registry
-    [ -z "${SETUP_TEST:-}" ] || exit 0
-    sleep 300
+    [ -z "${SETUP_TEST:-}${ONCE:-}" ] || exit 0
+    i=0
+    while [ $i -lt 60 ]; do
+        sleep 5
+        $link
+        i=$((i + 1))
+    done
 done
