@@ -63,7 +63,7 @@ fi
 echo "  $(promtool --version 2>&1 | head -1)"
 # helm and actionlint: built from their Go modules, pinned by deploy/check/go/NAME/go.mod and
 # go.sum, once per version into a cache outside the repository that later runs (and other
-# worktrees, and tests/kubelet_node.rs) reuse: deploy/check/go/build.sh. A cold build takes minutes
+# worktrees, and tests/kubelet_cluster.rs) reuse: deploy/check/go/build.sh. A cold build takes minutes
 # (README "CI"); the go.mod says which version.
 tools_cache=${REGISTRY_DNS_TOOLS_CACHE:-/var/cache/registry-dns/tools}
 HELM_VERSION=v3.22.0

@@ -34,10 +34,11 @@ fi
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check prometheus-client==0.21.1
 
 # The Kubernetes control plane of tests/control_plane.rs, CoreDNS and crane for tests/e2e.rs, and
-# kubelet and kube-scheduler for tests/kubelet_node.rs (from the same go.mod, so their shared
+# kubelet, kube-proxy and kube-scheduler for tests/kubelet_cluster.rs (from the same go.mod, so their shared
 # packages compile once; the CNI plugins from their own), built once per version into a cache
 # outside the repository (a cold build takes a while; docs/testing.md, "Against a real control
-# plane"); crictl and containerd 2.x for tests/containerd_cri.rs from their own go.mod. Outside CI a
+# plane"); crictl and containerd 2.x for tests/containerd_cri.rs (and crictl on the cluster's nodes)
+# from their own go.mod. Outside CI a
 # failure here only makes those tests skip, loudly; under CI it fails the run.
 if [ $# -eq 0 ] && ! { tests/cluster/control-plane.sh build >/dev/null && tests/cluster/control-plane.sh build-e2e >/dev/null &&
   tests/cluster/control-plane.sh build-cri >/dev/null && tests/cluster/control-plane.sh build-node >/dev/null &&
@@ -45,7 +46,7 @@ if [ $# -eq 0 ] && ! { tests/cluster/control-plane.sh build >/dev/null && tests/
   [ -z "${CI:-}" ] || exit 1
 fi
 
-# registry-dns's static binary as the Dockerfile builds it, for tests/kubelet_node.rs's image: built
+# registry-dns's static binary as the Dockerfile builds it, for tests/kubelet_cluster.rs's image: built
 # here, not from inside `cargo test`, whose environment (rustup's toolchain first on PATH,
 # RUSTUP_TOOLCHAIN) makes cargo rebuild the whole release, and deploy/check.sh's identical build
 # after it start over again.

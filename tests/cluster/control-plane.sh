@@ -18,8 +18,8 @@
 #                                        (github.com/containerd/containerd/v2) for tests/containerd_cri.rs,
 #                                        from their own go.mod in tests/cluster/containerd; prints their
 #                                        two directories
-#   control-plane.sh build-node          build (or find) what a real node adds, for tests/kubelet_node.rs:
-#                                        kubelet and kube-scheduler from the same go.mod, and the CNI
+#   control-plane.sh build-node          build (or find) what a real node adds, for tests/kubelet_cluster.rs:
+#                                        kubelet, kube-proxy and kube-scheduler from the same go.mod, and the CNI
 #                                        plugins (bridge, host-local, loopback, portmap) from
 #                                        tests/cluster/cni/go.mod; prints their two directories
 #   control-plane.sh start DIR           start everything, with its state (certs, etcd data, logs,
@@ -35,7 +35,11 @@
 #   control-plane.sh compact DIR         compact etcd's history up to its current revision
 # Ports for start come from the environment (defaults for a by-hand run): ETCD_PORT (2379),
 # ETCD_PEER_PORT (2380), APISERVER_PORT (6443); later commands read them from DIR/env. CONTROLLERS
-# (start) replaces kube-controller-manager's --controllers list.
+# (start) replaces kube-controller-manager's --controllers list. APISERVER_ADDRESS (127.0.0.1) is
+# where kube-apiserver listens and what it advertises: on the node network's 10.198.0.1 (node.sh
+# makes it, `node.sh network`) the kubelets and kube-proxy of tests/cluster/node.sh reach it, and
+# the `kubernetes` Service's endpoint is that address (the lease reconciler, as in any cluster;
+# on loopback no endpoint is written, since several API servers of the tests share one etcd).
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -60,6 +64,7 @@ cni_bin="$cache/cni-plugins-$cni_version"
 etcd_port="${ETCD_PORT:-2379}"
 etcd_peer_port="${ETCD_PEER_PORT:-2380}"
 apiserver_port="${APISERVER_PORT:-6443}"
+apiserver_address="${APISERVER_ADDRESS:-127.0.0.1}"
 service_cidrs="10.96.0.0/16,fd00:10:96::/112"
 
 log() { echo "control-plane.sh: $*" >&2; }
@@ -213,11 +218,11 @@ build_cri() {
 }
 
 node_built() {
-  [ -x "$node_bin/kubelet" ] && [ -x "$node_bin/kube-scheduler" ] && [ -x "$cni_bin/bridge" ] &&
+  [ -x "$node_bin/kubelet" ] && [ -x "$node_bin/kube-proxy" ] && [ -x "$node_bin/kube-scheduler" ] && [ -x "$cni_bin/bridge" ] &&
     [ -x "$cni_bin/host-local" ] && [ -x "$cni_bin/loopback" ] && [ -x "$cni_bin/portmap" ]
 }
 
-# kubelet and kube-scheduler in one `go build` from the control plane's go.mod (most of their
+# kubelet, kube-proxy and kube-scheduler in one `go build` from the control plane's go.mod (most of their
 # packages are already in Go's build cache from it); the CNI plugins from their own go.mod, so that
 # MVS cannot move a module the Kubernetes binaries use. Static (CGO_ENABLED=0), like the rest.
 build_node() {
@@ -230,12 +235,12 @@ build_node() {
   local out
   out="$(mktemp -d "$cache/.build.XXXXXX")"
   trap "rm -rf '$out'" EXIT
-  log "building kubelet, kube-scheduler $k8s_version and CNI plugins $cni_version into $cache (once)"
+  log "building kubelet, kube-proxy, kube-scheduler $k8s_version and CNI plugins $cni_version into $cache (once)"
   local start=$SECONDS
   mkdir -p "$out/node" "$out/cni"
   (cd "$gomod" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 \
     go build -trimpath -ldflags="-s -w $(version_ldflags)" -o "$out/node/" \
-    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-scheduler)
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kube-scheduler)
   local plugins=github.com/containernetworking/plugins/plugins
   (cd "$here/cni" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 \
     go build -trimpath -ldflags="-s -w" -o "$out/cni/" \
@@ -253,9 +258,11 @@ load_env() {
   local dir=$1
   etcd_port="$(sed -n 's/^ETCD_PORT=//p' "$dir/env")"
   apiserver_port="$(sed -n 's/^APISERVER_PORT=//p' "$dir/env")"
+  apiserver_address="$(sed -n 's/^APISERVER_ADDRESS=//p' "$dir/env")"
+  apiserver_address="${apiserver_address:-127.0.0.1}"
 }
 
-# A CA, the API server's serving cert (loopback names and the first service IP), the admin client
+# A CA, the API server's serving cert (loopback names, its address and the first service IP), the admin client
 # cert, and the ServiceAccount signing key.
 make_certs() {
   local dir=$1
@@ -263,7 +270,7 @@ make_certs() {
     -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
     -keyout "$dir/apiserver.key" -out "$dir/apiserver.csr" 2>/dev/null
-  printf 'subjectAltName=IP:127.0.0.1,IP:::1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >"$dir/apiserver.ext"
+  printf 'subjectAltName=IP:127.0.0.1,IP:::1,IP:%s,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' "$apiserver_address" >"$dir/apiserver.ext"
   openssl x509 -req -in "$dir/apiserver.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
     -days 2 -extfile "$dir/apiserver.ext" -out "$dir/apiserver.crt" 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=admin" \
@@ -283,7 +290,7 @@ kind: Config
 clusters:
 - name: test
   cluster:
-    server: https://127.0.0.1:$port
+    server: https://$apiserver_address:$port
     certificate-authority: $dir/ca.crt
 users:
 - name: admin
@@ -319,10 +326,11 @@ wait_healthy() {
 # kubeadm's --kubelet-preferred-address-types: a kubelet (tests/cluster/node.sh) is reached by its
 # node IP for `kubectl logs`, not by a hostname no resolver knows.
 start_apiserver() {
-  local dir=$1 name=$2 port=$3
+  local dir=$1 name=$2 port=$3 reconciler=lease
+  [ "$apiserver_address" = 127.0.0.1 ] && reconciler=none
   "$k8s_bin/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$port" \
+    --bind-address="$apiserver_address" --advertise-address="$apiserver_address" --secure-port="$port" \
     --tls-cert-file="$dir/apiserver.crt" --tls-private-key-file="$dir/apiserver.key" \
     --client-ca-file="$dir/ca.crt" \
     --authorization-mode=Node,RBAC \
@@ -330,11 +338,11 @@ start_apiserver() {
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --api-audiences=https://kubernetes.default.svc.cluster.local \
     --service-cluster-ip-range="$service_cidrs" \
-    --endpoint-reconciler-type=none --allow-privileged=true --profiling=false \
+    --endpoint-reconciler-type="$reconciler" --allow-privileged=true --profiling=false \
     --kubelet-preferred-address-types=InternalIP,ExternalIP,Hostname \
     >"$dir/$name.log" 2>&1 &
   echo $! >"$dir/$name.pid"
-  wait_healthy "$dir" "https://127.0.0.1:$port/readyz" "$name" "$(cat "$dir/$name.pid")"
+  wait_healthy "$dir" "https://$apiserver_address:$port/readyz" "$name" "$(cat "$dir/$name.pid")"
 }
 
 stop_pid() {
@@ -421,6 +429,7 @@ ETCD_BIN=$etcd_bin
 ETCD_PORT=$etcd_port
 ETCD_PEER_PORT=$etcd_peer_port
 APISERVER_PORT=$apiserver_port
+APISERVER_ADDRESS=$apiserver_address
 EOF
   log "up: export KUBECONFIG=$dir/admin.kubeconfig; kubectl is $k8s_bin/kubectl"
 }

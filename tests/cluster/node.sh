@@ -3,16 +3,19 @@
 # systemd-nspawn from tests/cluster/rootfs.sh's tree, with systemd-resolved's stub on 127.0.0.53
 # and /etc/resolv.conf pointing at it (as Ubuntu and Fedora nodes have it), systemd-networkd
 # managing the node's network, D-Bus, and containerd as a systemd unit. Given a control plane, the node joins it:
-# the kubelet (built by `control-plane.sh build-node`) runs as a systemd unit over containerd's CRI
-# plugin and runc, with the CNI plugins bridge, host-local, loopback and portmap.
+# the kubelet and kube-proxy (built by `control-plane.sh build-node`) run as systemd units, the
+# kubelet over containerd's CRI plugin and runc with the CNI plugins bridge, host-local, loopback
+# and portmap, kube-proxy in iptables mode (the `kubernetes` Service, kube-dns and every other
+# Service by its ClusterIP). Both reach the API server on the control plane's own address (as
+# kubeadm's kubeconfigs do), which must be on the node network (control-plane.sh start with
+# APISERVER_ADDRESS=10.198.0.1); the kubelet gives pods 10.96.0.10 (kube-dns) as their DNS server.
 #
 #   network  the node's own netns, made by nspawn at each boot and named NETNS: host0 is a veth
 #            whose host end is on the bridge rdns-nodes (10.198.0.1/24, the node network; the
 #            host is its only router). Node N is
 #            10.198.0.(N+1), with its pods on cni0 in 10.244.N.0/24; every node and the host have a
 #            route to each running node's pod range through that node (host-gw, as kubenet or
-#            flannel's host-gw set it up). `kube-ipvs0` carries the `kubernetes` Service's
-#            10.96.0.1 (the caller relays it to the API server where no kube-proxy runs).
+#            flannel's host-gw set it up).
 #   files    an overlay per node on the cached tree (upper layer DIR/upper: whatever the node or
 #            node setup writes lands there); /var/lib/containerd is DIR/containerd.
 #   pid, uts, ipc, cgroup   the node's own; systemd is PID 1 (what node setup's `nsenter --target
@@ -20,27 +23,31 @@
 #            own on the host (removed on stop).
 # What these machines lack, and what the node does instead (said on start): cgroup v1, whose
 # controllers nspawn mounts read-only (a unit remounts them writable before containerd, as kind's
-# entrypoint does); no dummy interfaces (kube-ipvs0 is an ifb);
-# root without CAP_SYS_RESOURCE (containerd clamps the pods' oom_score_adj). And nspawn's own: the
+# entrypoint does); root without CAP_SYS_RESOURCE (containerd clamps the pods' oom_score_adj). And nspawn's own: the
 # kubelet's kernel tunables are not namespaced, so the node sees files with the values it wants
 # bound over them in /proc/sys (kernel-tunables.service).
 #
 # Usage:
 #   node.sh start DIR [CONTROL_PLANE_DIR IMAGES_DIR]   boot the node with its state in DIR; with a
 #                                  control plane, import IMAGES_DIR/*.tar into containerd (namespace
-#                                  k8s.io) and start the kubelet
+#                                  k8s.io) and start kube-proxy and the kubelet
 #   node.sh exec DIR COMMAND...    COMMAND on the node (all its namespaces)
 #   node.sh reboot DIR             power the node off and boot it again: /etc and /var kept; /run and
 #                                  the network namespace (with every virtual link) fresh
 #   node.sh stop DIR               power the node off, remove its network namespace, routes, cgroups
+#   node.sh network                make the node network's bridge with the host's 10.198.0.1 (the
+#                                  first start does it too): for an API server listening there
 # Environment for start: NODE_INDEX (1), NODE_NAME (node-INDEX), NETNS (rdns-node-INDEX), and
-# NODE_BIND_RO: space-separated HOST_PATH:NODE_PATH to mount read-only on the node at every boot.
+# NODE_BIND_RO: space-separated HOST_PATH:NODE_PATH to mount read-only on the node at every boot,
+# NODE_BIND the same read-write (a directory several nodes share stands in for network storage),
+# NODE_DNS: the node's own DNS server on host0 (networkd's DNS=, as DHCP would give it); none if empty.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 bridge=rdns-nodes
 host_ip=10.198.0.1
-kubernetes_service=10.96.0.1
+cluster_dns=10.96.0.10
+cluster_cidr=10.244.0.0/16
 
 log() { echo "node.sh: $*" >&2; }
 
@@ -53,20 +60,24 @@ kernel_tunables="vm/overcommit_memory=1 vm/panic_on_oom=0 kernel/panic=10 kernel
 
 # The node's own files, written into the upper layer of its root before it boots.
 write_node_files() {
-  local dir=$1 index=$2 name=$3 root=$1/upper
+  local dir=$1 index=$2 name=$3 dns=$4 root=$1/upper
   mkdir -p "$root/etc/systemd/network" "$root/etc/systemd/system/multi-user.target.wants" "$root/etc/containerd"
   echo "$name" >"$root/etc/hostname"
   printf '127.0.0.1 localhost\n%s %s\n' "$(node_ip "$index")" "$name" >"$root/etc/hosts"
-  # host0 (nspawn's name for the node's end of its veth) by networkd, with no DNS server: the
-  # node's upstream is each test's choice (per link, global DNS= or FallbackDNS=), as it is each
+  # host0 (nspawn's name for the node's end of its veth) by networkd, with the host as its
+  # default gateway (a node's processes reach Service addresses such as 10.96.0.1 only through a
+  # route, before kube-proxy's DNAT rewrites them) and NODE_DNS or no DNS server: the node's
+  # upstream is each test's choice (per link, global DNS= or FallbackDNS=), as it is each
   # distribution's.
   cat >"$root/etc/systemd/network/10-host0.network" <<EOF
 [Match]
 Name=host0
 [Network]
 Address=$(node_ip "$index")/24
+Gateway=$host_ip
 LinkLocalAddressing=no
 IPv6AcceptRA=no
+${dns:+DNS=$dns}
 EOF
   # nspawn mounts cgroup v1 controllers read-only; containerd and the kubelet create cgroups in
   # them. On cgroup v2 nspawn delegates the node's subtree and this unit does nothing.
@@ -112,29 +123,14 @@ EOF
 write_kubelet_files() {
   local dir=$1 index=$2 name=$3 cp_dir=$4 root=$1/upper
   mkdir -p "$root/etc/kubernetes/pki" "$root/etc/kubernetes/sysctl" "$root/etc/cni/net.d"
-  # The kubelet's client certificate: a node identity, which the Node authorizer and the
-  # NodeRestriction admission plugin check.
-  local pki=$root/etc/kubernetes/pki
-  openssl req -newkey rsa:2048 -nodes -subj "/O=system:nodes/CN=system:node:$name" \
-    -keyout "$pki/kubelet.key" -out "$pki/kubelet.csr" 2>/dev/null
-  printf 'extendedKeyUsage=clientAuth\n' >"$pki/kubelet.ext"
-  openssl x509 -req -in "$pki/kubelet.csr" -CA "$cp_dir/ca.crt" -CAkey "$cp_dir/ca.key" -CAcreateserial \
-    -days 2 -extfile "$pki/kubelet.ext" -out "$pki/kubelet.crt" 2>/dev/null
-  cp "$cp_dir/ca.crt" "$pki/ca.crt"
-  cat >"$root/etc/kubernetes/kubelet.kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: test
-  cluster: {server: "https://$kubernetes_service:443", certificate-authority: /etc/kubernetes/pki/ca.crt}
-users:
-- name: kubelet
-  user: {client-certificate: /etc/kubernetes/pki/kubelet.crt, client-key: /etc/kubernetes/pki/kubelet.key}
-contexts:
-- name: test
-  context: {cluster: test, user: kubelet}
-current-context: test
-EOF
+  local server
+  server="https://$(sed -n 's/^APISERVER_ADDRESS=//p' "$cp_dir/env"):$(sed -n 's/^APISERVER_PORT=//p' "$cp_dir/env")"
+  cp "$cp_dir/ca.crt" "$root/etc/kubernetes/pki/ca.crt"
+  # The kubelet's identity is a node's, which the Node authorizer and the NodeRestriction
+  # admission plugin check; kube-proxy's is the user the API server's bootstrap policy binds to
+  # system:node-proxier.
+  client_identity "$root" "$cp_dir" kubelet "/O=system:nodes/CN=system:node:$name" "$server"
+  client_identity "$root" "$cp_dir" kube-proxy "/CN=system:kube-proxy" "$server"
   # Anonymous requests with AlwaysAllow: the kubelet's port is reachable from the node network
   # only, and `kubectl logs` or `exec` by hand (the API server has no kubelet client certificate)
   # need it. The tests read pod logs from the node's files instead. resolvConf is the file kubeadm
@@ -156,6 +152,7 @@ readOnlyPort: 0
 healthzBindAddress: 127.0.0.1
 clusterDomain: cluster.local
 resolvConf: /run/systemd/resolve/resolv.conf
+clusterDNS: [$cluster_dns]
 # Never collect the imported images (nothing could pull them again) nor evict on a busy disk.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -169,6 +166,32 @@ Wants=containerd.service
 After=containerd.service network-online.target
 [Service]
 ExecStart=/usr/local/bin/kubelet --config=/etc/kubernetes/kubelet.yaml --kubeconfig=/etc/kubernetes/kubelet.kubeconfig --node-ip=$(node_ip "$index") --v=2
+Restart=always
+RestartSec=2
+[Install]
+WantedBy=multi-user.target
+EOF
+  # kube-proxy in iptables mode, the default on Linux and what kubeadm installs: the Services'
+  # rules in the node's own netfilter tables. conntrack.maxPerCore 0 leaves the conntrack table's
+  # size alone (its hashsize is a module parameter of the host's kernel, read-only here), as kind
+  # does.
+  cat >"$root/etc/kubernetes/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: /etc/kubernetes/kube-proxy.kubeconfig}
+mode: iptables
+hostnameOverride: $name
+clusterCIDR: $cluster_cidr
+conntrack: {maxPerCore: 0}
+metricsBindAddress: 127.0.0.1:10249
+healthzBindAddress: 127.0.0.1:10256
+EOF
+  cat >"$root/etc/systemd/system/kube-proxy.service" <<EOF
+[Unit]
+Description=kube-proxy
+After=network-online.target
+[Service]
+ExecStart=/usr/local/bin/kube-proxy --config=/etc/kubernetes/kube-proxy.yaml --v=1
 Restart=always
 RestartSec=2
 [Install]
@@ -204,6 +227,30 @@ ExecStart=/bin/sh -c 'for f in /etc/kubernetes/sysctl/*; do mount --bind -o ro "
 WantedBy=multi-user.target
 EOF
   ln -sf ../kernel-tunables.service "$root/etc/systemd/system/multi-user.target.wants/kernel-tunables.service"
+}
+
+# A client certificate for NAME with SUBJECT, signed by the cluster CA, and its kubeconfig
+# (/etc/kubernetes/NAME.kubeconfig) for SERVER.
+client_identity() {
+  local root=$1 cp_dir=$2 name=$3 subject=$4 server=$5 pki=$1/etc/kubernetes/pki
+  openssl req -newkey rsa:2048 -nodes -subj "$subject" -keyout "$pki/$name.key" -out "$pki/$name.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >"$pki/$name.ext"
+  openssl x509 -req -in "$pki/$name.csr" -CA "$cp_dir/ca.crt" -CAkey "$cp_dir/ca.key" -CAcreateserial \
+    -days 2 -extfile "$pki/$name.ext" -out "$pki/$name.crt" 2>/dev/null
+  cat >"$root/etc/kubernetes/$name.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: test
+  cluster: {server: "$server", certificate-authority: /etc/kubernetes/pki/ca.crt}
+users:
+- name: $name
+  user: {client-certificate: /etc/kubernetes/pki/$name.crt, client-key: /etc/kubernetes/pki/$name.key}
+contexts:
+- name: test
+  context: {cluster: test, user: $name}
+current-context: test
+EOF
 }
 
 # Whether this process may lower an oom_score_adj (CAP_SYS_RESOURCE, bit 24 of CapEff).
@@ -300,20 +347,13 @@ add_pod_routes() {
 }
 
 # The node's network, once nspawn has made its namespace (at each boot: a reboot loses every
-# virtual link, as a real one does): a name for the namespace (`ip netns attach`), kube-ipvs0,
-# forwarding, and the routes to and from the other nodes' pods.
+# virtual link, as a real one does): a name for the namespace (`ip netns attach`), forwarding,
+# and the routes to and from the other nodes' pods.
 attach_network() {
   local dir=$1 netns index
   netns="$(sed -n 's/^NETNS=//p' "$dir/env")"
   index="$(sed -n 's/^NODE_INDEX=//p' "$dir/env")"
   ip netns attach "$netns" "$(node_pid "$dir")"
-  # kube-proxy's IPVS dummy device; an ifb where the kernel has no dummy interfaces.
-  if ! ip -n "$netns" link add kube-ipvs0 type dummy 2>/dev/null; then
-    log "no dummy interfaces in this kernel (CONFIG_DUMMY): kube-ipvs0 is an ifb, as registry-dns0 will be"
-    ip -n "$netns" link add kube-ipvs0 type ifb
-  fi
-  ip -n "$netns" addr add "$kubernetes_service/32" dev kube-ipvs0
-  ip -n "$netns" link set kube-ipvs0 up
   ip netns exec "$netns" sysctl -qw net.ipv4.ip_forward=1
   mkdir -p /run/registry-dns-nodes
   cp "$dir/env" "/run/registry-dns-nodes/$netns.env"
@@ -337,12 +377,15 @@ boot() {
   mkdir -p "$dir/root" "$dir/work" "$dir/containerd"
   mountpoint -q "$dir/root" || mount -t overlay overlay -o "lowerdir=$lower,upperdir=$dir/upper,workdir=$dir/work" "$dir/root"
   local binds=(--bind="$dir/containerd:/var/lib/containerd")
-  if [ -f "$dir/kubelet" ]; then
-    binds+=(--bind-ro="$(cat "$dir/kubelet"):/usr/local/bin/kubelet" --bind-ro="$(cat "$dir/cni-bin"):/opt/cni/bin"
-      --bind=/dev/kmsg)
+  if [ -f "$dir/node-bin" ]; then
+    local node_bin
+    node_bin="$(cat "$dir/node-bin")"
+    binds+=(--bind-ro="$node_bin/kubelet:/usr/local/bin/kubelet" --bind-ro="$node_bin/kube-proxy:/usr/local/bin/kube-proxy"
+      --bind-ro="$(cat "$dir/cni-bin"):/opt/cni/bin" --bind=/dev/kmsg)
   fi
   local extra
   for extra in $(sed -n 's/^NODE_BIND_RO=//p' "$dir/env"); do binds+=(--bind-ro="$extra"); done
+  for extra in $(sed -n 's/^NODE_BIND=//p' "$dir/env"); do binds+=(--bind="$extra"); done
   make_cgroups "$root"
   # --keep-unit --register=no: no systemd on this machine to register with. SYSTEMD_SECCOMP=0 and
   # every capability: containerd and runc create namespaces, mounts and keyrings, as in any node.
@@ -387,9 +430,9 @@ start() {
   clear_leftover_nodes "$index"
   mkdir -p "$dir/upper"
   dir="$(cd "$dir" && pwd)"
-  printf 'NETNS=%s\nNODE_NAME=%s\nNODE_INDEX=%s\nCGROUP_ROOT=%s\nROOTFS=%s\nNODE_BIND_RO=%s\n' \
-    "$netns" "$name" "$index" "$(cgroup_root "$dir")" "$rootfs" "${NODE_BIND_RO:-}" >"$dir/env"
-  write_node_files "$dir" "$index" "$name"
+  printf 'NETNS=%s\nNODE_NAME=%s\nNODE_INDEX=%s\nCGROUP_ROOT=%s\nROOTFS=%s\nNODE_BIND_RO=%s\nNODE_BIND=%s\n' \
+    "$netns" "$name" "$index" "$(cgroup_root "$dir")" "$rootfs" "${NODE_BIND_RO:-}" "${NODE_BIND:-}" >"$dir/env"
+  write_node_files "$dir" "$index" "$name" "${NODE_DNS:-}"
   [ "$(stat -f -c %T /sys/fs/cgroup)" = cgroup2fs ] || log "cgroup v1 here: the node remounts its controllers writable (cgroups-writable.service)"
   can_lower_oom_score || log "root lacks CAP_SYS_RESOURCE here: containerd clamps the pods' oom_score_adj at its own (restrict_oom_score_adj)"
   if [ -n "$cp_dir" ]; then
@@ -397,7 +440,7 @@ start() {
     read -r k8s_bin _ < <("$here/control-plane.sh" build)
     read -r node_bin cni_bin < <("$here/control-plane.sh" build-node)
     write_kubelet_files "$dir" "$index" "$name" "$(cd "$cp_dir" && pwd)"
-    echo "$node_bin/kubelet" >"$dir/kubelet"
+    echo "$node_bin" >"$dir/node-bin"
     echo "$cni_bin" >"$dir/cni-bin"
     echo "KUBECTL=$k8s_bin/kubectl" >>"$dir/env"
   fi
@@ -410,7 +453,7 @@ start() {
       node_exec "$dir" ctr -n k8s.io images import --snapshotter overlayfs - <"$image" >/dev/null
     done
     log "images: $(node_exec "$dir" ctr -n k8s.io images ls -q | tr '\n' ' ')"
-    node_exec "$dir" systemctl enable --now kubelet.service
+    node_exec "$dir" systemctl enable --quiet --now kube-proxy.service kubelet.service
   fi
   log "up: $name ($(node_ip "$index")) in $netns, state in $dir"
 }
@@ -460,8 +503,9 @@ case "${1:-}" in
   exec) shift && node_exec "$@" ;;
   reboot) poweroff "$2" && detach_network "$2" && boot "$2" ;;
   stop) stop "$2" ;;
+  network) ensure_bridge ;;
   *)
-    sed -n '2,33p' "$0" >&2
+    sed -n '2,41p' "$0" >&2
     exit 2
     ;;
 esac

@@ -87,6 +87,17 @@ impl ControlPlane {
 
     /// Starts one with nothing applied; `controllers` replaces kube-controller-manager's list.
     pub fn launch(kubectl: PathBuf, tag: &str, controllers: Option<&str>) -> Self {
+        Self::launch_at(kubectl, tag, controllers, "127.0.0.1")
+    }
+
+    /// Like [`Self::launch`], with the API server on the node network's host address (which
+    /// [`super::node::Node::network`] makes), where kubelets and kube-proxy reach it and which the
+    /// `kubernetes` Service's endpoint names.
+    pub fn launch_on_node_network(kubectl: PathBuf, tag: &str, controllers: Option<&str>) -> Self {
+        Self::launch_at(kubectl, tag, controllers, super::node::HOST_IP)
+    }
+
+    fn launch_at(kubectl: PathBuf, tag: &str, controllers: Option<&str>, address: &str) -> Self {
         static SERIAL: Mutex<()> = Mutex::new(());
         let serial = SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = TempDir::new(tag);
@@ -96,6 +107,7 @@ impl ControlPlane {
             .args([SCRIPT, "start"])
             .arg(&dir.0)
             .env("APISERVER_PORT", port.to_string())
+            .env("APISERVER_ADDRESS", address)
             .env("ETCD_PORT", free_port().to_string())
             .env("ETCD_PEER_PORT", free_port().to_string());
         if let Some(controllers) = controllers {

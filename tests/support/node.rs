@@ -1,23 +1,18 @@
 //! A real node for the tests: Debian booted with systemd as PID 1 by `tests/cluster/node.sh`, in
 //! namespaces of its own, with systemd-resolved, systemd-networkd and containerd as units; joined
-//! to a [`ControlPlane`], it runs the kubelet too. This side adds what the script cannot: the relay
-//! for the `kubernetes` Service where no kube-proxy runs, and access to the node's files, commands
-//! and journal.
+//! to a [`ControlPlane`] listening on the node network, it runs kube-proxy and the kubelet too.
+//! This side adds access to the node's files, commands and journal.
 
 use std::mem::ManuallyDrop;
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use super::control_plane::ControlPlane;
 use super::netns::Netns;
-use super::relay::relay;
 use super::{TempDir, wait_until};
 
 pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/node.sh");
-/// The `kubernetes` Service's address, which the node's kubelet and pods use for the API server.
-const KUBERNETES_SERVICE: &str = "10.96.0.1";
 /// The host's address on the node network (node.sh): the nodes' only router.
 pub const HOST_IP: &str = "10.198.0.1";
 /// A name only the nodes' own DNS server ([`HostDns`]) knows, and its address.
@@ -38,33 +33,52 @@ pub struct Node {
 impl Node {
     /// Boots node `index`, with each `(host path, node path)` of `binds` mounted read-only on it.
     pub fn boot(index: u8, binds: &[(&Path, &str)]) -> Self {
-        Self::start(index, binds, None)
+        Self::start(index, binds, &[], None)
     }
 
-    /// Boots node `index` joined to `cp`, with the images in `images` (OCI archives) imported and
-    /// the kubelet started; the `kubernetes` Service relayed to the API server.
-    pub fn join(cp: &ControlPlane, index: u8, images: &Path, binds: &[(&Path, &str)]) -> Self {
-        let node = Self::start(index, binds, Some((cp, images)));
-        let listener = node.netns.run(|| TcpListener::bind((KUBERNETES_SERVICE, 443)).unwrap());
-        relay(listener, SocketAddr::from(([127, 0, 0, 1], cp.port)));
-        node
+    /// Boots node `index` joined to `cp` (started with [`ControlPlane::launch_on_node_network`]),
+    /// with the images in `images` (OCI archives) imported, [`HostDns`] as the node's own DNS
+    /// server from its first boot (as DHCP gives it), and kube-proxy and the kubelet started; each
+    /// `(host path, node path)` of `binds` mounted read-only, of `shared` read-write.
+    pub fn join(
+        cp: &ControlPlane,
+        index: u8,
+        images: &Path,
+        binds: &[(&Path, &str)],
+        shared: &[(&Path, &str)],
+    ) -> Self {
+        Self::start(index, binds, shared, Some((cp, images)))
     }
 
-    fn start(index: u8, binds: &[(&Path, &str)], cluster: Option<(&ControlPlane, &Path)>) -> Self {
+    /// Makes the node network (its bridge and the host's [`HOST_IP`]) before any node boots.
+    pub fn network() {
+        let status = Command::new("bash").args([SCRIPT, "network"]).status().unwrap();
+        assert!(status.success(), "node.sh network failed");
+    }
+
+    fn start(
+        index: u8,
+        binds: &[(&Path, &str)],
+        shared: &[(&Path, &str)],
+        cluster: Option<(&ControlPlane, &Path)>,
+    ) -> Self {
         let dir = TempDir::new("node");
         let name = format!("node-{index}");
         let netns = format!("rdns-node-{index}-{}", std::process::id());
-        let binds: Vec<String> = binds.iter().map(|(host, node)| format!("{}:{node}", host.display())).collect();
+        let list = |binds: &[(&Path, &str)]| {
+            binds.iter().map(|(host, node)| format!("{}:{node}", host.display())).collect::<Vec<_>>().join(" ")
+        };
         let mut command = Command::new("bash");
         command.args([SCRIPT, "start"]).arg(&dir.0);
         if let Some((cp, images)) = cluster {
-            command.arg(&cp.dir.0).arg(images);
+            command.arg(&cp.dir.0).arg(images).env("NODE_DNS", HOST_IP);
         }
         let status = command
             .env("NODE_INDEX", index.to_string())
             .env("NODE_NAME", &name)
             .env("NETNS", &netns)
-            .env("NODE_BIND_RO", binds.join(" "))
+            .env("NODE_BIND_RO", list(binds))
+            .env("NODE_BIND", list(shared))
             .status()
             .unwrap();
         let node = Self { name, index, netns: ManuallyDrop::new(Netns { name: netns }), dir };

@@ -15,7 +15,12 @@ pub fn build() -> [PathBuf; 3] {
     let status =
         Command::new("go").args(["build", "-o"]).arg(&go).arg(src().join("lookup.go")).env("CGO_ENABLED", "0").status();
     assert!(status.is_ok_and(|s| s.success()), "go build failed (Go is on every machine of this kind)");
-    [glibc(), c("lookup-musl", "musl-gcc", &["-static"]), go]
+    [glibc(), musl(), go]
+}
+
+/// `lookup.c` linked static against musl, the stub of Alpine-based images.
+pub fn musl() -> PathBuf {
+    c("lookup-musl", "musl-gcc", &["-static"])
 }
 
 fn c(name: &str, cc: &str, flags: &[&str]) -> PathBuf {

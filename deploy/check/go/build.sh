@@ -2,7 +2,7 @@
 # Builds a Go tool pinned by deploy/check/go/NAME/go.mod (its `tool` line; go.sum verified,
 # -mod=readonly), once per version, into a cache outside the repository that later runs and other
 # worktrees reuse, and prints the binary's path. deploy/check.sh builds helm and actionlint with
-# it; tests/kubelet_node.rs runs the same helm.
+# it; tests/kubelet_cluster.rs runs the same helm.
 #
 #   deploy/check/go/build.sh NAME     -> ${REGISTRY_DNS_TOOLS_CACHE:-/var/cache/registry-dns/tools}/NAME-VERSION/NAME
 set -euo pipefail

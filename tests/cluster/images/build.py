@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Builds the images a test node runs, without a daemon or a registry: one-layer OCI archives that
 `ctr -n k8s.io images import` loads under the names the manifests use, so that the manifests stay
-as shipped (tests/kubelet_node.rs; no image can be pulled on these machines).
+as shipped (tests/kubelet_cluster.rs; no image can be pulled on these machines).
 
-    build.py OUTDIR --pause BIN --registry-dns BIN --crane BIN --version V --revision R
+    build.py OUTDIR --pause BIN --registry-dns BIN --crane BIN --coredns BIN --coredns-version V
+             --lookup-musl BIN --version V --revision R
 
 writes OUTDIR/NAME.tar for each image below and prints `NAME REFERENCE` per line:
   pause         the pod sandbox (containerd's sandbox_image): our static pause binary
@@ -19,6 +20,11 @@ writes OUTDIR/NAME.tar for each image below and prints `NAME REFERENCE` per line
                 is Debian 12 (bookworm) too
   crane         a test-only image: crane and /app.tar, a docker-archive image (the pause binary as
                 /app) that a pod pushes to the registry by name
+  coredns       registry.k8s.io/coredns/coredns (kubeadm's): /coredns with cap_net_bind_service as
+                a file capability, USER 65532 (nonroot), ENTRYPOINT /coredns, as CoreDNS's own
+                image has it, on the same few distroless files
+  resolvers     a test-only image: glibc's getent (this host's, with its libraries) and
+                tests/resolvers/lookup.c linked static with musl (/lookup-musl)
 """
 
 import argparse
@@ -192,6 +198,9 @@ def main():
     p.add_argument("--pause", required=True)
     p.add_argument("--registry-dns", required=True)
     p.add_argument("--crane", required=True)
+    p.add_argument("--coredns", required=True, help="the CoreDNS binary, with cap_net_bind_service+ep")
+    p.add_argument("--coredns-version", required=True)
+    p.add_argument("--lookup-musl", required=True)
     p.add_argument("--version", required=True, help="registry-dns's version: the image tag (the chart's appVersion)")
     p.add_argument("--revision", required=True, help="the git commit, for the OCI revision label")
     a = p.parse_args()
@@ -250,6 +259,21 @@ def main():
     crane.file("/app.tar", docker_archive("knative-local-registry:5000/app:1", app, {"Entrypoint": ["/app"], "Env": ["PATH=" + PATH]}))
     crane.dir("/tmp", 0o1777)
     images["crane"] = ("registry-dns.test/crane:1", crane, {"Entrypoint": ["/crane"], "Env": ["PATH=" + PATH, "HOME=/tmp"]})
+
+    coredns = Layer()
+    distroless_nonroot(coredns)
+    coredns.host_file(a.coredns, "/coredns", 0o755, xattrs=["security.capability"])
+    images["coredns"] = (
+        f"registry.k8s.io/coredns/coredns:{a.coredns_version}",
+        coredns,
+        {"User": "65532:65532", "Entrypoint": ["/coredns"], "Env": ["PATH=" + PATH], "ExposedPorts": {"53/udp": {}, "53/tcp": {}}},
+    )
+
+    resolvers = Layer()
+    resolvers.host_binaries({"/usr/bin/getent": "/usr/bin/getent"})
+    resolvers.host_file(a.lookup_musl, "/lookup-musl", 0o755)
+    resolvers.file("/etc/nsswitch.conf", b"hosts: files dns\n")
+    images["resolvers"] = ("registry-dns.test/resolvers:1", resolvers, {"Env": ["PATH=" + PATH]})
 
     for name, (reference, layer, config) in images.items():
         oci_archive(os.path.join(a.out, name + ".tar"), reference, layer, config)
