@@ -295,12 +295,12 @@ impl Cluster {
             .sum()
     }
 
-    /// Open WATCH requests on EndpointSlices in one namespace: registry-dns's (kube-proxy,
-    /// CoreDNS and the controllers watch every namespace).
-    fn namespaced_slice_watches(&self) -> f64 {
+    /// Open WATCH requests on EndpointSlices of `scope`: `namespace` is registry-dns's alone
+    /// (kube-proxy, CoreDNS and the controllers watch every namespace, `cluster`).
+    fn slice_watches(&self, scope: &str) -> f64 {
         self.apiserver_metric(
             "apiserver_longrunning_requests{",
-            "resource=\"endpointslices\",scope=\"namespace\",subresource=\"\",verb=\"WATCH\"",
+            &format!("resource=\"endpointslices\",scope=\"{scope}\",subresource=\"\",verb=\"WATCH\""),
         )
     }
 
@@ -574,6 +574,7 @@ fn three_nodes_resolve_push_pull_and_move_the_registry_then_a_fourth_joins_and_t
     c.node("node-2").sh_ok(&format!("{crictl} rmi {REPO}:1 >/dev/null"));
     let generations = c.slice_generations();
     let events = c.apiserver_metric("apiserver_watch_events_total{", "endpointslices");
+    let (namespaced, cluster_wide) = (c.slice_watches("namespace"), c.slice_watches("cluster"));
     let usage: Vec<String> = c.nodes.iter().map(|n| format!("{}: {}", n.name, registry_dns_usage(n))).collect();
     let stop = AtomicBool::new(false);
     let start = Instant::now();
@@ -620,7 +621,16 @@ fn three_nodes_resolve_push_pull_and_move_the_registry_then_a_fourth_joins_and_t
          pulled at {pulled:?}: drain to pull {drain_to_pull:?}",
         moved_to[0].1
     );
-    eprintln!("step 4: EndpointSlice changes {changed:?}, watch events sent for EndpointSlices {events}");
+    // Each change of the registry's slice goes to every watcher of it (registry-dns's and the
+    // cluster-wide ones); any other slice's only to the cluster-wide ones.
+    let expected: f64 = changed
+        .iter()
+        .map(|(slice, n)| *n as f64 * (cluster_wide + if slice.starts_with("registry/") { namespaced } else { 0.0 }))
+        .sum();
+    eprintln!(
+        "step 4: EndpointSlice WATCHes: {namespaced} in one namespace (registry-dns's), {cluster_wide} cluster-wide; \
+         slices changed {changed:?}; watch events sent for EndpointSlices {events} ({expected} expected from the watches)"
+    );
     // What each node's client saw: no failure; NODATA only while the slice had no ready pod; the
     // old pod no later than 1 s after the slice dropped it.
     let slack = Duration::from_secs(1);
@@ -683,7 +693,7 @@ fn three_nodes_resolve_push_pull_and_move_the_registry_then_a_fourth_joins_and_t
     );
     assert!(pulled4 < Duration::from_secs(60), "node-4 pulls by name within a minute of joining: {pulled4:?}");
     wait_for("one registry-dns watch per node", Duration::from_secs(30), || {
-        let watches = c.namespaced_slice_watches();
+        let watches = c.slice_watches("namespace");
         (watches == 4.0).then_some(()).ok_or(format!("{watches}"))
     });
     times.push(("5. node-4 joins, is wired and pulls", t.elapsed()));
@@ -748,7 +758,7 @@ fn three_nodes_resolve_push_pull_and_move_the_registry_then_a_fourth_joins_and_t
 
     // The resource figures: registry-dns on each node through steps 1 to 4 (node-4's through
     // step 5), and the API server's watches.
-    let watches = c.namespaced_slice_watches();
+    let watches = c.slice_watches("namespace");
     eprintln!("registry-dns before the drain (steps 1-3): {usage:#?}\nnode-4 (step 5): {usage4}");
     eprintln!("EndpointSlice WATCH requests in one namespace (registry-dns's): {watches}");
     assert_eq!(watches, 4.0, "one watch per node");
