@@ -248,3 +248,43 @@ fn a_changed_resolv_conf_switches_the_upstreams_and_a_broken_one_is_ignored() {
     assert!(s.wait_for_log("keeping the current upstreams", Duration::from_secs(10)), "{:?}", s.logs());
     assert_eq!(www(), ["192.0.2.3"]);
 }
+
+#[test]
+fn with_no_upstream_but_itself_it_serves_its_names_and_takes_the_first_upstream_listed() {
+    // A node whose resolver is not set up yet: the file is missing, then lists nothing but
+    // registry-dns itself. It starts all the same, says why once, answers its local names and
+    // fails forwarded ones at once; registry_dns_upstreams says 0 (RegistryDnsNoUpstream).
+    let ns = Netns::new("no-upstream", "nameserver 127.0.0.1\n");
+    let _upstream = ns.dnsmasq("127.0.0.2", "192.0.2.2");
+    let dir = TempDir::new("no-upstream");
+    let resolv_conf = dir.path("resolv.conf");
+    let s = RegistryDns::start_with(
+        ns.exec(&[RegistryDns::BIN]),
+        &[
+            "--listen",
+            "127.0.0.1:53",
+            "--record",
+            &format!("{NAME}=10.0.0.10"),
+            "--resolv-conf",
+            resolv_conf.to_str().unwrap(),
+        ],
+    );
+    let warned: Vec<String> = s.logs().into_iter().filter(|l| l.contains("no upstream")).collect();
+    assert_eq!(warned.len(), 1, "one line says why: {:?}", s.logs());
+    assert!(warned[0].contains("serving the local names") && warned[0].contains("resolv.conf"), "{warned:?}");
+    assert_eq!(ns.dig("127.0.0.1", &[NAME, "A"]).rdata("A"), ["10.0.0.10"]);
+    let www = ns.dig("127.0.0.1", &["www.test", "A"]);
+    assert_eq!(www.status, "SERVFAIL", "{}", www.raw);
+    assert!(www.query_time() < Duration::from_millis(100), "SERVFAIL at once, not after a timeout: {}", www.raw);
+    assert_eq!(ns.run(|| support::scrape::Scrape::of(&s)).get("registry_dns_upstreams", &[]), 0.0);
+    std::fs::write(&resolv_conf, "nameserver 127.0.0.1\n").unwrap();
+    assert!(s.wait_for_log("keeping the current upstreams", Duration::from_secs(10)), "{:?}", s.logs());
+    assert_eq!(ns.dig("127.0.0.1", &[NAME, "A"]).rdata("A"), ["10.0.0.10"]);
+
+    // The node's resolver comes up: the file lists an upstream, taken up without a restart.
+    std::fs::write(&resolv_conf, "nameserver 127.0.0.1\nnameserver 127.0.0.2\n").unwrap();
+    let forwarded =
+        wait_until(Duration::from_secs(10), || ns.dig("127.0.0.1", &["www.test", "A"]).rdata("A") == ["192.0.2.2"]);
+    assert!(forwarded, "{:?}", s.logs());
+    assert_eq!(ns.run(|| support::scrape::Scrape::of(&s)).get("registry_dns_upstreams", &[]), 1.0);
+}

@@ -342,7 +342,8 @@ fn story(wiring: Wiring) {
     let after = node.resolver_snapshot();
     assert_eq!(after, before, "removal restores resolved and the node's lookups byte for byte");
     eprintln!(
-        "{wiring:?}: wired {wired_in:?} after node setup started; a recreated registry-dns0 rewired in {rewired_in:?}; \
+        "{wiring:?}: resolving {wired_in:?} after node setup started (a lookup under way while it restarts resolved \
+         waits out glibc's timeout); a recreated registry-dns0 rewired in {rewired_in:?}; \
          resolving {after_reboot:?} after the reboot; registry-dns stopped: {NAME} failed in {failed_in:?}, \
          {ORDINARY} took {ordinary_took:?}"
     );

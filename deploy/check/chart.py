@@ -156,7 +156,8 @@ def check_values_reach(objs):
         expect(f"--{f} passed though unset", not any(flag(a) == f for a in args))
     expect(f"image {c['image']}", c["image"] == "registry.example.org/dns/registry-dns@sha256:" + "0123456789abcdef" * 4)
     expect("probes on ops.port", c["livenessProbe"]["httpGet"]["port"] == 8199 == c["readinessProbe"]["httpGet"]["port"])
-    expect("upstream.resolvConf", spec["volumes"][0]["hostPath"]["path"] == "/etc/resolv.conf")
+    expect("upstream.resolvConf", spec["volumes"][0]["hostPath"]["path"] == "/etc"
+           and "--resolv-conf=/host/resolv/resolv.conf" in args)
     expect("resources", c["resources"]["limits"] == {"memory": "128Mi"})
     expect("tolerations", spec["tolerations"][0]["key"] == "node-role.kubernetes.io/control-plane")
     expect("nodeSelector", spec.get("nodeSelector") == {"kubernetes.io/os": "linux", "node-role.kubernetes.io/worker": ""})
@@ -167,14 +168,14 @@ def check_values_reach(objs):
     setup_spec = setup["spec"]["template"]["spec"]
     env = {e["name"]: e["value"] for e in setup_spec["containers"][0]["env"]}
     expect(f"node setup env {env}", env == {
-        "ACTION": "remove", "MODE": "resolv-conf", "ADDRESS": "10.0.0.53", "CONTAINERD": "auto",
+        "ACTION": "remove", "MODE": "resolv-conf", "ADDRESS": "10.0.0.53",
+        "NAMES": "knative-local-registry registry-mirror build-cache", "CONTAINERD": "auto",
         "REGISTRIES": "knative-local-registry:5000 registry-mirror:5001", "REGISTRY_TLS": "true"})
     expect("node setup CA ConfigMap", {"name": "my-registry-ca", "optional": True} in
            [v.get("configMap") for v in setup_spec["volumes"]])
     expect("node setup priorityClassName empty leaves it out", "priorityClassName" not in setup_spec)
     dropin = next(o for o in objs if o["kind"] == "ConfigMap")["data"]["registry-dns.conf"]
-    expect(f"drop-in {dropin}", "\nDNS=10.0.0.53\n" in dropin
-           and "\nDomains=~knative-local-registry ~registry-mirror ~build-cache\n" in dropin)
+    expect("drop-in: deploy/node's, whatever the values", dropin == open("deploy/node/registry-dns.conf").read())
     roles, _ = rbac(objs)
     services_only = json.dumps([{"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]}],
                                sort_keys=True)

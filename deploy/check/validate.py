@@ -234,15 +234,18 @@ def check_daemonset(where, ds, binary_help, defaults=True):
         get = c[probe]["httpGet"]
         if (get.get("host"), str(get["port"]), get["path"]) != (ops_host, ops_port, path):
             err(name, f"{probe} {get} does not reach --ops-listen {args['ops-listen']}{path}")
+    # The resolv.conf is read from its host directory, mounted read-only: resolved and DHCP
+    # clients replace the file, which a mount of the file alone would never show.
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    rc = mounts.get(args["resolv-conf"])
+    directory, _, file_name = args["resolv-conf"].rpartition("/")
+    rc = mounts.get(directory)
     if not rc or not rc.get("readOnly"):
-        err(name, f"--resolv-conf {args['resolv-conf']} is not a read-only mount")
+        err(name, f"--resolv-conf {args['resolv-conf']} is not in a read-only mount of its directory")
     else:
         vol = next(v for v in spec["volumes"] if v["name"] == rc["name"])
-        if vol.get("hostPath", {}).get("type") != "File":
-            err(name, "the resolv.conf volume is not a hostPath of type File")
-        if vol["hostPath"]["path"] == "/run/systemd/resolve/stub-resolv.conf":
+        if vol.get("hostPath", {}).get("type") != "Directory":
+            err(name, "the resolv.conf volume is not a hostPath of type Directory")
+        if f'{vol["hostPath"]["path"].rstrip("/")}/{file_name}' == "/run/systemd/resolve/stub-resolv.conf":
             err(name, "the systemd-resolved stub resolv.conf (127.0.0.53) loops")
     if "interface-name" in args and args.get("listen", "").rsplit(":", 1)[0].strip("[]") != args.get("interface-address"):
         err(name, "--listen is not on --interface-address")
