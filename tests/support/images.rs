@@ -14,7 +14,7 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 pub fn build(crane: &Path, coredns: &Path, lookup_musl: &Path) -> Result<PathBuf, String> {
     let target =
         std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| Path::new(ROOT).join("target"));
-    let out = target.join("kubelet-node-images");
+    let out = target.join("kubelet-cluster-images");
     let bin = out.join("bin");
     std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
     let pause = bin.join("pause");
