@@ -583,25 +583,33 @@ fn three_nodes_resolve_push_pull_and_move_the_registry_then_a_fourth_joins_and_t
     let usage: Vec<String> = c.nodes.iter().map(|n| format!("{}: {}", n.name, registry_dns_usage(n))).collect();
     let stop = AtomicBool::new(false);
     let start = Instant::now();
-    let (answers, slices, drained, pulled) = std::thread::scope(|s| {
+    let (answers, slices, drained, drain_done, pulled) = std::thread::scope(|s| {
         let clients: Vec<_> = c.nodes.iter().map(|n| s.spawn(|| ask_until(n, start, &stop))).collect();
         let slices = s.spawn(|| watch_slices(&c, start, &stop));
         std::thread::sleep(Duration::from_secs(1));
         let drain_start = start.elapsed();
-        c.cp.kubectl(&["drain", "node-1", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=120s"]);
-        // The next pull: crictl on node-2 asks containerd's CRI image service, as the kubelet
-        // does, until it succeeds.
+        let drain = s.spawn(|| {
+            c.cp.kubectl(&["drain", "node-1", "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=120s"]);
+            start.elapsed()
+        });
+        // The next pull, from the moment the old pod leaves the EndpointSlice (before, a pull
+        // might still reach it): crictl on node-2 asks containerd's CRI image service, as the
+        // kubelet does, until it succeeds.
         let pulled = wait_for("a pull by name after the drain", Duration::from_secs(120), || {
+            if c.registry_endpoints().contains(&registry1) {
+                return Err("the old pod is still in the slice".to_string());
+            }
             let out = c.node("node-2").sh(&format!("{crictl} pull {REPO}:1"));
             out.status
                 .success()
                 .then(|| start.elapsed())
                 .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
         });
+        let drain_done = drain.join().unwrap();
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, Ordering::Relaxed);
         let answers: Vec<_> = clients.into_iter().map(|h| h.join().unwrap()).collect();
-        (answers, slices.join().unwrap(), drain_start, pulled)
+        (answers, slices.join().unwrap(), drain_start, drain_done, pulled)
     });
     let registry2 = wait_for("the moved registry in the EndpointSlices", Duration::from_secs(10), || {
         let ips = c.registry_endpoints();
@@ -622,7 +630,7 @@ fn three_nodes_resolve_push_pull_and_move_the_registry_then_a_fourth_joins_and_t
         .filter(|(_, d)| *d > 0)
         .collect();
     eprintln!(
-        "step 4: drain at {drained:?}; the slice dropped {registry1} at {gone:?} and listed {registry2} ({}) at {back:?}; \
+        "step 4: drain at {drained:?} (kubectl drain returned at {drain_done:?}); the slice dropped {registry1} at {gone:?} and listed {registry2} ({}) at {back:?}; \
          pulled at {pulled:?}: drain to pull {drain_to_pull:?}",
         moved_to[0].1
     );
