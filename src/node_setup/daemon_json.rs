@@ -56,6 +56,9 @@ pub fn state_path(daemon_json: &Path) -> PathBuf {
 pub fn plan_install(file: &Path, current: Option<&str>, state: Option<State>, registries: &[String]) -> Plan {
     let file = file.display();
     let Some(state) = state else {
+        if registries.is_empty() {
+            return Plan::Keep(format!("{file}: no plain-HTTP registry to merge"));
+        }
         let object = match current.map(parse).transpose() {
             Ok(object) => object.unwrap_or_default(),
             Err(e) => {

@@ -201,8 +201,9 @@ impl Drop for RegistryNode {
 pub const SETUP_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/node/setup.sh");
 
 /// Runs deploy/node/setup.sh (ACTION=install, resolver untouched: MODE=none) on this host's files
-/// as the node setup pod runs it on a node, with containerd's config at `containerd_config` and
-/// k3s's directories absent, plus `env` (REGISTRY_TLS, REGISTRY_CA...); its output.
+/// as the node setup pod runs it on a node, with containerd's config at `containerd_config`,
+/// k3s's directories absent and the other runtimes off (`env` turns them on, with their scratch
+/// directories), plus `env` (REGISTRY_TLS, REGISTRY_CA...); its output.
 pub fn node_setup(containerd_config: &Path, env: &[(&str, &str)]) -> String {
     let scratch = containerd_config.parent().unwrap();
     let out = Command::new("sh")
@@ -213,6 +214,8 @@ pub fn node_setup(containerd_config: &Path, env: &[(&str, &str)]) -> String {
         .env("CONTAINERD_CONFIG", containerd_config)
         .env("K3S_CONFIG_DIR", scratch.join("no-k3s"))
         .env("K3S_DATA_DIR", scratch.join("no-k3s-data"))
+        .env("CONTAINERS_IMAGE", "off")
+        .env("DOCKER", "off")
         .envs(env.iter().copied())
         .output()
         .unwrap();
