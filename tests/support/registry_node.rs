@@ -153,6 +153,44 @@ impl RegistryNode {
         (out.status.code(), report)
     }
 
+    /// The node's /etc/containers and /etc/docker: /etc/netns/NAME/{containers,docker}, which
+    /// `ip netns exec` lays over them for every process of the node. /etc/containers starts
+    /// with this host's policy.json and registries.conf (Debian's, as a node with containers-common
+    /// has them); /etc/docker empty.
+    pub fn runtime_dirs(&self) -> (PathBuf, PathBuf) {
+        let etc = PathBuf::from(self.ns.etc());
+        let (containers, docker) = (etc.join("containers"), etc.join("docker"));
+        std::fs::create_dir_all(containers.join("registries.conf.d")).unwrap();
+        std::fs::create_dir_all(&docker).unwrap();
+        for file in ["policy.json", "registries.conf"] {
+            let _ = std::fs::copy(Path::new("/etc/containers").join(file), containers.join(file));
+        }
+        (containers, docker)
+    }
+
+    /// deploy/node/setup.sh ACTION for containers/image and Docker only, on the node's
+    /// directories (`runtime_dirs`), dockerd's pid in `pidfile`, with the registry's CA when it
+    /// serves TLS, plus `env` (which wins); its output.
+    pub fn setup_runtimes(&self, action: &str, pidfile: &Path, env: &[(&str, &str)]) -> String {
+        let (containers, docker) = (format!("{}/containers", self.ns.etc()), format!("{}/docker", self.ns.etc()));
+        let mut all = vec![
+            ("ACTION", action),
+            ("CONTAINERD", "off"),
+            ("CONTAINERS_IMAGE", "auto"),
+            ("DOCKER", "auto"),
+            ("CONTAINERS_DIR", containers.as_str()),
+            ("DOCKER_DIR", docker.as_str()),
+            ("DOCKER_PIDFILE", pidfile.to_str().unwrap()),
+            ("REGISTRY_DNS", RegistryDns::BIN),
+        ];
+        let ca = self.ca.as_ref().map(|ca| ca.display().to_string());
+        if let Some(ca) = &ca {
+            all.push(("REGISTRY_CA", ca.as_str()));
+        }
+        all.extend_from_slice(env);
+        node_setup(&self.dir.path("no-containerd.toml"), &all)
+    }
+
     /// Builds a one-layer image with `crane` (no base, nothing pulled) and pushes it to `reference`
     /// from the node (trusting the registry's CA, or over plain HTTP); its digest.
     pub fn push_image(&self, crane: &Path, reference: &str) -> String {

@@ -1,0 +1,324 @@
+//! The other runtimes' pulls, by name, with only what node setup wrote: **podman** (Debian's,
+//! rootful, vfs storage: the containers/image code and files CRI-O pulls with) and **dockerd**
+//! (Debian's docker.io, started here with its own data root, exec root, socket and pidfile,
+//! `--iptables=false`, no bridge) pull `knative-local-registry:5000/demo:1` from the real
+//! registry (Debian's distribution) on a node whose resolver is registry-dns
+//! (tests/support/registry_node.rs), plain HTTP and TLS; dockerd pushes by name too.
+//!
+//! The node's /etc/containers and /etc/docker are scratch directories: `ip netns exec` lays
+//! /etc/netns/NAME/{containers,docker} over them for every process of the node (podman, dockerd,
+//! the doctor), and deploy/node/setup.sh (as the node setup pod runs it, resolver and containerd
+//! left alone) writes into those same directories. /etc/containers starts with Debian's
+//! policy.json and registries.conf only (what a node with containers-common has); /etc/docker with
+//! a user's daemon.json of other keys. Before node setup, each pull fails (plain HTTP: "server gave
+//! HTTP response to HTTPS client"; TLS: an unknown authority): the pass is the setup's doing.
+//! dockerd is never restarted: node setup's SIGHUP makes it reload `insecure-registries`. After
+//! removal the user's daemon.json is back byte for byte. Then `registry-dns doctor --registry`
+//! agrees, exit 0.
+//!
+//! Needs root; skipped with a loud message when not root or when a part is missing, and never
+//! skipped when `CI` is set.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use support::control_plane::{self, skip_or_fail};
+use support::registry_node::{REGISTRY, RegistryNode};
+use support::wait_until;
+
+const PODMAN: &str = "/usr/bin/podman";
+const DOCKERD: &str = "/usr/sbin/dockerd";
+const DOCKER: &str = "/usr/bin/docker";
+/// A user's daemon.json: keys of their own (none that dockerd's flags here also set), tabs, no
+/// final newline, an insecure-registries list of theirs; it must come back byte for byte.
+const USERS_DAEMON_JSON: &str = "{\n\t\"log-level\": \"warn\",\n\t\"labels\": [\"registry-dns-test\"],\n\t\"max-concurrent-downloads\": 2,\n\t\"insecure-registries\": [\"10.99.0.0/16\"]\n}";
+
+fn crane() -> Option<&'static PathBuf> {
+    static CRANE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let crane = CRANE.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("tests/runtimes_pull.rs needs root (network namespaces, podman, dockerd)".into());
+        }
+        for tool in [PODMAN, DOCKERD, DOCKER, "/usr/bin/docker-registry", "/etc/containers/policy.json"] {
+            if !Path::new(tool).exists() {
+                return Err(format!("{tool} is missing (tests/run.sh installs podman, docker.io, docker-registry)"));
+            }
+        }
+        Ok(control_plane::build("build-e2e")?[1].join("crane"))
+    });
+    match crane {
+        Ok(crane) => Some(crane),
+        Err(e) => skip_or_fail(e),
+    }
+}
+
+/// One runtime at a time: they share this 2-CPU machine with the rest of the suite.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// `podman ARGS` on the node: rootful, its storage (vfs) and run directories in the node's scratch.
+fn podman(node: &RegistryNode, args: &[&str]) -> Output {
+    let (root, run, tmp) = (node.dir.path("podman-root"), node.dir.path("podman-run"), node.dir.path("podman-tmp"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut argv = vec![
+        PODMAN,
+        "--root",
+        root.to_str().unwrap(),
+        "--runroot",
+        run.to_str().unwrap(),
+        "--tmpdir",
+        tmp.to_str().unwrap(),
+        "--storage-driver",
+        "vfs",
+        "--cgroup-manager",
+        "cgroupfs",
+        "--events-backend",
+        "file",
+    ];
+    argv.extend_from_slice(args);
+    node.ns.exec(&argv).stdin(Stdio::null()).output().unwrap()
+}
+
+fn podman_pulls_by_name_with_what_node_setup_wrote(tls: bool) {
+    let Some(crane) = crane() else { return };
+    let _serial = serial();
+    let node = RegistryNode::start(if tls { "podman-tls" } else { "podman-http" }, tls);
+    node.runtime_dirs();
+    let reference = format!("{REGISTRY}/demo:1");
+    let pushed = node.push_image(crane, &reference);
+
+    let refused = podman(&node, &["pull", "--quiet", &reference]);
+    let why = text(&refused);
+    eprintln!("podman, before node setup: {why}");
+    assert!(!refused.status.success(), "no drop-in yet: {why}");
+    let expected =
+        if tls { "x509: certificate signed by unknown authority" } else { "server gave HTTP response to HTTPS client" };
+    assert!(why.contains(expected), "before node setup: {why}");
+
+    let written = node.setup_runtimes("install", &node.dir.path("no-docker.pid"), &[]);
+    assert!(written.contains("wrote ") && written.contains("50-registry-dns.conf"), "{written}");
+    let pulled = podman(&node, &["pull", "--quiet", &reference]);
+    assert!(pulled.status.success(), "podman pull after node setup: {}", text(&pulled));
+    let digest = podman(&node, &["image", "inspect", "--format", "{{.Digest}}", &reference]);
+    assert_eq!(String::from_utf8_lossy(&digest.stdout).trim(), pushed, "podman pulled what was pushed");
+
+    let (code, report) = node.doctor(&["--registry", "--runtime", "containers-image"]);
+    assert_eq!(code, Some(0), "{report}");
+
+    let removed = node.setup_runtimes("remove", &node.dir.path("no-docker.pid"), &[]);
+    assert!(removed.contains("removed "), "{removed}");
+    let left: Vec<_> = walk(&PathBuf::from(node.ns.etc()).join("containers"));
+    assert_eq!(left, ["policy.json", "registries.conf"], "removal left only what was there");
+}
+
+#[test]
+fn podman_pulls_by_name_over_plain_http() {
+    podman_pulls_by_name_with_what_node_setup_wrote(false);
+}
+
+#[test]
+fn podman_pulls_by_name_over_tls() {
+    podman_pulls_by_name_with_what_node_setup_wrote(true);
+}
+
+/// The files under `dir`, relative, sorted.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().filter_map(Result::ok) {
+            match entry.file_type().unwrap().is_dir() {
+                true => dirs.push(entry.path()),
+                false => files.push(entry.path().strip_prefix(dir).unwrap().display().to_string()),
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// dockerd on the node (its resolver: registry-dns; its /etc/docker: the node's scratch one),
+/// killed on drop.
+struct Dockerd {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Dockerd {
+    fn start(node: &RegistryNode) -> Self {
+        // Short: dockerd's own containerd puts its socket under the exec root.
+        let dir = PathBuf::from(format!("/tmp/rdns-dockerd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let path = |name: &str| dir.join(name).display().to_string();
+        let child = node
+            .ns
+            .exec(&[
+                DOCKERD,
+                "--data-root",
+                &path("data"),
+                "--exec-root",
+                &path("exec"),
+                "--pidfile",
+                &path("docker.pid"),
+                "-H",
+                &format!("unix://{}", path("docker.sock")),
+                "--config-file",
+                "/etc/docker/daemon.json",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+                "--storage-driver=vfs",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd");
+        let mut this = Self { child, dir };
+        let up = wait_until(Duration::from_secs(60), || {
+            matches!(this.child.try_wait(), Ok(None)) && this.docker(&["version"]).status.success()
+        });
+        assert!(up, "dockerd did not come up:\n{}", this.log_tail());
+        this
+    }
+
+    fn pidfile(&self) -> PathBuf {
+        self.dir.join("docker.pid")
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new(DOCKER)
+            .env("DOCKER_CONFIG", self.dir.join("cli"))
+            .args(["-H", &format!("unix://{}", self.dir.join("docker.sock").display())])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// The registries the running dockerd treats as insecure (`docker info`).
+    fn insecure_registries(&self) -> String {
+        text(&self.docker(&["info", "--format", "{{json .RegistryConfig.IndexConfigs}}"]))
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // SIGTERM, as its service would be stopped, so that it stops its own containerd.
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        if !wait_until(Duration::from_secs(15), || matches!(self.child.try_wait(), Ok(Some(_)))) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(tls: bool) {
+    let Some(crane) = crane() else { return };
+    let _serial = serial();
+    let node = RegistryNode::start(if tls { "dockerd-tls" } else { "dockerd-http" }, tls);
+    let (_, docker_dir) = node.runtime_dirs();
+    let daemon_json = docker_dir.join("daemon.json");
+    std::fs::write(&daemon_json, USERS_DAEMON_JSON).unwrap();
+    let reference = format!("{REGISTRY}/demo:1");
+    let pushed = node.push_image(crane, &reference);
+
+    let dockerd = Dockerd::start(&node);
+    let pid = std::fs::read_to_string(dockerd.pidfile()).unwrap();
+    let refused = dockerd.docker(&["pull", "--quiet", &reference]);
+    let why = text(&refused);
+    eprintln!("dockerd, before node setup: {why}");
+    assert!(!refused.status.success(), "nothing written yet: {why}");
+    let expected =
+        if tls { "x509: certificate signed by unknown authority" } else { "server gave HTTP response to HTTPS client" };
+    assert!(why.contains(expected), "before node setup: {why}");
+
+    let written = node.setup_runtimes("install", &dockerd.pidfile(), &[]);
+    if tls {
+        assert!(written.contains(&format!("wrote {}/certs.d/{REGISTRY}/ca.crt", docker_dir.display())), "{written}");
+        assert_eq!(std::fs::read_to_string(&daemon_json).unwrap(), USERS_DAEMON_JSON, "TLS leaves daemon.json alone");
+    } else {
+        assert!(written.contains("sent SIGHUP to dockerd"), "{written}");
+        // The reload is dockerd's own doing, a moment after the signal.
+        let reloaded = wait_until(Duration::from_secs(10), || dockerd.insecure_registries().contains(REGISTRY));
+        assert!(reloaded, "dockerd did not reload insecure-registries: {}", dockerd.insecure_registries());
+    }
+    let pulled = dockerd.docker(&["pull", "--quiet", &reference]);
+    assert!(pulled.status.success(), "docker pull after node setup: {}\n{}", text(&pulled), dockerd.log_tail());
+    let digests = text(&dockerd.docker(&["image", "inspect", "--format", "{{json .RepoDigests}}", &reference]));
+    assert!(digests.contains(&format!("{REGISTRY}/demo@{pushed}")), "dockerd pulled what was pushed: {digests}");
+
+    // A push by name: an image made here (docker import of a one-file tarball), then pushed.
+    let content = node.dir.path("push");
+    std::fs::create_dir_all(&content).unwrap();
+    std::fs::write(content.join("pushed.txt"), "pushed by dockerd\n").unwrap();
+    let tarball = node.dir.path("push.tar");
+    let tar =
+        Command::new("tar").args(["-C", content.to_str().unwrap(), "-cf", tarball.to_str().unwrap(), "."]).output();
+    assert!(tar.unwrap().status.success());
+    let target = format!("{REGISTRY}/pushed:1");
+    let imported = dockerd.docker(&["import", tarball.to_str().unwrap(), &target]);
+    assert!(imported.status.success(), "docker import: {}", text(&imported));
+    let push = dockerd.docker(&["push", &target]);
+    let push_text = text(&push);
+    assert!(push.status.success(), "docker push: {push_text}\n{}", dockerd.log_tail());
+    let digest =
+        push_text.split_whitespace().find(|w| w.starts_with("sha256:")).expect("docker push prints the digest");
+    let mut argv = vec![crane.to_str().unwrap(), "digest", target.as_str()];
+    if !tls {
+        argv.push("--insecure");
+    }
+    let mut in_registry = node.ns.exec(&argv);
+    if let Some(ca) = &node.ca {
+        in_registry.env("SSL_CERT_FILE", ca);
+    }
+    let in_registry = in_registry.output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&in_registry.stdout).trim(), digest, "the registry holds what dockerd pushed");
+
+    let (code, report) = node.doctor(&["--registry", "--runtime", "docker"]);
+    assert_eq!(code, Some(0), "{report}");
+
+    let removed = node.setup_runtimes("remove", &dockerd.pidfile(), &[]);
+    assert_eq!(
+        std::fs::read_to_string(&daemon_json).unwrap(),
+        USERS_DAEMON_JSON,
+        "daemon.json byte for byte: {removed}"
+    );
+    assert_eq!(walk(&docker_dir), ["daemon.json"], "removal left only the user's daemon.json: {removed}");
+    if !tls {
+        // The user's list is back in the running dockerd: its own CIDR, not the registry.
+        let back = wait_until(Duration::from_secs(10), || !dockerd.insecure_registries().contains(REGISTRY));
+        assert!(back, "dockerd still lists the registry after removal: {}", dockerd.insecure_registries());
+    }
+    assert_eq!(std::fs::read_to_string(dockerd.pidfile()).unwrap(), pid, "dockerd was never restarted");
+}
+
+#[test]
+fn dockerd_pulls_and_pushes_by_name_over_plain_http() {
+    dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(false);
+}
+
+#[test]
+fn dockerd_pulls_and_pushes_by_name_over_tls() {
+    dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(true);
+}
