@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests drive (dig, nsd, ldns,
 # dnsmasq, iproute2, setpriv, openssl, curl, containerd, runc, iptables, libcap2-bin,
-# docker-registry, musl-tools) from Debian's packages when missing (their services are not
+# docker-registry, musl-tools, podman, docker.io) from Debian's packages when missing (their services are not
 # started), builds the Kubernetes parts and other Go tools the tests run
 # (tests/cluster/control-plane.sh: from pinned Go modules, cached outside the repository; it
 # installs Go from Debian, and the pinned toolchain from the module proxy, when missing), then runs
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in dig:dnsutils nsd:nsd ldns-signzone:ldnsutils ldns-keygen:ldnsutils dnsmasq:dnsmasq-base ip:iproute2 setpriv:util-linux unshare:util-linux openssl:openssl curl:curl containerd:containerd ctr:containerd runc:runc iptables:iptables setcap:libcap2-bin docker-registry:docker-registry musl-gcc:musl-tools; do
+for pair in dig:dnsutils nsd:nsd ldns-signzone:ldnsutils ldns-keygen:ldnsutils dnsmasq:dnsmasq-base ip:iproute2 setpriv:util-linux unshare:util-linux openssl:openssl curl:curl containerd:containerd ctr:containerd runc:runc iptables:iptables setcap:libcap2-bin docker-registry:docker-registry musl-gcc:musl-tools podman:podman dockerd:docker.io; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
