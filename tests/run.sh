@@ -36,10 +36,12 @@ python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q -
 # kubelet and kube-scheduler for tests/kubelet_node.rs (from the same go.mod, so their shared
 # packages compile once; the CNI plugins from their own), built once per version into a cache
 # outside the repository (a cold build takes a while; docs/testing.md, "Against a real control
-# plane"); crictl and containerd 2.x for tests/containerd_cri.rs from their own go.mod. Outside CI a
+# plane"); crictl and containerd 2.x for tests/containerd_cri.rs from their own go.mod, CRI-O for
+# tests/runtimes_pull.rs from its own. Outside CI a
 # failure here only makes those tests skip, loudly; under CI it fails the run.
 if [ $# -eq 0 ] && ! { tests/cluster/control-plane.sh build >/dev/null && tests/cluster/control-plane.sh build-e2e >/dev/null &&
-  tests/cluster/control-plane.sh build-cri >/dev/null && tests/cluster/control-plane.sh build-node >/dev/null; }; then
+  tests/cluster/control-plane.sh build-cri >/dev/null && tests/cluster/control-plane.sh build-crio >/dev/null &&
+  tests/cluster/control-plane.sh build-node >/dev/null; }; then
   [ -z "${CI:-}" ] || exit 1
 fi
 

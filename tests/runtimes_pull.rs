@@ -16,6 +16,11 @@
 //! removal the user's daemon.json is back byte for byte. Then `registry-dns doctor --registry`
 //! agrees, exit 0.
 //!
+//! **CRI-O** itself (built from its Go module by `tests/cluster/control-plane.sh build-crio`, with
+//! Debian's conmon and runc), driven by `crictl` over its CRI socket, pulls by name over plain HTTP
+//! once: started before node setup, it fails; node setup writes the drop-in and sends it SIGHUP, and
+//! the same CRI-O, not restarted, pulls.
+//!
 //! Needs root; skipped with a loud message when not root or when a part is missing, and never
 //! skipped when `CI` is set.
 
@@ -33,26 +38,38 @@ use support::wait_until;
 const PODMAN: &str = "/usr/bin/podman";
 const DOCKERD: &str = "/usr/sbin/dockerd";
 const DOCKER: &str = "/usr/bin/docker";
+const CONMON: &str = "/usr/bin/conmon";
 /// A user's daemon.json: keys of their own (none that dockerd's flags here also set), tabs, no
 /// final newline, an insecure-registries list of theirs; it must come back byte for byte.
 const USERS_DAEMON_JSON: &str = "{\n\t\"log-level\": \"warn\",\n\t\"labels\": [\"registry-dns-test\"],\n\t\"max-concurrent-downloads\": 2,\n\t\"insecure-registries\": [\"10.99.0.0/16\"]\n}";
 
-fn crane() -> Option<&'static PathBuf> {
-    static CRANE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let crane = CRANE.get_or_init(|| {
+/// The Go-built tools: crane (builds and pushes the image), crictl and CRI-O.
+struct Tools {
+    crane: PathBuf,
+    crictl: PathBuf,
+    crio: PathBuf,
+}
+
+fn tools() -> Option<&'static Tools> {
+    static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
+    let tools = TOOLS.get_or_init(|| {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err("tests/runtimes_pull.rs needs root (network namespaces, podman, dockerd)".into());
         }
-        for tool in [PODMAN, DOCKERD, DOCKER, "/usr/bin/docker-registry", "/etc/containers/policy.json"] {
+        for tool in [PODMAN, DOCKERD, DOCKER, CONMON, "/usr/bin/docker-registry", "/etc/containers/policy.json"] {
             if !Path::new(tool).exists() {
                 return Err(format!("{tool} is missing (tests/run.sh installs podman, docker.io, docker-registry)"));
             }
         }
-        Ok(control_plane::build("build-e2e")?[1].join("crane"))
+        Ok(Tools {
+            crane: control_plane::build("build-e2e")?[1].join("crane"),
+            crictl: control_plane::build("build-cri")?[0].join("crictl"),
+            crio: control_plane::build("build-crio")?[0].join("crio"),
+        })
     });
-    match crane {
-        Ok(crane) => Some(crane),
+    match tools {
+        Ok(tools) => Some(tools),
         Err(e) => skip_or_fail(e),
     }
 }
@@ -91,7 +108,8 @@ fn podman(node: &RegistryNode, args: &[&str]) -> Output {
 }
 
 fn podman_pulls_by_name_with_what_node_setup_wrote(tls: bool) {
-    let Some(crane) = crane() else { return };
+    let Some(tools) = tools() else { return };
+    let crane = &tools.crane;
     let _serial = serial();
     let node = RegistryNode::start(if tls { "podman-tls" } else { "podman-http" }, tls);
     node.runtime_dirs();
@@ -234,7 +252,8 @@ impl Drop for Dockerd {
 }
 
 fn dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(tls: bool) {
-    let Some(crane) = crane() else { return };
+    let Some(tools) = tools() else { return };
+    let crane = &tools.crane;
     let _serial = serial();
     let node = RegistryNode::start(if tls { "dockerd-tls" } else { "dockerd-http" }, tls);
     let (_, docker_dir) = node.runtime_dirs();
@@ -321,4 +340,138 @@ fn dockerd_pulls_and_pushes_by_name_over_plain_http() {
 #[test]
 fn dockerd_pulls_and_pushes_by_name_over_tls() {
     dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(true);
+}
+
+/// CRI-O on the node (its resolver: registry-dns; its /etc/containers: the node's scratch one),
+/// with its state under a scratch directory; killed on drop.
+struct Crio {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Crio {
+    fn start(node: &RegistryNode, tools: &Tools) -> Self {
+        let dir = PathBuf::from(format!("/tmp/rdns-crio-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("cni")).unwrap();
+        let log = std::fs::File::create(dir.join("crio.log")).unwrap();
+        let path = |name: &str| dir.join(name).display().to_string();
+        let runtime = format!("runc:/usr/sbin/runc:{}", path("runc"));
+        let child = node
+            .ns
+            .exec(&[
+                tools.crio.to_str().unwrap(),
+                "--config",
+                "",
+                "--config-dir",
+                &path("crio.conf.d"),
+                "--root",
+                &path("root"),
+                "--runroot",
+                &path("run"),
+                "--listen",
+                &path("crio.sock"),
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--conmon-cgroup",
+                "pod",
+                "--conmon",
+                CONMON,
+                "--default-runtime",
+                "runc",
+                "--runtimes",
+                &runtime,
+                "--cni-config-dir",
+                &path("cni"),
+                "--log-dir",
+                &path("logs"),
+                "--version-file",
+                &path("version"),
+                "--version-file-persist",
+                &path("version-persist"),
+                "--clean-shutdown-file",
+                &path("clean.shutdown"),
+                "--container-exits-dir",
+                &path("exits"),
+                "--container-attach-socket-dir",
+                &path("attach"),
+                "--namespaces-dir",
+                &path("ns"),
+                "--irqbalance-config-file",
+                "",
+                "--enable-metrics=false",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("crio");
+        let mut this = Self { child, dir };
+        let up = wait_until(Duration::from_secs(60), || {
+            matches!(this.child.try_wait(), Ok(None)) && this.crictl(tools, &["version"]).status.success()
+        });
+        assert!(up, "CRI-O did not come up:\n{}", this.log_tail());
+        this
+    }
+
+    fn crictl(&self, tools: &Tools, args: &[&str]) -> Output {
+        let endpoint = format!("unix://{}", self.dir.join("crio.sock").display());
+        Command::new(&tools.crictl)
+            .args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint, "--timeout", "30s"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("crio.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Crio {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        if !wait_until(Duration::from_secs(15), || matches!(self.child.try_wait(), Ok(Some(_)))) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn crio_cri_pulls_by_name_over_plain_http_after_node_setups_sighup() {
+    let Some(tools) = tools() else { return };
+    let _serial = serial();
+    let node = RegistryNode::start("crio-http", false);
+    node.runtime_dirs();
+    let reference = format!("{REGISTRY}/demo:1");
+    let pushed = node.push_image(&tools.crane, &reference);
+
+    let mut crio = Crio::start(&node, tools);
+    let pid = crio.child.id();
+    let refused = crio.crictl(tools, &["pull", &reference]);
+    let why = text(&refused);
+    eprintln!("CRI-O, before node setup: {why}");
+    assert!(!refused.status.success(), "no drop-in yet: {why}");
+    assert!(why.contains("server gave HTTP response to HTTPS client"), "before node setup: {why}");
+
+    let written = node.setup_runtimes("install", &node.dir.path("no-docker.pid"), &[("DOCKER", "off")]);
+    assert!(written.contains(&format!("sent SIGHUP to crio (pid {pid})")), "{written}");
+    // The reload is CRI-O's own doing, a moment after the signal.
+    let mut last = String::new();
+    let pulled = wait_until(Duration::from_secs(10), || {
+        let out = crio.crictl(tools, &["pull", &reference]);
+        last = text(&out);
+        out.status.success()
+    });
+    assert!(pulled, "crictl pull through CRI-O after node setup: {last}\n{}", crio.log_tail());
+    let image = text(&crio.crictl(tools, &["inspecti", "-o", "json", &reference]));
+    assert!(image.contains(&format!("{REGISTRY}/demo@{pushed}")), "CRI-O pulled what was pushed: {image}");
+    assert!(matches!(crio.child.try_wait(), Ok(None)), "the same CRI-O, never restarted");
 }
