@@ -166,82 +166,66 @@ fn walk(dir: &Path) -> Vec<String> {
     files
 }
 
-/// dockerd on the node (its resolver: registry-dns; its /etc/docker: the node's scratch one),
-/// killed on drop.
-struct Dockerd {
+/// A runtime's daemon on the node (its resolver: registry-dns; its /etc/containers and
+/// /etc/docker: the node's scratch ones), its state and log under a scratch directory of its own;
+/// stopped on drop with SIGTERM, as its service would be.
+struct Daemon {
     child: Child,
     dir: PathBuf,
+    name: &'static str,
 }
 
-impl Dockerd {
-    fn start(node: &RegistryNode) -> Self {
-        // Short: dockerd's own containerd puts its socket under the exec root.
-        let dir = PathBuf::from(format!("/tmp/rdns-dockerd-{}", std::process::id()));
+impl Daemon {
+    /// A fresh directory for `name`'s state: short, since dockerd's own containerd puts its socket
+    /// under it.
+    fn dir(name: &str) -> PathBuf {
+        let dir = PathBuf::from(format!("/tmp/rdns-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let path = |name: &str| dir.join(name).display().to_string();
+        dir
+    }
+
+    /// Starts `argv` in the node, then waits until `ready` (or panics with the log's tail).
+    fn start(
+        node: &RegistryNode,
+        name: &'static str,
+        dir: PathBuf,
+        argv: &[&str],
+        ready: impl Fn(&Self) -> bool,
+    ) -> Self {
+        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
         let child = node
             .ns
-            .exec(&[
-                DOCKERD,
-                "--data-root",
-                &path("data"),
-                "--exec-root",
-                &path("exec"),
-                "--pidfile",
-                &path("docker.pid"),
-                "-H",
-                &format!("unix://{}", path("docker.sock")),
-                "--config-file",
-                "/etc/docker/daemon.json",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--bridge=none",
-                "--storage-driver=vfs",
-            ])
+            .exec(argv)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .expect("dockerd");
-        let mut this = Self { child, dir };
-        let up = wait_until(Duration::from_secs(60), || {
-            matches!(this.child.try_wait(), Ok(None)) && this.docker(&["version"]).status.success()
-        });
-        assert!(up, "dockerd did not come up:\n{}", this.log_tail());
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut this = Self { child, dir, name };
+        let up = wait_until(Duration::from_secs(60), || matches!(this.child.try_wait(), Ok(None)) && ready(&this));
+        assert!(up, "{name} did not come up:\n{}", this.log_tail());
         this
     }
 
-    fn pidfile(&self) -> PathBuf {
-        self.dir.join("docker.pid")
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
     }
 
-    fn docker(&self, args: &[&str]) -> Output {
-        Command::new(DOCKER)
-            .env("DOCKER_CONFIG", self.dir.join("cli"))
-            .args(["-H", &format!("unix://{}", self.dir.join("docker.sock").display())])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// The registries the running dockerd treats as insecure (`docker info`).
-    fn insecure_registries(&self) -> String {
-        text(&self.docker(&["info", "--format", "{{json .RegistryConfig.IndexConfigs}}"]))
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        format!("{} log:\n{}", self.name, lines[lines.len().saturating_sub(30)..].join("\n"))
     }
 }
 
-impl Drop for Dockerd {
+impl Drop for Daemon {
     fn drop(&mut self) {
-        // SIGTERM, as its service would be stopped, so that it stops its own containerd.
+        // SIGTERM, so that dockerd stops its own containerd.
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         if !wait_until(Duration::from_secs(15), || matches!(self.child.try_wait(), Ok(Some(_)))) {
             let _ = self.child.kill();
@@ -249,6 +233,48 @@ impl Drop for Dockerd {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The Docker CLI against `daemon`'s socket.
+fn docker(daemon: &Daemon, args: &[&str]) -> Output {
+    Command::new(DOCKER)
+        .env("DOCKER_CONFIG", daemon.path("cli"))
+        .args(["-H", &format!("unix://{}", daemon.path("docker.sock"))])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// dockerd with `--config-file` the node's /etc/docker/daemon.json, no bridge, no iptables.
+fn start_dockerd(node: &RegistryNode) -> Daemon {
+    let dir = Daemon::dir("dockerd");
+    let path = |name: &str| dir.join(name).display().to_string();
+    let (data, exec, pidfile, host) =
+        (path("data"), path("exec"), path("docker.pid"), format!("unix://{}", path("docker.sock")));
+    let argv = [
+        DOCKERD,
+        "--data-root",
+        &data,
+        "--exec-root",
+        &exec,
+        "--pidfile",
+        &pidfile,
+        "-H",
+        &host,
+        "--config-file",
+        "/etc/docker/daemon.json",
+        "--iptables=false",
+        "--ip6tables=false",
+        "--bridge=none",
+        "--storage-driver=vfs",
+    ];
+    Daemon::start(node, "dockerd", dir.clone(), &argv, |d| docker(d, &["version"]).status.success())
+}
+
+/// The registries the running dockerd treats as insecure (`docker info`).
+fn insecure_registries(dockerd: &Daemon) -> String {
+    text(&docker(dockerd, &["info", "--format", "{{json .RegistryConfig.IndexConfigs}}"]))
 }
 
 fn dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(tls: bool) {
@@ -262,9 +288,10 @@ fn dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(tls: bool) {
     let reference = format!("{REGISTRY}/demo:1");
     let pushed = node.push_image(crane, &reference);
 
-    let dockerd = Dockerd::start(&node);
-    let pid = std::fs::read_to_string(dockerd.pidfile()).unwrap();
-    let refused = dockerd.docker(&["pull", "--quiet", &reference]);
+    let mut dockerd = start_dockerd(&node);
+    let pidfile = PathBuf::from(dockerd.path("docker.pid"));
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
+    let refused = docker(&dockerd, &["pull", "--quiet", &reference]);
     let why = text(&refused);
     eprintln!("dockerd, before node setup: {why}");
     assert!(!refused.status.success(), "nothing written yet: {why}");
@@ -272,19 +299,19 @@ fn dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(tls: bool) {
         if tls { "x509: certificate signed by unknown authority" } else { "server gave HTTP response to HTTPS client" };
     assert!(why.contains(expected), "before node setup: {why}");
 
-    let written = node.setup_runtimes("install", &dockerd.pidfile(), &[]);
+    let written = node.setup_runtimes("install", &pidfile, &[]);
     if tls {
         assert!(written.contains(&format!("wrote {}/certs.d/{REGISTRY}/ca.crt", docker_dir.display())), "{written}");
         assert_eq!(std::fs::read_to_string(&daemon_json).unwrap(), USERS_DAEMON_JSON, "TLS leaves daemon.json alone");
     } else {
         assert!(written.contains("sent SIGHUP to dockerd"), "{written}");
         // The reload is dockerd's own doing, a moment after the signal.
-        let reloaded = wait_until(Duration::from_secs(10), || dockerd.insecure_registries().contains(REGISTRY));
-        assert!(reloaded, "dockerd did not reload insecure-registries: {}", dockerd.insecure_registries());
+        let reloaded = wait_until(Duration::from_secs(10), || insecure_registries(&dockerd).contains(REGISTRY));
+        assert!(reloaded, "dockerd did not reload insecure-registries: {}", insecure_registries(&dockerd));
     }
-    let pulled = dockerd.docker(&["pull", "--quiet", &reference]);
+    let pulled = docker(&dockerd, &["pull", "--quiet", &reference]);
     assert!(pulled.status.success(), "docker pull after node setup: {}\n{}", text(&pulled), dockerd.log_tail());
-    let digests = text(&dockerd.docker(&["image", "inspect", "--format", "{{json .RepoDigests}}", &reference]));
+    let digests = text(&docker(&dockerd, &["image", "inspect", "--format", "{{json .RepoDigests}}", &reference]));
     assert!(digests.contains(&format!("{REGISTRY}/demo@{pushed}")), "dockerd pulled what was pushed: {digests}");
 
     // A push by name: an image made here (docker import of a one-file tarball), then pushed.
@@ -296,9 +323,9 @@ fn dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(tls: bool) {
         Command::new("tar").args(["-C", content.to_str().unwrap(), "-cf", tarball.to_str().unwrap(), "."]).output();
     assert!(tar.unwrap().status.success());
     let target = format!("{REGISTRY}/pushed:1");
-    let imported = dockerd.docker(&["import", tarball.to_str().unwrap(), &target]);
+    let imported = docker(&dockerd, &["import", tarball.to_str().unwrap(), &target]);
     assert!(imported.status.success(), "docker import: {}", text(&imported));
-    let push = dockerd.docker(&["push", &target]);
+    let push = docker(&dockerd, &["push", &target]);
     let push_text = text(&push);
     assert!(push.status.success(), "docker push: {push_text}\n{}", dockerd.log_tail());
     let digest =
@@ -317,7 +344,7 @@ fn dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(tls: bool) {
     let (code, report) = node.doctor(&["--registry", "--runtime", "docker"]);
     assert_eq!(code, Some(0), "{report}");
 
-    let removed = node.setup_runtimes("remove", &dockerd.pidfile(), &[]);
+    let removed = node.setup_runtimes("remove", &pidfile, &[]);
     assert_eq!(
         std::fs::read_to_string(&daemon_json).unwrap(),
         USERS_DAEMON_JSON,
@@ -326,10 +353,10 @@ fn dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(tls: bool) {
     assert_eq!(walk(&docker_dir), ["daemon.json"], "removal left only the user's daemon.json: {removed}");
     if !tls {
         // The user's list is back in the running dockerd: its own CIDR, not the registry.
-        let back = wait_until(Duration::from_secs(10), || !dockerd.insecure_registries().contains(REGISTRY));
-        assert!(back, "dockerd still lists the registry after removal: {}", dockerd.insecure_registries());
+        let back = wait_until(Duration::from_secs(10), || !insecure_registries(&dockerd).contains(REGISTRY));
+        assert!(back, "dockerd still lists the registry after removal: {}", insecure_registries(&dockerd));
     }
-    assert_eq!(std::fs::read_to_string(dockerd.pidfile()).unwrap(), pid, "dockerd was never restarted");
+    assert!(dockerd.running() && std::fs::read_to_string(&pidfile).unwrap() == pid, "dockerd was never restarted");
 }
 
 #[test]
@@ -342,106 +369,69 @@ fn dockerd_pulls_and_pushes_by_name_over_tls() {
     dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(true);
 }
 
-/// CRI-O on the node (its resolver: registry-dns; its /etc/containers: the node's scratch one),
-/// with its state under a scratch directory; killed on drop.
-struct Crio {
-    child: Child,
-    dir: PathBuf,
+/// `crictl ARGS` against CRI-O's socket.
+fn crictl(crio: &Daemon, tools: &Tools, args: &[&str]) -> Output {
+    let endpoint = format!("unix://{}", crio.path("crio.sock"));
+    Command::new(&tools.crictl)
+        .args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint, "--timeout", "30s"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
-impl Crio {
-    fn start(node: &RegistryNode, tools: &Tools) -> Self {
-        let dir = PathBuf::from(format!("/tmp/rdns-crio-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("cni")).unwrap();
-        let log = std::fs::File::create(dir.join("crio.log")).unwrap();
-        let path = |name: &str| dir.join(name).display().to_string();
-        let runtime = format!("runc:/usr/sbin/runc:{}", path("runc"));
-        let child = node
-            .ns
-            .exec(&[
-                tools.crio.to_str().unwrap(),
-                "--config",
-                "",
-                "--config-dir",
-                &path("crio.conf.d"),
-                "--root",
-                &path("root"),
-                "--runroot",
-                &path("run"),
-                "--listen",
-                &path("crio.sock"),
-                "--storage-driver",
-                "vfs",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--conmon-cgroup",
-                "pod",
-                "--conmon",
-                CONMON,
-                "--default-runtime",
-                "runc",
-                "--runtimes",
-                &runtime,
-                "--cni-config-dir",
-                &path("cni"),
-                "--log-dir",
-                &path("logs"),
-                "--version-file",
-                &path("version"),
-                "--version-file-persist",
-                &path("version-persist"),
-                "--clean-shutdown-file",
-                &path("clean.shutdown"),
-                "--container-exits-dir",
-                &path("exits"),
-                "--container-attach-socket-dir",
-                &path("attach"),
-                "--namespaces-dir",
-                &path("ns"),
-                "--irqbalance-config-file",
-                "",
-                "--enable-metrics=false",
-            ])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("crio");
-        let mut this = Self { child, dir };
-        let up = wait_until(Duration::from_secs(60), || {
-            matches!(this.child.try_wait(), Ok(None)) && this.crictl(tools, &["version"]).status.success()
-        });
-        assert!(up, "CRI-O did not come up:\n{}", this.log_tail());
-        this
-    }
-
-    fn crictl(&self, tools: &Tools, args: &[&str]) -> Output {
-        let endpoint = format!("unix://{}", self.dir.join("crio.sock").display());
-        Command::new(&tools.crictl)
-            .args(["--runtime-endpoint", &endpoint, "--image-endpoint", &endpoint, "--timeout", "30s"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("crio.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Crio {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        if !wait_until(Duration::from_secs(15), || matches!(self.child.try_wait(), Ok(Some(_)))) {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// CRI-O with every path of its state under its scratch directory, Debian's conmon and runc, vfs
+/// storage, no CNI network (a pull needs none).
+fn start_crio(node: &RegistryNode, tools: &Tools) -> Daemon {
+    let dir = Daemon::dir("crio");
+    std::fs::create_dir_all(dir.join("cni")).unwrap();
+    let path = |name: &str| dir.join(name).display().to_string();
+    let runtime = format!("runc:/usr/sbin/runc:{}", path("runc"));
+    let argv = [
+        tools.crio.to_str().unwrap(),
+        "--config",
+        "",
+        "--config-dir",
+        &path("crio.conf.d"),
+        "--root",
+        &path("root"),
+        "--runroot",
+        &path("run"),
+        "--listen",
+        &path("crio.sock"),
+        "--storage-driver",
+        "vfs",
+        "--cgroup-manager",
+        "cgroupfs",
+        "--conmon-cgroup",
+        "pod",
+        "--conmon",
+        CONMON,
+        "--default-runtime",
+        "runc",
+        "--runtimes",
+        &runtime,
+        "--cni-config-dir",
+        &path("cni"),
+        "--log-dir",
+        &path("logs"),
+        "--version-file",
+        &path("version"),
+        "--version-file-persist",
+        &path("version-persist"),
+        "--clean-shutdown-file",
+        &path("clean.shutdown"),
+        "--container-exits-dir",
+        &path("exits"),
+        "--container-attach-socket-dir",
+        &path("attach"),
+        "--namespaces-dir",
+        &path("ns"),
+        "--irqbalance-config-file",
+        "",
+        "--enable-metrics=false",
+    ];
+    Daemon::start(node, "crio", dir.clone(), &argv, |d| crictl(d, tools, &["version"]).status.success())
 }
 
 #[test]
@@ -453,9 +443,9 @@ fn crio_cri_pulls_by_name_over_plain_http_after_node_setups_sighup() {
     let reference = format!("{REGISTRY}/demo:1");
     let pushed = node.push_image(&tools.crane, &reference);
 
-    let mut crio = Crio::start(&node, tools);
+    let mut crio = start_crio(&node, tools);
     let pid = crio.child.id();
-    let refused = crio.crictl(tools, &["pull", &reference]);
+    let refused = crictl(&crio, tools, &["pull", &reference]);
     let why = text(&refused);
     eprintln!("CRI-O, before node setup: {why}");
     assert!(!refused.status.success(), "no drop-in yet: {why}");
@@ -466,12 +456,12 @@ fn crio_cri_pulls_by_name_over_plain_http_after_node_setups_sighup() {
     // The reload is CRI-O's own doing, a moment after the signal.
     let mut last = String::new();
     let pulled = wait_until(Duration::from_secs(10), || {
-        let out = crio.crictl(tools, &["pull", &reference]);
+        let out = crictl(&crio, tools, &["pull", &reference]);
         last = text(&out);
         out.status.success()
     });
     assert!(pulled, "crictl pull through CRI-O after node setup: {last}\n{}", crio.log_tail());
-    let image = text(&crio.crictl(tools, &["inspecti", "-o", "json", &reference]));
+    let image = text(&crictl(&crio, tools, &["inspecti", "-o", "json", &reference]));
     assert!(image.contains(&format!("{REGISTRY}/demo@{pushed}")), "CRI-O pulled what was pushed: {image}");
-    assert!(matches!(crio.child.try_wait(), Ok(None)), "the same CRI-O, never restarted");
+    assert!(crio.running(), "the same CRI-O, never restarted");
 }
