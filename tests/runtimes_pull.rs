@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use support::control_plane::{self, skip_or_fail};
 use support::registry_node::{REGISTRY, RegistryNode};
-use support::wait_until;
+use support::{TempDir, wait_until};
 
 const PODMAN: &str = "/usr/bin/podman";
 const DOCKERD: &str = "/usr/sbin/dockerd";
@@ -41,13 +41,14 @@ const DOCKER: &str = "/usr/bin/docker";
 const CONMON: &str = "/usr/bin/conmon";
 /// A user's daemon.json: keys of their own (none that dockerd's flags here also set), tabs, no
 /// final newline, an insecure-registries list of theirs; it must come back byte for byte.
-const USERS_DAEMON_JSON: &str = "{\n\t\"log-level\": \"warn\",\n\t\"labels\": [\"registry-dns-test\"],\n\t\"max-concurrent-downloads\": 2,\n\t\"insecure-registries\": [\"10.99.0.0/16\"]\n}";
+const USERS_DAEMON_JSON: &str = "{\n\t\"log-level\": \"warn\",\n\t\"labels\": [\"test=registry-dns\"],\n\t\"max-concurrent-downloads\": 2,\n\t\"insecure-registries\": [\"10.99.0.0/16\"]\n}";
 
 /// The Go-built tools: crane (builds and pushes the image), crictl and CRI-O.
 struct Tools {
     crane: PathBuf,
     crictl: PathBuf,
     crio: PathBuf,
+    pinns: PathBuf,
 }
 
 fn tools() -> Option<&'static Tools> {
@@ -66,6 +67,7 @@ fn tools() -> Option<&'static Tools> {
             crane: control_plane::build("build-e2e")?[1].join("crane"),
             crictl: control_plane::build("build-cri")?[0].join("crictl"),
             crio: control_plane::build("build-crio")?[0].join("crio"),
+            pinns: control_plane::build("build-crio")?[0].join("pinns"),
         })
     });
     match tools {
@@ -85,8 +87,9 @@ fn text(out: &Output) -> String {
 }
 
 /// `podman ARGS` on the node: rootful, its storage (vfs) and run directories in the node's scratch.
-fn podman(node: &RegistryNode, args: &[&str]) -> Output {
-    let (root, run, tmp) = (node.dir.path("podman-root"), node.dir.path("podman-run"), node.dir.path("podman-tmp"));
+fn podman(node: &RegistryNode, state: &TempDir, args: &[&str]) -> Output {
+    // Short: podman refuses a runroot of more than 50 characters.
+    let (root, run, tmp) = (state.path("root"), state.path("run"), state.path("tmp"));
     std::fs::create_dir_all(&tmp).unwrap();
     let mut argv = vec![
         PODMAN,
@@ -112,11 +115,12 @@ fn podman_pulls_by_name_with_what_node_setup_wrote(tls: bool) {
     let crane = &tools.crane;
     let _serial = serial();
     let node = RegistryNode::start(if tls { "podman-tls" } else { "podman-http" }, tls);
+    let state = TempDir::new("pm");
     node.runtime_dirs();
     let reference = format!("{REGISTRY}/demo:1");
     let pushed = node.push_image(crane, &reference);
 
-    let refused = podman(&node, &["pull", "--quiet", &reference]);
+    let refused = podman(&node, &state, &["pull", "--quiet", &reference]);
     let why = text(&refused);
     eprintln!("podman, before node setup: {why}");
     assert!(!refused.status.success(), "no drop-in yet: {why}");
@@ -126,9 +130,9 @@ fn podman_pulls_by_name_with_what_node_setup_wrote(tls: bool) {
 
     let written = node.setup_runtimes("install", &node.dir.path("no-docker.pid"), &[]);
     assert!(written.contains("wrote ") && written.contains("50-registry-dns.conf"), "{written}");
-    let pulled = podman(&node, &["pull", "--quiet", &reference]);
+    let pulled = podman(&node, &state, &["pull", "--quiet", &reference]);
     assert!(pulled.status.success(), "podman pull after node setup: {}", text(&pulled));
-    let digest = podman(&node, &["image", "inspect", "--format", "{{.Digest}}", &reference]);
+    let digest = podman(&node, &state, &["image", "inspect", "--format", "{{.Digest}}", &reference]);
     assert_eq!(String::from_utf8_lossy(&digest.stdout).trim(), pushed, "podman pulled what was pushed");
 
     let (code, report) = node.doctor(&["--registry", "--runtime", "containers-image"]);
@@ -194,17 +198,24 @@ impl Daemon {
         ready: impl Fn(&Self) -> bool,
     ) -> Self {
         let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-        let child = node
-            .ns
-            .exec(argv)
+        // Not through `ip netns exec`, which mounts a new /sys and so hides the cgroup mounts
+        // (dockerd refuses to start without the devices cgroup): a mount namespace of its own
+        // with the node's /etc files bound over the host's, as `ip netns exec` binds them, then
+        // the node's network namespace.
+        let (etc, netns) = (node.ns.etc(), format!("/run/netns/{}", node.ns.name));
+        let script = r#"etc=$1; shift; for f in "$etc"/*; do mount --bind "$f" "/etc/${f##*/}"; done; exec nsenter --net="$0" -- "$@""#;
+        let child = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", script, &netns, &etc])
+            .args(argv)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let mut this = Self { child, dir, name };
-        let up = wait_until(Duration::from_secs(60), || matches!(this.child.try_wait(), Ok(None)) && ready(&this));
-        assert!(up, "{name} did not come up:\n{}", this.log_tail());
+        // Until it is ready, or has exited.
+        wait_until(Duration::from_secs(60), || !matches!(this.child.try_wait(), Ok(None)) || ready(&this));
+        assert!(this.running() && ready(&this), "{name} did not come up:\n{}", this.log_tail());
         this
     }
 
@@ -350,7 +361,9 @@ fn dockerd_pulls_and_pushes_by_name_with_what_node_setup_wrote(tls: bool) {
         USERS_DAEMON_JSON,
         "daemon.json byte for byte: {removed}"
     );
-    assert_eq!(walk(&docker_dir), ["daemon.json"], "removal left only the user's daemon.json: {removed}");
+    // key.json is dockerd's own (its identity, written at its start).
+    let left: Vec<String> = walk(&docker_dir).into_iter().filter(|f| f != "key.json").collect();
+    assert_eq!(left, ["daemon.json"], "removal left only the user's daemon.json: {removed}");
     if !tls {
         // The user's list is back in the running dockerd: its own CIDR, not the registry.
         let back = wait_until(Duration::from_secs(10), || !insecure_registries(&dockerd).contains(REGISTRY));
@@ -430,6 +443,8 @@ fn start_crio(node: &RegistryNode, tools: &Tools) -> Daemon {
         "--irqbalance-config-file",
         "",
         "--enable-metrics=false",
+        "--pinns-path",
+        tools.pinns.to_str().unwrap(),
     ];
     Daemon::start(node, "crio", dir.clone(), &argv, |d| crictl(d, tools, &["version"]).status.success())
 }

@@ -219,10 +219,10 @@ build_cri() {
 }
 
 crio_built() {
-  [ -x "$crio_bin/crio" ]
+  [ -x "$crio_bin/crio" ] && [ -x "$crio_bin/pinns" ]
 }
 
-# CRI-O with cgo but none of the C libraries it can use: containers/image's own OpenPGP instead of
+# CRI-O (and its pinns) with cgo but none of the C libraries it can use: containers/image's own OpenPGP instead of
 # gpgme, no btrfs or devicemapper graph drivers, no seccomp (a CRI pull needs none of them).
 build_crio() {
   crio_built && return
@@ -239,6 +239,11 @@ build_crio() {
   (cd "$crio_gomod" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=1 nice -n 10 \
     go build -tags "containers_image_openpgp exclude_graphdriver_btrfs exclude_graphdriver_devicemapper" -trimpath \
     -ldflags="-s -w" -o "$out/crio" github.com/cri-o/cri-o/cmd/crio)
+  # pinns, CRI-O's C helper that pins a pod's namespaces (its startup checks that it exists), from
+  # the same module's source, as its Makefile builds it.
+  local src
+  src="$(cd "$crio_gomod" && GOFLAGS=-mod=readonly go list -m -f '{{.Dir}}' github.com/cri-o/cri-o)/pinns/src"
+  cc -std=c99 -Os -static -s -o "$out/pinns" "$src"/*.c
   rm -rf "$crio_bin"
   mv "$out" "$crio_bin"
   trap - EXIT
