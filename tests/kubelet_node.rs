@@ -281,6 +281,11 @@ const HOSTS_TOML_CONTENT: &str = "# Written by registry-dns node setup (deploy/n
      server = \"http://knative-local-registry:5000\"\n\
      [host.\"http://knative-local-registry:5000\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n";
 
+/// Node setup's containers/image drop-in (CRI-O, podman) on the node.
+const CONTAINERS_DROPIN: &str = "containers/registries.conf.d/50-registry-dns.conf";
+/// The node's own Docker configuration, which node setup merges into and gives back byte for byte.
+const USER_DAEMON_JSON: &str = "{\"log-level\": \"warn\"}\n";
+
 /// Queries registry-dns on the node until `stop`, each from a fresh socket (a new source port, as
 /// glibc and Go's resolver do per lookup), one try of at most 2 s (stricter than glibc's default
 /// of 5 s and two tries): (queries, failures with what went wrong).
@@ -365,6 +370,10 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
 
     // 3. Node setup routes the name to registry-dns in systemd-resolved (its auto mode finds
     // resolved active) and writes containerd's hosts.toml for the registry.
+    c.node.sh_ok(&format!(
+        "mkdir -p /etc/containers/registries.conf.d /etc/docker && printf '{}' > /etc/docker/daemon.json",
+        USER_DAEMON_JSON.replace('\n', "\\n")
+    ));
     c.cp.kubectl(&["apply", "-k", &format!("{DEPLOY}/node")]);
     c.rollout("registry-dns", "daemonset/registry-dns-node-setup", 120);
     wait_for("node setup's resolved wiring", Duration::from_secs(30), || {
@@ -376,6 +385,18 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     wait_for("node setup's hosts.toml", Duration::from_secs(30), || {
         let now = c.node.etc(HOSTS_TOML)?;
         (now == HOSTS_TOML_CONTENT).then_some(()).ok_or(now)
+    });
+    // The node also has containers/image's /etc/containers and Docker's daemon.json, as a node
+    // with podman or CRI-O and Docker installed has them (made before node setup, below): node
+    // setup configured them too, daemon.json through the registry-dns binary that the setup pod's
+    // init container copied out of the registry-dns image. The runtimes themselves pull in
+    // tests/runtimes_pull.rs.
+    wait_for("node setup's containers/image drop-in and Docker's daemon.json", Duration::from_secs(30), || {
+        let dropin = c.node.etc(CONTAINERS_DROPIN)?;
+        let daemon_json = c.node.etc("docker/daemon.json")?;
+        (dropin.contains("insecure = true") && daemon_json.contains("\"knative-local-registry:5000\""))
+            .then_some(())
+            .ok_or(format!("{dropin}\n{daemon_json}"))
     });
 
     // 4. A pod in `default` pushes by name; a second pod's image is that digest, by name: the
@@ -458,7 +479,9 @@ fn the_chart_and_node_setup_run_on_a_kubelet_and_the_node_pulls_by_name_through_
     c.rollout("registry-dns", "daemonset/registry-dns-node-setup", 120);
     wait_for("node setup's removal", Duration::from_secs(30), || {
         let dropin = c.node.etc("systemd/resolved.conf.d/registry-dns.conf");
-        (dropin.is_err() && c.node.etc(HOSTS_TOML).is_err()).then_some(()).ok_or(format!("{dropin:?}"))
+        let others_gone = c.node.etc(CONTAINERS_DROPIN).is_err()
+            && c.node.etc("docker/daemon.json").as_deref() == Ok(USER_DAEMON_JSON);
+        (dropin.is_err() && c.node.etc(HOSTS_TOML).is_err() && others_gone).then_some(()).ok_or(format!("{dropin:?}"))
     });
     c.helm(&["uninstall", "registry-dns", "-n", "registry-dns", "--wait"]);
     wait_for("the registry-dns pod gone", Duration::from_secs(60), || {
