@@ -177,7 +177,7 @@ def check_values_reach(objs):
     env = {e["name"]: e["value"] for e in setup_spec["containers"][0]["env"]}
     expect(f"node setup env {env}", env == {
         "ACTION": "remove", "MODE": "resolv-conf", "ADDRESS": "10.0.0.53",
-        "NAMES": "knative-local-registry registry-mirror build-cache", "CONTAINERD": "auto",
+        "NAMES": "knative-local-registry registry-mirror build-cache", "INTERFACE": "", "CONTAINERD": "auto",
         "CONTAINERS_IMAGE": "off", "DOCKER": "off",
         "REGISTRIES": "knative-local-registry:5000 registry-mirror:5001", "REGISTRY_TLS": "true"})
     init = setup_spec["initContainers"][0]
