@@ -11,6 +11,8 @@
 #   3. deploy/coredns/patch-corefile.sh's Corefile transformation on sample Corefiles;
 #   4. deploy/node/setup.sh on a scratch /etc/resolv.conf (private mount + network namespace), and
 #      its containerd part (containerd-hosts.sh) on scratch containerd 1.x, 2.x and k3s files;
+#      after the static build, its CRI-O/podman and Docker parts on scratch /etc/containers and
+#      /etc/docker, with that binary merging daemon.json;
 #   5. the static binary, built by deploy/build-static.sh exactly as the Dockerfile builds it:
 #      statically linked (ldd), size, file capabilities, --version, a query on 127.0.0.1, then run
 #      the way the pod runs it (uid 65532, capabilities only from the file, no_new_privs,
@@ -150,7 +152,7 @@ if [ "$is_root" = 1 ]; then
     cp "$t/resolv.conf" "$t/resolv.conf.orig"
     unshare --mount --net --propagation private sh -euc '
         mount --bind "$1/resolv.conf" /etc/resolv.conf
-        run() { SETUP_TEST=1 MODE=resolv-conf CONTAINERD=off CONFIG=deploy/node/registry-dns.conf "$@" sh deploy/node/setup.sh >/dev/null; }
+        run() { SETUP_TEST=1 MODE=resolv-conf CONTAINERD=off CONTAINERS_IMAGE=off DOCKER=off CONFIG=deploy/node/registry-dns.conf "$@" sh deploy/node/setup.sh >/dev/null; }
         run env ACTION=install
         [ "$(grep -m1 ^nameserver /etc/resolv.conf)" = "nameserver 169.254.20.25 # registry-dns" ] || { echo "not first"; exit 1; }
         cp /etc/resolv.conf "$1/once"; run env ACTION=install
@@ -164,10 +166,11 @@ else
 fi
 
 step "node setup: containerd's hosts.toml and k3s's registries.yaml (deploy/node/containerd-hosts.sh, scratch files)"
-for f in setup.sh resolved.sh containerd-hosts.sh registry-dns.conf; do
-    cmp -s "deploy/node/$f" "deploy/helm/registry-dns/files/node/$f" || fail "deploy/helm/registry-dns/files/node/$f differs from deploy/node/$f (copy it)"
+for f in deploy/node/*.sh deploy/node/registry-dns.conf; do
+    cmp -s "$f" "deploy/helm/registry-dns/files/node/${f##*/}" || fail "deploy/helm/registry-dns/files/node/${f##*/} differs from $f (copy it)"
 done
-echo "  the chart's files/node/{setup.sh,resolved.sh,containerd-hosts.sh,registry-dns.conf} are deploy/node's"
+[ "$(ls deploy/helm/registry-dns/files/node)" = "$(cd deploy/node && ls ./*.sh registry-dns.conf | sed 's|^\./||' | sort)" ] || fail "the chart's files/node/ and deploy/node's scripts and drop-in hold other files"
+echo "  the chart's files/node/ are deploy/node's scripts and drop-in"
 c=$t/containerd
 mkdir -p "$c"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=check-ca \
@@ -175,7 +178,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 node_setup() {  # CONFIG ACTION [VAR=VALUE...]: setup.sh on scratch containerd and k3s files, resolver untouched
     local config=$1 action=$2; shift 2
     env SETUP_TEST=1 MODE=none CONFIG=deploy/node/registry-dns.conf CONTAINERD_CONFIG="$config" ACTION="$action" \
-        K3S_CONFIG_DIR="$c/k3s" K3S_DATA_DIR="$c/k3s-data" "$@" sh deploy/node/setup.sh 2>&1
+        CONTAINERS_IMAGE=off DOCKER=off K3S_CONFIG_DIR="$c/k3s" K3S_DATA_DIR="$c/k3s-data" "$@" sh deploy/node/setup.sh 2>&1
 }
 hosts=knative-local-registry:5000/hosts.toml
 # containerd 1.x (version 2) with config_path, plain HTTP
@@ -220,7 +223,7 @@ if [ "$is_root" = 1 ]; then
     # It still writes /etc/containerd/certs.d (for when config_path is set): a scratch one here.
     unshare --mount --propagation private sh -euc '
         mkdir -p /etc/containerd && mount -t tmpfs tmpfs /etc/containerd
-        env SETUP_TEST=1 MODE=none CONFIG=deploy/node/registry-dns.conf CONTAINERD_CONFIG="$1/unset.toml" \
+        env SETUP_TEST=1 MODE=none CONFIG=deploy/node/registry-dns.conf CONTAINERD_CONFIG="$1/unset.toml" CONTAINERS_IMAGE=off DOCKER=off \
             K3S_CONFIG_DIR="$1/k3s" K3S_DATA_DIR="$1/k3s-data" ACTION=install sh deploy/node/setup.sh > "$1/out" 2>&1
         [ -s /etc/containerd/certs.d/knative-local-registry:5000/hosts.toml ]
     ' sh "$c" || fail "containerd without config_path: $(cat "$c/out")"
@@ -262,6 +265,74 @@ if ! (cd deploy/check && python3 query.py "127.0.0.1:$port" knative-local-regist
 fi
 kill -INT "$server"
 wait "$server" || fail "the static binary did not exit cleanly on SIGINT"
+
+step "node setup: CRI-O/podman's registries.conf.d and certs.d, Docker's certs.d and daemon.json (scratch files, this binary)"
+r=$t/runtimes
+mkdir -p "$r/containers/registries.conf.d" "$r/docker"
+# A stand-in for dockerd that notes each SIGHUP, for at most a minute (tests/runtimes_pull.rs has
+# the real one reload).
+sh -c 'trap "echo hup >> $1" HUP; n=0; while [ $n -lt 60 ]; do sleep 1; n=$((n + 1)); done' sh "$r/hups" \
+    < /dev/null > /dev/null 2>&1 & hup_pid=$!
+echo "$hup_pid" > "$r/docker.pid"
+runtimes() {  # ACTION [VAR=VALUE...]: setup.sh for containers/image and Docker only, on scratch files
+    local action=$1; shift
+    env SETUP_TEST=1 MODE=none CONFIG=deploy/node/registry-dns.conf ACTION="$action" CONTAINERD=off \
+        CONTAINERS_DIR="$r/containers" DOCKER_DIR="$r/docker" DOCKER_PIDFILE="$r/docker.pid" \
+        REGISTRY_DNS="$(cd "$(dirname "$bin")" && pwd)/registry-dns" "$@" sh deploy/node/setup.sh 2>&1
+}
+dropin=$r/containers/registries.conf.d/50-registry-dns.conf
+runtimes install > "$r/out"
+grep -qx 'location = "knative-local-registry:5000"' "$dropin" && grep -qx 'insecure = true' "$dropin" \
+    || fail "containers/image: no plain-HTTP drop-in: $(cat "$r/out")"
+[ "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["insecure-registries"])' "$r/docker/daemon.json")" = "['knative-local-registry:5000']" ] \
+    || fail "docker: no daemon.json with insecure-registries: $(cat "$r/out")"
+sleep 1.5; [ "$(cat "$r/hups" 2>/dev/null)" = hup ] || fail "docker: dockerd got no SIGHUP after daemon.json changed: $(cat "$r/out")"
+runtimes install > "$r/out"
+grep -q "50-registry-dns.conf up to date" "$r/out" && grep -q "daemon.json up to date" "$r/out" || fail "installing twice is not a no-op: $(cat "$r/out")"
+runtimes remove > "$r/out"
+[ ! -e "$dropin" ] && [ -z "$(ls -A "$r/docker")" ] || fail "remove left $(ls -A "$r/containers/registries.conf.d" "$r/docker"): $(cat "$r/out")"
+echo "  plain HTTP: the drop-in with insecure = true, daemon.json made with insecure-registries, dockerd sent SIGHUP; twice a no-op; remove deletes both"
+# A user's daemon.json: merged keeping every key, then given back byte for byte.
+printf '{\n\t"log-level": "warn",\n\t"insecure-registries": ["10.0.0.0/8"],\n\t"features": {"buildkit": true}\n}' > "$r/docker/daemon.json"
+cp "$r/docker/daemon.json" "$r/users.json"
+runtimes install > "$r/out"
+python3 - "$r/docker/daemon.json" <<'PY' || fail "docker: the merge lost something: $(cat "$r/out"; cat "$r/docker/daemon.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+assert list(d) == ["log-level", "insecure-registries", "features"], list(d)
+assert d["insecure-registries"] == ["10.0.0.0/8", "knative-local-registry:5000"] and d["features"] == {"buildkit": True}
+PY
+runtimes remove > "$r/out"
+cmp -s "$r/docker/daemon.json" "$r/users.json" && [ ! -e "$r/docker/daemon.json.registry-dns" ] || fail "docker: remove did not restore daemon.json byte for byte: $(cat "$r/out")"
+# Edited after the merge: neither install nor remove writes it again; each says what is left to do.
+runtimes install > /dev/null
+sed -i 's/"warn"/"debug"/' "$r/docker/daemon.json" && cp "$r/docker/daemon.json" "$r/edited.json"
+runtimes install REGISTRIES="knative-local-registry:5000 other:5000" > "$r/out"
+grep -q 'changed since node setup merged it and lacks \["other:5000"\]: left as is' "$r/out" && cmp -s "$r/docker/daemon.json" "$r/edited.json" \
+    || fail "docker: a daemon.json edited after the merge was written again: $(cat "$r/out")"
+runtimes remove > "$r/out"
+grep -q 'changed since node setup merged it: left as is' "$r/out" && cmp -s "$r/docker/daemon.json" "$r/edited.json" \
+    && [ ! -e "$r/docker/daemon.json.registry-dns" ] || fail "docker: remove overwrote a later edit: $(cat "$r/out")"
+rm "$r/docker/daemon.json"
+echo "  a user's daemon.json: every key kept in order, restored byte for byte; edited after the merge: never written again"
+# TLS: the CA for both, the drop-in without insecure, daemon.json untouched.
+runtimes install REGISTRY_CA="$c/ca.crt" > "$r/out"
+for d in containers docker; do
+    openssl x509 -noout -in "$r/$d/certs.d/knative-local-registry:5000/ca.crt" || fail "$d: no ca.crt: $(cat "$r/out")"
+done
+grep -qx 'insecure = false' "$dropin" && [ ! -e "$r/docker/daemon.json" ] || fail "TLS: $(cat "$r/out")"
+runtimes remove > "$r/out"
+[ -z "$(find "$r/containers/certs.d" "$r/docker/certs.d" -type f)" ] && [ ! -e "$dropin" ] || fail "TLS remove left: $(cat "$r/out")"
+echo "  TLS: ca.crt in both certs.d, the drop-in with insecure = false, no daemon.json; remove deletes them"
+# Someone else's files are left alone, and said so.
+printf '[[registry]]\nlocation = "knative-local-registry:5000"\n' > "$dropin"
+runtimes install > "$r/out"
+grep -q "50-registry-dns.conf is not registry-dns node setup's: left in place" "$r/out" && ! grep -q '^#' "$dropin" \
+    || fail "someone else's drop-in: $(cat "$r/out")"
+runtimes remove > "$r/out"
+[ -e "$dropin" ] || fail "remove deleted someone else's drop-in"
+kill "$hup_pid" 2>/dev/null || true
+echo "  someone else's drop-in: left in place and said so, by install and by remove"
 
 step "as the pod runs it (uid 65532, drop ALL + NET_BIND_SERVICE,NET_ADMIN, no_new_privs, read-only root)"
 if [ "$is_root" = 1 ]; then

@@ -36,6 +36,7 @@ pub mod metrics;
 pub mod model;
 pub mod names;
 pub mod net;
+pub mod node_setup;
 pub mod ops;
 pub mod request;
 pub mod server;

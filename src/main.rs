@@ -1,11 +1,12 @@
 //! The `registry-dns` binary: parse the flags (and `--config`), set up logging, run the server
-//! until SIGTERM, reloading on SIGHUP (or, with `doctor`, diagnose the local resolver and exit).
+//! until SIGTERM, reloading on SIGHUP (or, with `doctor`, diagnose the local resolver and exit;
+//! with `node-setup`, do one step of node setup and exit).
 
 use std::process::ExitCode;
 
 use registry_dns::config::cli::{CommandLine, Subcommand, one_line};
 use registry_dns::server::shutdown::signal_shutdown;
-use registry_dns::{Server, doctor, logging, net};
+use registry_dns::{Server, doctor, logging, net, node_setup};
 
 fn main() -> ExitCode {
     let command_line = match CommandLine::parse() {
@@ -20,8 +21,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return fail(&format!("{e:#}")),
     };
-    if let Some(Subcommand::Doctor(args)) = cli.command {
-        return doctor::run(&args);
+    match cli.command {
+        Some(Subcommand::Doctor(args)) => return doctor::run(&args),
+        Some(Subcommand::NodeSetup(args)) => return node_setup::run(&args),
+        None => {}
     }
     logging::init(cli.settings.log_format);
     if let Err(e) = net::limits::raise_open_files() {

@@ -212,7 +212,7 @@ fn pulls_by_name_with_what_node_setup_wrote(layout: Layout, tls: bool) {
     assert_eq!(pulled, pushed, "the node pulled what was pushed");
 
     let config = containerd.config.to_str().unwrap();
-    let (code, report) = node.doctor(&["--registry", "--containerd-config", config]);
+    let (code, report) = node.doctor(&["--registry", "--runtime", "containerd", "--containerd-config", config]);
     assert_eq!(code, Some(0), "{report}");
 }
 

@@ -27,7 +27,7 @@ fn containerd_config(dir: &TempDir, with_config_path: bool) -> PathBuf {
 }
 
 fn doctor(node: &RegistryNode, config: &Path) -> (Option<i32>, String) {
-    node.doctor(&["--registry", "--containerd-config", config.to_str().unwrap()])
+    node.doctor(&["--registry", "--runtime", "containerd", "--containerd-config", config.to_str().unwrap()])
 }
 
 #[test]
@@ -135,8 +135,15 @@ fn a_plain_http_registry_behind_an_https_hosts_toml_is_named_with_its_fix() {
 fn containerd_1_without_config_path_is_named_with_the_line_to_add() {
     let node = RegistryNode::start("drr-nopath", false);
     let config = containerd_config(&node.dir, false);
-    let (code, report) =
-        node.doctor(&["--registry", "--containerd-config", config.to_str().unwrap(), "--hosts-dir", "/nonexistent"]);
+    let (code, report) = node.doctor(&[
+        "--registry",
+        "--runtime",
+        "containerd",
+        "--containerd-config",
+        config.to_str().unwrap(),
+        "--hosts-dir",
+        "/nonexistent",
+    ]);
     assert_eq!(code, Some(1), "--hosts-dir wins over the config: {report}");
     let (code, report) = doctor(&node, &config);
     assert_eq!(code, Some(1), "{report}");
@@ -157,4 +164,92 @@ fn a_registry_without_a_port_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("is not HOST:PORT"), "{stderr}");
+}
+
+/// `doctor --registry --runtime RUNTIME` on the node: containers/image's and Docker's files are
+/// the node's own /etc/containers and /etc/docker (`RegistryNode::runtime_dirs` lays them there),
+/// which the doctor names by those paths.
+fn doctor_runtime(node: &RegistryNode, runtime: &str) -> (Option<i32>, String) {
+    node.doctor(&["--registry", "--runtime", runtime])
+}
+
+/// How the reports name the two runtimes, by `--runtime`.
+const OTHER_RUNTIMES: [(&str, &str); 2] =
+    [("containers-image", "containers/image (CRI-O, podman)"), ("docker", "dockerd")];
+
+#[test]
+fn containers_image_and_docker_without_node_setups_files_are_named_with_the_fix() {
+    let node = RegistryNode::start("drr-rt-none", false);
+    node.runtime_dirs();
+    let (code, report) = doctor_runtime(&node, "containers-image");
+    assert_eq!(code, Some(1), "{report}");
+    let (_, fix) = check(
+        &report,
+        "PROBLEM",
+        &format!(
+            "no [[registry]] for {REGISTRY} in /etc/containers/registries.conf or /etc/containers/registries.conf.d/*.conf"
+        ),
+    );
+    assert!(fix.starts_with("run node setup (kubectl apply -k deploy/node"), "{fix}");
+    check(
+        &report,
+        "PROBLEM",
+        &format!("{REGISTRY} serves plain HTTP, but containers/image (CRI-O, podman) is sent there over https"),
+    );
+    let (code, report) = doctor_runtime(&node, "docker");
+    assert_eq!(code, Some(1), "{report}");
+    let (_, fix) =
+        check(&report, "PROBLEM", &format!("/etc/docker/daemon.json does not list {REGISTRY} in insecure-registries"));
+    assert!(fix.starts_with("run node setup"), "{fix}");
+    assert!(verdict(&report).starts_with(&format!("PROBLEM: dockerd on this node cannot pull from {REGISTRY}")));
+}
+
+#[test]
+fn containers_image_and_docker_over_the_wrong_scheme_are_named_with_the_fix() {
+    // A plain-HTTP registry, node setup told TLS: both runtimes are sent over https.
+    let node = RegistryNode::start("drr-rt-scheme", false);
+    node.runtime_dirs();
+    let (some_ca, _, _) = make_certificate(&node.dir, "some", &[NAME]);
+    let ca = some_ca.to_str().unwrap();
+    node.setup_runtimes("install", &node.dir.path("no.pid"), &[("REGISTRY_TLS", "true"), ("REGISTRY_CA", ca)]);
+    for (runtime, name) in OTHER_RUNTIMES {
+        let (code, report) = doctor_runtime(&node, runtime);
+        assert_eq!(code, Some(1), "{report}");
+        let (_, fix) =
+            check(&report, "PROBLEM", &format!("{REGISTRY} serves plain HTTP, but {name} is sent there over https"));
+        let wanted = match runtime {
+            "docker" => format!("add \"{REGISTRY}\" to insecure-registries in "),
+            _ => "say `insecure = true` for [[registry]]".to_string(),
+        };
+        assert!(fix.contains(&wanted) && fix.contains("REGISTRY_TLS=false"), "{fix}");
+    }
+    // The right setting: both exit 0.
+    node.setup_runtimes("install", &node.dir.path("no.pid"), &[("REGISTRY_TLS", "false")]);
+    for (runtime, _) in OTHER_RUNTIMES {
+        let (code, report) = doctor_runtime(&node, runtime);
+        assert_eq!(code, Some(0), "{report}");
+    }
+}
+
+#[test]
+fn containers_image_and_docker_with_a_ca_that_did_not_sign_the_registrys_certificate_are_named_with_the_fix() {
+    let node = RegistryNode::start("drr-rt-ca", true);
+    node.runtime_dirs();
+    let (other_ca, _, _) = make_certificate(&node.dir, "other", &[NAME]);
+    node.setup_runtimes("install", &node.dir.path("no.pid"), &[("REGISTRY_CA", other_ca.to_str().unwrap())]);
+    for ((runtime, name), dir) in OTHER_RUNTIMES.into_iter().zip(["/etc/containers", "/etc/docker"]) {
+        let (code, report) = doctor_runtime(&node, runtime);
+        assert_eq!(code, Some(1), "{report}");
+        let ca = Path::new(dir).join("certs.d").join(REGISTRY).join("ca.crt");
+        let (line, fix) =
+            check(&report, "PROBLEM", &format!("{REGISTRY}'s certificate is not signed by a CA {name} trusts for it"));
+        assert!(line.contains(&ca.display().to_string()), "{line}");
+        assert!(fix.contains(&format!("re-run node setup, which writes it to {}", ca.display())), "{fix}");
+    }
+    // The registry's own CA: both exit 0.
+    node.setup_runtimes("install", &node.dir.path("no.pid"), &[]);
+    for (runtime, _) in OTHER_RUNTIMES {
+        let (code, report) = doctor_runtime(&node, runtime);
+        assert_eq!(code, Some(0), "{report}");
+    }
 }

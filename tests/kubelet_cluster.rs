@@ -342,6 +342,14 @@ const HOSTS_TOML_CONTENT: &str = "# Written by registry-dns node setup (deploy/n
      server = \"http://knative-local-registry:5000\"\n\
      [host.\"http://knative-local-registry:5000\"]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n";
 
+/// Node setup's containers/image drop-in (CRI-O, podman) on the node.
+const CONTAINERS_DROPIN: &str = "containers/registries.conf.d/50-registry-dns.conf";
+/// The node's own Docker configuration, which node setup merges into and gives back byte for byte.
+const USER_DAEMON_JSON: &str = "{\"log-level\": \"warn\"}\n";
+/// The nodes that have containers/image's /etc/containers and Docker's daemon.json, as a node with
+/// podman or CRI-O and Docker installed has them (node-4 has neither).
+const WITH_OTHER_RUNTIMES: [&str; 3] = ["node-1", "node-2", "node-3"];
+
 /// One lookup's outcome, as a client sees it.
 #[derive(Clone, Debug, PartialEq)]
 enum Answer {
@@ -456,6 +464,12 @@ fn three_nodes_resolve_push_pull_and_move_the_registry_then_a_fourth_joins_and_t
         &prefer_node_1.to_string(),
     ]);
     // 2. registry-dns from the chart with node setup, into a namespace that admits privileged pods.
+    for node in WITH_OTHER_RUNTIMES {
+        c.node(node).sh_ok(&format!(
+            "mkdir -p /etc/containers/registries.conf.d /etc/docker && printf '{}' > /etc/docker/daemon.json",
+            USER_DAEMON_JSON.replace('\n', "\\n")
+        ));
+    }
     c.cp.kubectl(&["create", "namespace", "registry-dns"]);
     c.cp.kubectl(&[
         "label",
@@ -511,6 +525,18 @@ fn three_nodes_resolve_push_pull_and_move_the_registry_then_a_fourth_joins_and_t
             (routing.contains(&format!("~{NAME}")) && hosts == HOSTS_TOML_CONTENT)
                 .then_some(())
                 .ok_or(format!("{routing} {hosts}"))
+        });
+    }
+    // Node setup configured containers/image and Docker too where they are, daemon.json through
+    // the registry-dns binary that the setup pod's init container copied out of the registry-dns
+    // image. The runtimes themselves pull in tests/runtimes_pull.rs.
+    for node in WITH_OTHER_RUNTIMES.map(|n| c.node(n)) {
+        wait_for(&format!("{}: containers/image drop-in and daemon.json", node.name), Duration::from_secs(30), || {
+            let dropin = node.etc(CONTAINERS_DROPIN)?;
+            let daemon_json = node.etc("docker/daemon.json")?;
+            (dropin.contains("insecure = true") && daemon_json.contains("\"knative-local-registry:5000\""))
+                .then_some(())
+                .ok_or(format!("{dropin}\n{daemon_json}"))
         });
     }
     // Both CoreDNS replicas reloaded the patched Corefile (the kubelet projects the ConfigMap at
@@ -794,7 +820,10 @@ fn three_nodes_resolve_push_pull_and_move_the_registry_then_a_fourth_joins_and_t
     for node in &c.nodes {
         wait_for(&format!("{}: node setup's removal", node.name), Duration::from_secs(30), || {
             let dropin = node.etc("systemd/resolved.conf.d/registry-dns.conf");
-            (dropin.is_err() && node.etc(HOSTS_TOML).is_err()).then_some(()).ok_or(format!("{dropin:?}"))
+            let others_gone = !WITH_OTHER_RUNTIMES.contains(&node.name.as_str())
+                || (node.etc(CONTAINERS_DROPIN).is_err()
+                    && node.etc("docker/daemon.json").as_deref() == Ok(USER_DAEMON_JSON));
+            (dropin.is_err() && node.etc(HOSTS_TOML).is_err() && others_gone).then_some(()).ok_or(format!("{dropin:?}"))
         });
     }
     if patched {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what the tests drive (dig, nsd, ldns,
 # dnsmasq, iproute2, setpriv, openssl, curl, containerd, runc, iptables, libcap2-bin,
-# docker-registry, musl-tools, mmdebstrap, systemd-container) from Debian's packages when missing
-# (their services are not started), builds the Kubernetes parts and other Go tools the tests run
+# docker-registry, musl-tools, podman, docker.io, mmdebstrap, systemd-container) from Debian's
+# packages when missing (their services are not started), builds the Kubernetes parts and other Go
+# tools the tests run
 # (tests/cluster/control-plane.sh: from pinned Go modules, cached outside the repository; it
 # installs Go from Debian, and the pinned toolchain from the module proxy, when missing) and the
 # nodes' Debian root filesystem (tests/cluster/rootfs.sh, cached beside them), then runs every
@@ -12,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in dig:dnsutils nsd:nsd ldns-signzone:ldnsutils ldns-keygen:ldnsutils dnsmasq:dnsmasq-base ip:iproute2 setpriv:util-linux unshare:util-linux openssl:openssl curl:curl containerd:containerd ctr:containerd runc:runc iptables:iptables setcap:libcap2-bin docker-registry:docker-registry musl-gcc:musl-tools mmdebstrap:mmdebstrap systemd-nspawn:systemd-container; do
+for pair in dig:dnsutils nsd:nsd ldns-signzone:ldnsutils ldns-keygen:ldnsutils dnsmasq:dnsmasq-base ip:iproute2 setpriv:util-linux unshare:util-linux openssl:openssl curl:curl containerd:containerd ctr:containerd runc:runc iptables:iptables setcap:libcap2-bin docker-registry:docker-registry musl-gcc:musl-tools podman:podman dockerd:docker.io mmdebstrap:mmdebstrap systemd-nspawn:systemd-container; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -38,11 +39,11 @@ python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q -
 # packages compile once; the CNI plugins from their own), built once per version into a cache
 # outside the repository (a cold build takes a while; docs/testing.md, "Against a real control
 # plane"); crictl and containerd 2.x for tests/containerd_cri.rs (and crictl on the cluster's nodes)
-# from their own go.mod. Outside CI a
+# from their own go.mod, CRI-O for tests/runtimes_pull.rs from its own. Outside CI a
 # failure here only makes those tests skip, loudly; under CI it fails the run.
 if [ $# -eq 0 ] && ! { tests/cluster/control-plane.sh build >/dev/null && tests/cluster/control-plane.sh build-e2e >/dev/null &&
-  tests/cluster/control-plane.sh build-cri >/dev/null && tests/cluster/control-plane.sh build-node >/dev/null &&
-  tests/cluster/rootfs.sh build >/dev/null; }; then
+  tests/cluster/control-plane.sh build-cri >/dev/null && tests/cluster/control-plane.sh build-crio >/dev/null &&
+  tests/cluster/control-plane.sh build-node >/dev/null && tests/cluster/rootfs.sh build >/dev/null; }; then
   [ -z "${CI:-}" ] || exit 1
 fi
 

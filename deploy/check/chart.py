@@ -37,10 +37,11 @@ MONITORING = ["--set", "metrics.podMonitor.enabled=true,metrics.prometheusRule.e
 NODE_SETUP = ["--set", "nodeSetup.enabled=true"]
 # Values the schema must refuse (each would otherwise render a broken DaemonSet or flag).
 REFUSED = {
-    "nodeSetup.containerd.tls=maybe": "--set-string",
+    "nodeSetup.tls=maybe": "--set-string",
+    "nodeSetup.runtimes.docker=on": "--set-string",
     "metrics.port=70000": "--set",
     "cache.size=64MB": "--set-string",
-    "nodeSetup.containerd.registries={knative-local-registry}": "--set",
+    "nodeSetup.registries={knative-local-registry}": "--set",
     "nodeSetup.action=uninstall": "--set-string",
     "answer=cluster": "--set-string",
     "metrics.prot=9353": "--set",
@@ -125,8 +126,15 @@ def node_drift(kustomize, chart):
     kc, cc = k["containers"][0], c["containers"][0]
     k_env = {e["name"]: e["value"] for e in kc["env"]}
     c_env = {e["name"]: e["value"] for e in cc["env"]}
-    # The chart also passes the script's own defaults (ADDRESS, CONTAINERD), from its values.
-    pairs = {"env": ({**k_env, "ADDRESS": "169.254.20.25", "CONTAINERD": "auto"}, c_env)}
+    # The chart also passes the script's own defaults (ADDRESS, the runtimes), from its values.
+    defaults = {"ADDRESS": "169.254.20.25", "CONTAINERD": "auto", "CONTAINERS_IMAGE": "auto", "DOCKER": "auto"}
+    pairs = {"env": ({**k_env, **defaults}, c_env)}
+    # The init container (the registry-dns image's binary): the same but for the image's name,
+    # which kustomize's images: and the chart's image.* each set (deploy/base is compared so).
+    ki, ci = k["initContainers"][0], c["initContainers"][0]
+    for field in ("name", "command", "securityContext", "resources", "volumeMounts"):
+        pairs[f"init container {field}"] = (ki.get(field), ci.get(field))
+    pairs["init container image"] = (ki["image"], ci["image"])
     for field in ("hostPID", "priorityClassName", "nodeSelector", "tolerations", "automountServiceAccountToken",
                   "terminationGracePeriodSeconds", "volumes"):
         pairs[field] = (k.get(field), c.get(field))
@@ -169,8 +177,11 @@ def check_values_reach(objs):
     env = {e["name"]: e["value"] for e in setup_spec["containers"][0]["env"]}
     expect(f"node setup env {env}", env == {
         "ACTION": "remove", "MODE": "resolv-conf", "ADDRESS": "10.0.0.53",
-        "NAMES": "knative-local-registry registry-mirror build-cache", "CONTAINERD": "auto",
+        "NAMES": "knative-local-registry registry-mirror build-cache", "INTERFACE": "", "CONTAINERD": "auto",
+        "CONTAINERS_IMAGE": "off", "DOCKER": "off",
         "REGISTRIES": "knative-local-registry:5000 registry-mirror:5001", "REGISTRY_TLS": "true"})
+    init = setup_spec["initContainers"][0]
+    expect(f"node setup's init container image {init['image']}", init["image"] == c["image"])
     expect("node setup CA ConfigMap", {"name": "my-registry-ca", "optional": True} in
            [v.get("configMap") for v in setup_spec["volumes"]])
     expect("node setup priorityClassName empty leaves it out", "priorityClassName" not in setup_spec)

@@ -11,34 +11,14 @@
 # config_path, containerd 1.x reads no hosts.toml, and this says which line to add.
 # On k3s it writes /etc/rancher/k3s/registries.yaml (read when k3s starts) unless that file is
 # someone else's, and the same hosts.toml into k3s's own certs.d, which containerd reads at once.
-# Every file it writes starts with $MARK; remove deletes only those. Idempotent: a file is written
-# only when its content changes.
-#
-# REGISTRY_TLS: auto (https when a CA is mounted), true, false. The CA: REGISTRY_CA, else ca.crt
-# of the ConfigMap or Secret registry-dns-registry-ca mounted at /registry-ca/{configmap,secret}.
+# Idempotent: a file is written only when its content changes (registries.sh: put, drop).
 
-REGISTRIES=${REGISTRIES:-knative-local-registry:5000}
-REGISTRY_TLS=${REGISTRY_TLS:-auto}
 CONTAINERD_CONFIG=${CONTAINERD_CONFIG:-/etc/containerd/config.toml}
 K3S_CONFIG_DIR=${K3S_CONFIG_DIR:-/etc/rancher/k3s}
 K3S_DATA_DIR=${K3S_DATA_DIR:-/var/lib/rancher/k3s}
-MARK="# Written by registry-dns node setup (deploy/node); ACTION=remove deletes it."
 
-registry_ca() {
-    for f in "${REGISTRY_CA:-}" /registry-ca/configmap/ca.crt /registry-ca/secret/ca.crt; do
-        if [ -n "$f" ] && [ -s "$f" ]; then echo "$f"; return; fi
-    done
-}
-
-# The scheme the registry serves, from REGISTRY_TLS and the CA.
-registry_scheme() {
-    case "$REGISTRY_TLS" in
-        true) echo https ;;
-        false) echo http ;;
-        auto) if [ -n "$(registry_ca)" ]; then echo https; else echo http; fi ;;
-        *) echo "REGISTRY_TLS is auto, true or false, not '$REGISTRY_TLS'" >&2; exit 2 ;;
-    esac
-}
+# Always: containerd_hosts_dir says why it skips a node without containerd.
+containerd_present() { true; }
 
 # The hosts directory containerd's CRI plugin reads, or nothing (with the reason on stderr).
 containerd_hosts_dir() {
@@ -78,23 +58,6 @@ hosts_toml() {  # REGISTRY SCHEME [CA PATH]
     if [ -n "${3:-}" ]; then printf '  ca = "%s"\n' "$3"; fi
 }
 
-# Writes FILE with CONTENT on the node when it differs; prints what it did.
-put() {
-    host sh -c '
-        if [ -e "$1" ] && [ "$(cat "$1")" = "$2" ]; then echo "$1 up to date"; exit 0; fi
-        mkdir -p "$(dirname "$1")" && printf "%s\n" "$2" > "$1.tmp" && mv "$1.tmp" "$1" && echo "wrote $1"
-    ' sh "$1" "$2"
-}
-
-# Deletes FILE on the node if it is ours.
-drop() {
-    host sh -c '
-        [ -e "$1" ] || exit 0
-        if head -n1 "$1" | grep -qF "$2"; then rm -f "$1" && echo "removed $1"
-        else echo "$1 is not registry-dns node setup'"'"'s: left in place"; fi
-    ' sh "$1" "$MARK"
-}
-
 containerd_install() {
     scheme=$(registry_scheme)
     ca=$(registry_ca)
@@ -106,8 +69,7 @@ containerd_install() {
             ca_path=
             if [ "$scheme" = https ] && [ -n "$ca" ]; then
                 ca_path=$dir/$r/ca.crt
-                put "$ca_path" "$MARK
-$(cat "$ca")"
+                put "$ca_path" "$(ca_file "$ca")"
             fi
             put "$dir/$r/hosts.toml" "$(hosts_toml "$r" "$scheme" "$ca_path")"
         done
@@ -129,8 +91,7 @@ mirrors:"
         yaml="$yaml
 configs:"
         for r in $REGISTRIES; do
-            put "$K3S_CONFIG_DIR/registry-dns-ca/$r.crt" "$MARK
-$(cat "$2")"
+            put "$K3S_CONFIG_DIR/registry-dns-ca/$r.crt" "$(ca_file "$2")"
             yaml="$yaml
   \"$r\":
     tls:

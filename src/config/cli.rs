@@ -224,7 +224,10 @@ fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
 pub enum Subcommand {
     /// Find out why a name does not resolve here (on a node or in a pod): checks the local
     /// resolver setup, asks getaddrinfo and registry-dns, prints each problem with its fix.
-    Doctor(crate::doctor::DoctorArgs),
+    Doctor(Box<crate::doctor::DoctorArgs>),
+    /// Steps of node setup (deploy/node) that need more than a shell: copying this binary into
+    /// the setup pod, merging registries into Docker's daemon.json.
+    NodeSetup(crate::node_setup::NodeSetupArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -10,6 +10,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::runtime::{NODE_SETUP, whose};
+use super::verdict::Check;
+
 /// The CRI registry section of containerd 1.x's config (version 2).
 pub const V2_SECTION: &str = "plugins.\"io.containerd.grpc.v1.cri\".registry";
 /// The CRI registry section of containerd 2.x's config (version 3).
@@ -95,7 +98,8 @@ pub fn config_path_line(version: i64) -> String {
     format!("`config_path = \"{CERTS_D}\"` under `[{section}]`")
 }
 
-/// One endpoint of a hosts.toml: a `[host."URL"]` table, or the `server` fallback.
+/// Where a pull goes: one endpoint of a hosts.toml (a `[host."URL"]` table, or the `server`
+/// fallback); the other runtimes' files give one too (`Endpoint::new`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub url: String,
@@ -108,6 +112,16 @@ pub struct Endpoint {
     /// them to the system pool).
     pub ca: Vec<PathBuf>,
     pub skip_verify: bool,
+}
+
+impl Endpoint {
+    /// `scheme://registry` trusting the system's roots and `ca`, for pulling.
+    pub fn new(scheme: &str, registry: &str, ca: Vec<PathBuf>) -> Result<Self, String> {
+        let mut endpoint =
+            endpoint(&format!("{scheme}://{registry}"), &toml::Value::Table(toml::Table::new()), Path::new("/"))?;
+        endpoint.ca = ca;
+        Ok(endpoint)
+    }
 }
 
 /// A hosts.toml as containerd reads it.
@@ -128,9 +142,34 @@ pub fn hosts_toml(dirs: &[PathBuf], registry: &str) -> Result<Option<HostsToml>,
     parse_hosts_toml(&file, &text).map(Some).map_err(|e| format!("{}: {e}", file.display()))
 }
 
-/// What containerd does without a hosts.toml: HTTPS to the registry itself, the system's roots.
-pub fn default_endpoint(registry: &str) -> Result<Endpoint, String> {
-    endpoint(&format!("https://{registry}"), &toml::Value::Table(toml::Table::new()), Path::new("/"))
+/// The directories searched for hosts.toml: config_path's, else the one node setup writes.
+pub fn searched(dirs: &HostsDirs) -> Vec<PathBuf> {
+    match dirs.dirs() {
+        dirs if dirs.is_empty() => vec![PathBuf::from(CERTS_D)],
+        dirs => dirs,
+    }
+}
+
+/// The endpoint containerd pulls from first: the hosts.toml's first that pulls, else (no
+/// hosts.toml) HTTPS to the registry itself with the system's roots.
+pub fn pull_endpoint(hosts: &Result<Option<HostsToml>, String>, registry: &str) -> Result<Endpoint, String> {
+    let pulls = |e: &&Endpoint| e.capabilities.iter().any(|c| c == "pull");
+    match hosts {
+        Ok(Some(h)) if !h.endpoints.is_empty() => Ok(h.endpoints.iter().find(pulls).unwrap_or(&h.endpoints[0]).clone()),
+        _ => Endpoint::new("https", registry, Vec::new()),
+    }
+}
+
+/// The checks of containerd's files: config.toml's config_path, then the registry's hosts.toml.
+pub fn checks(
+    dirs: &HostsDirs,
+    hosts: &Result<Option<HostsToml>, String>,
+    registry: &str,
+    endpoint: &Endpoint,
+) -> Vec<Check> {
+    let mut checks = vec![containerd_config(dirs)];
+    checks.extend(hosts_toml_checks(dirs, hosts, registry, endpoint));
+    checks
 }
 
 fn parse_hosts_toml(file: &Path, text: &str) -> Result<HostsToml, String> {
@@ -172,6 +211,85 @@ fn endpoint(url: &str, settings: &toml::Value, dir: &Path) -> Result<Endpoint, S
     };
     let skip_verify = settings.get("skip_verify").and_then(toml::Value::as_bool).unwrap_or(false);
     Ok(Endpoint { url: url.to_string(), scheme: scheme.to_string(), authority, host, capabilities, ca, skip_verify })
+}
+
+fn containerd_config(dirs: &HostsDirs) -> Check {
+    match dirs {
+        HostsDirs::Configured { file, version, config_path, .. } => Check::ok(format!(
+            "{} (version {version}): the CRI plugin reads hosts.toml files from {config_path}",
+            file.display()
+        )),
+        HostsDirs::Given(dir) => Check::ok(format!("hosts directory {} (--hosts-dir)", dir.display())),
+        HostsDirs::Unset { file, version } => Check::problem(
+            format!(
+                "{} (version {version}) sets no config_path: containerd's CRI plugin (what the kubelet pulls through) \
+                 reads no hosts.toml at all",
+                file.display()
+            ),
+            format!(
+                "add {} to {}, then restart containerd (systemctl restart containerd); node setup prints this line \
+                 and leaves config.toml to you",
+                config_path_line(*version),
+                file.display()
+            ),
+        ),
+        HostsDirs::Unreadable { file, error } => Check::warn(
+            format!("cannot read containerd's config {} ({error}): looking in {CERTS_D}", file.display()),
+            Some(
+                "pass --containerd-config with the file containerd runs with (k3s: \
+                  /var/lib/rancher/k3s/agent/etc/containerd/config.toml)"
+                    .into(),
+            ),
+        ),
+    }
+}
+
+fn hosts_toml_checks(
+    dirs: &HostsDirs,
+    hosts: &Result<Option<HostsToml>, String>,
+    registry: &str,
+    endpoint: &Endpoint,
+) -> Vec<Check> {
+    let hosts = match hosts {
+        Ok(Some(hosts)) => hosts,
+        Ok(None) => {
+            let dirs: Vec<String> = searched(dirs).iter().map(|d| d.join(registry).display().to_string()).collect();
+            return vec![Check::problem(
+                format!(
+                    "no hosts.toml for {registry} ({}): containerd pulls it over HTTPS trusting the system's roots only",
+                    dirs.join(", ")
+                ),
+                NODE_SETUP.to_string(),
+            )];
+        }
+        Err(e) => return vec![Check::problem(e.clone(), format!("fix or delete the file; {NODE_SETUP}"))],
+    };
+    let ca = match endpoint.ca.as_slice() {
+        [] => String::new(),
+        files => format!(", ca {}", files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")),
+    };
+    let mut checks = vec![Check::ok(format!(
+        "{}: {registry} is pulled from {}{ca}{}",
+        hosts.file.display(),
+        endpoint.url,
+        whose(&hosts.file)
+    ))];
+    if !endpoint.capabilities.iter().any(|c| c == "pull") || !endpoint.capabilities.iter().any(|c| c == "resolve") {
+        checks.push(Check::problem(
+            format!(
+                "{} lacks the pull and resolve capabilities (capabilities = {:?})",
+                endpoint.url, endpoint.capabilities
+            ),
+            format!("set capabilities = [\"pull\", \"resolve\", \"push\"] in {}", hosts.file.display()),
+        ));
+    }
+    if endpoint.skip_verify {
+        checks.push(Check::warn(
+            format!("{} sets skip_verify: containerd accepts any certificate there", endpoint.url),
+            Some(format!("set `ca` to the registry's CA instead ({})", super::registry_verdict::GET_CA)),
+        ));
+    }
+    checks
 }
 
 #[cfg(test)]

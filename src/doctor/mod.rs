@@ -9,18 +9,22 @@
 //! The files it reads can be pointed elsewhere with flags; getaddrinfo always reads the real
 //! ones, so the flags are for looking at another root's files, and for tests.
 //!
-//! `--registry` checks the node's pull path instead (`containerd`, `registry_probe`,
-//! `registry_verdict`): containerd's hosts.toml for the registry, the registry's address and
-//! port, its `/v2/` API over the scheme hosts.toml names, its certificate against the CA it names;
-//! exit 0 when a pull can get through, 1 when not.
+//! `--registry` checks the node's pull path instead, for each container runtime the node has
+//! (`runtime`: `containerd`, `containers_image` for CRI-O and podman, `docker`): the runtime's
+//! files for the registry, the registry's address and port, its `/v2/` API over the scheme those
+//! files name, its certificate against the CAs they name (`registry_probe`, `registry_verdict`);
+//! exit 0 when every runtime's pull can get through, 1 when not.
 
 mod containerd;
+mod containers_image;
+mod docker;
 mod probe;
 mod registry_probe;
 mod registry_verdict;
 mod resolved_routing;
 mod resolved_state;
 mod resolver_setup;
+mod runtime;
 mod verdict;
 
 use std::net::{IpAddr, SocketAddr};
@@ -74,9 +78,9 @@ pub struct DoctorArgs {
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
-    /// Check the node's pull path instead of its resolver: containerd's hosts.toml for HOST:PORT
-    /// (default: --name, port 5000), the registry there, its /v2/ API over the scheme hosts.toml
-    /// names, and its certificate against the CA hosts.toml names.
+    /// Check the node's pull path instead of its resolver, for each container runtime the node has:
+    /// its files for HOST:PORT (default: --name, port 5000), the registry there, its /v2/ API over
+    /// the scheme they name, and its certificate against the CAs they name.
     #[arg(long, value_name = "HOST:PORT", num_args = 0..=1, default_missing_value = "", value_parser = parse_registry)]
     pub registry: Option<String>,
 
@@ -87,6 +91,18 @@ pub struct DoctorArgs {
     /// The hosts directory to read instead of config.toml's (as `ctr --hosts-dir`).
     #[arg(long, value_name = "DIR", requires = "registry")]
     pub hosts_dir: Option<PathBuf>,
+
+    /// containers/image's directory (CRI-O, podman): registries.conf, registries.conf.d, certs.d.
+    #[arg(long, value_name = "DIR", default_value = "/etc/containers", requires = "registry")]
+    pub containers_dir: PathBuf,
+
+    /// Docker's directory: daemon.json, certs.d.
+    #[arg(long, value_name = "DIR", default_value = "/etc/docker", requires = "registry")]
+    pub docker_dir: PathBuf,
+
+    /// Check only this runtime (repeatable). Default: each one this node has.
+    #[arg(long, value_enum, value_name = "RUNTIME", requires = "registry")]
+    pub runtime: Vec<runtime::RuntimeName>,
 }
 
 /// `--registry`'s value: HOST:PORT, as in an image reference (empty: the default).
@@ -136,37 +152,43 @@ pub fn run(args: &DoctorArgs) -> ExitCode {
     ExitCode::from(report.outcome.exit_code())
 }
 
-/// `--registry`: the pull path to `registry` (empty: `--name`:5000).
+/// `--registry`: the pull path to `registry` (empty: `--name`:5000), one report per runtime.
 fn run_registry(args: &DoctorArgs, registry: &str) -> ExitCode {
     let registry = match registry {
         "" => format!("{}:5000", args.name),
         given => given.to_string(),
     };
-    let dirs = containerd::HostsDirs::read(&args.containerd_config, args.hosts_dir.as_deref());
-    let searched = match dirs.dirs() {
-        dirs if dirs.is_empty() => vec![PathBuf::from(containerd::CERTS_D)],
-        dirs => dirs,
+    let paths = runtime::RuntimePaths {
+        containerd_config: args.containerd_config.clone(),
+        hosts_dir: args.hosts_dir.clone(),
+        containers_dir: args.containers_dir.clone(),
+        docker_dir: args.docker_dir.clone(),
     };
-    let hosts = containerd::hosts_toml(&searched, &registry);
-    let pulls = |e: &&containerd::Endpoint| e.capabilities.iter().any(|c| c == "pull");
-    let configured = match &hosts {
-        Ok(Some(h)) => h.endpoints.iter().find(pulls).or(h.endpoints.first()),
-        _ => None,
+    let all = runtime::all(&paths);
+    let mut chosen: Vec<_> = match args.runtime.is_empty() {
+        true => all.iter().filter(|(_, r)| r.present()).collect(),
+        false => all.iter().filter(|(name, _)| args.runtime.contains(name)).collect(),
     };
-    let endpoint = match configured {
-        Some(endpoint) => endpoint.clone(),
-        None => match containerd::default_endpoint(&registry) {
-            Ok(endpoint) => endpoint,
+    if chosen.is_empty() {
+        // No runtime found: containerd's view, which names what is missing.
+        chosen.push(&all[0]);
+    }
+    let mut code = 0;
+    for (_, runtime) in chosen {
+        let view = match runtime.read(&registry) {
+            Ok(view) => view,
             Err(e) => {
                 eprintln!("registry-dns: --registry {registry}: {e}");
                 return ExitCode::from(2);
             }
-        },
-    };
-    let probe = registry_probe::probe(&endpoint, args.timeout);
-    let report = registry_verdict::judge(&registry_verdict::PullFindings { registry, dirs, hosts, probe });
-    print!("{report}");
-    ExitCode::from(report.exit_code())
+        };
+        let probe = registry_probe::probe(&view.endpoint, args.timeout);
+        let report =
+            registry_verdict::judge(&registry_verdict::PullFindings { registry: registry.clone(), view, probe });
+        print!("{report}");
+        code = code.max(report.exit_code());
+    }
+    ExitCode::from(code)
 }
 
 /// The suffixed names glibc tries before the bare one, each asked at the first nameserver that

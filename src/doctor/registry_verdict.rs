@@ -1,30 +1,25 @@
-//! `registry-dns doctor --registry`: turns what containerd's files say and what the registry
-//! answered into the report, one line per step of a pull, each problem with its fix, and a
-//! verdict: exit 0 when containerd on this node can reach the registry's API as its hosts.toml
-//! tells it to, 1 when not. Pure: no I/O here.
+//! `registry-dns doctor --registry`: turns what a runtime's files say and what the registry
+//! answered into that runtime's report, one line per step of a pull, each problem with its fix,
+//! and a verdict: exit 0 when the runtime on this node can reach the registry's API as its files
+//! tell it to, 1 when not. Pure: no I/O here.
 
 use std::fmt;
-use std::path::PathBuf;
 
-use super::containerd::{CERTS_D, HostsDirs, HostsToml, config_path_line};
 use super::registry_probe::{Api, Connected, Probe, Untrusted};
+use super::runtime::RuntimeView;
 use super::verdict::{Check, Severity, write_report};
 
-/// How node setup and this guide are named in fixes.
-const NODE_SETUP: &str = "run node setup (kubectl apply -k deploy/node, or the chart's nodeSetup.enabled=true), \
-                          which writes it on every node; by hand: docs/node-setup.md";
 /// How the registry's CA comes out of the cluster (deploy/registry/tls).
-const GET_CA: &str = "kubectl -n registry get secret registry-ca -o jsonpath='{.data.ca\\.crt}' | base64 -d";
+pub const GET_CA: &str = "kubectl -n registry get secret registry-ca -o jsonpath='{.data.ca\\.crt}' | base64 -d";
 
 /// What was read and asked, the input of [`judge`].
 #[derive(Debug, Clone)]
 pub struct PullFindings {
     /// host:port, as in image references.
     pub registry: String,
-    pub dirs: HostsDirs,
-    /// The hosts.toml for the registry, if any (or why it does not parse).
-    pub hosts: Result<Option<HostsToml>, String>,
-    /// The endpoint containerd tries first: the hosts.toml's, else `https://registry`.
+    /// What the runtime's files say.
+    pub view: RuntimeView,
+    /// What the endpoint the runtime tries first answered.
     pub probe: Probe,
 }
 
@@ -52,104 +47,25 @@ impl fmt::Display for PullReport {
 }
 
 pub fn judge(f: &PullFindings) -> PullReport {
-    let mut checks = vec![containerd_config(f)];
-    checks.extend(hosts_toml(f));
+    let name = f.view.name;
+    let mut checks = f.view.checks.clone();
     checks.extend(reach(f));
     let first_problem = checks.iter().find(|c| c.severity == Severity::Problem);
     let endpoint = &f.probe.endpoint;
     let verdict = match first_problem {
         None => format!(
-            "ok: containerd on this node reaches {}'s registry API at {} as its hosts.toml says",
-            f.registry, endpoint.url
+            "ok: {name} on this node reaches {}'s registry API at {} as {} says",
+            f.registry, endpoint.url, f.view.source
         ),
         Some(problem) => {
             let count = checks.iter().filter(|c| c.severity == Severity::Problem).count();
             let advice =
                 if count == 1 { "apply the fix above".to_string() } else { format!("apply the {count} fixes above") };
-            format!("PROBLEM: containerd on this node cannot pull from {}: {}; {advice}", f.registry, problem.text)
+            format!("PROBLEM: {name} on this node cannot pull from {}: {}; {advice}", f.registry, problem.text)
         }
     };
-    let title = format!("registry-dns doctor --registry: {} as containerd on this node pulls it", f.registry);
+    let title = format!("registry-dns doctor --registry: {} as {name} on this node pulls it", f.registry);
     PullReport { title, checks, verdict }
-}
-
-fn containerd_config(f: &PullFindings) -> Check {
-    match &f.dirs {
-        HostsDirs::Configured { file, version, config_path, .. } => Check::ok(format!(
-            "{} (version {version}): the CRI plugin reads hosts.toml files from {config_path}",
-            file.display()
-        )),
-        HostsDirs::Given(dir) => Check::ok(format!("hosts directory {} (--hosts-dir)", dir.display())),
-        HostsDirs::Unset { file, version } => Check::problem(
-            format!(
-                "{} (version {version}) sets no config_path: containerd's CRI plugin (what the kubelet pulls through) \
-                 reads no hosts.toml at all",
-                file.display()
-            ),
-            format!(
-                "add {} to {}, then restart containerd (systemctl restart containerd); node setup prints this line \
-                 and leaves config.toml to you",
-                config_path_line(*version),
-                file.display()
-            ),
-        ),
-        HostsDirs::Unreadable { file, error } => Check::warn(
-            format!("cannot read containerd's config {} ({error}): looking in {CERTS_D}", file.display()),
-            Some(
-                "pass --containerd-config with the file containerd runs with (k3s: \
-                  /var/lib/rancher/k3s/agent/etc/containerd/config.toml)"
-                    .into(),
-            ),
-        ),
-    }
-}
-
-fn searched(f: &PullFindings) -> Vec<PathBuf> {
-    match f.dirs.dirs() {
-        dirs if dirs.is_empty() => vec![PathBuf::from(CERTS_D)],
-        dirs => dirs,
-    }
-}
-
-fn hosts_toml(f: &PullFindings) -> Vec<Check> {
-    let registry = &f.registry;
-    let hosts = match &f.hosts {
-        Ok(Some(hosts)) => hosts,
-        Ok(None) => {
-            let dirs: Vec<String> = searched(f).iter().map(|d| d.join(registry).display().to_string()).collect();
-            return vec![Check::problem(
-                format!(
-                    "no hosts.toml for {registry} ({}): containerd pulls it over HTTPS trusting the system's roots only",
-                    dirs.join(", ")
-                ),
-                NODE_SETUP.to_string(),
-            )];
-        }
-        Err(e) => return vec![Check::problem(e.clone(), format!("fix or delete the file; {NODE_SETUP}"))],
-    };
-    let endpoint = &f.probe.endpoint;
-    let ca = match endpoint.ca.as_slice() {
-        [] => String::new(),
-        files => format!(", ca {}", files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ")),
-    };
-    let mut checks =
-        vec![Check::ok(format!("{}: {registry} is pulled from {}{ca}", hosts.file.display(), endpoint.url))];
-    if !endpoint.capabilities.iter().any(|c| c == "pull") || !endpoint.capabilities.iter().any(|c| c == "resolve") {
-        checks.push(Check::problem(
-            format!(
-                "{} lacks the pull and resolve capabilities (capabilities = {:?})",
-                endpoint.url, endpoint.capabilities
-            ),
-            format!("set capabilities = [\"pull\", \"resolve\", \"push\"] in {}", hosts.file.display()),
-        ));
-    }
-    if endpoint.skip_verify {
-        checks.push(Check::warn(
-            format!("{} sets skip_verify: containerd accepts any certificate there", endpoint.url),
-            Some(format!("set `ca` to the registry's CA instead ({GET_CA})")),
-        ));
-    }
-    checks
 }
 
 /// Resolution, connection and the registry API, as far as they got.
@@ -161,7 +77,7 @@ fn reach(f: &PullFindings) -> Vec<Check> {
         Ok(addresses) => checks.push(Check::ok(format!("getaddrinfo({host}): {}", join(addresses)))),
         Err(e) => {
             checks.push(Check::problem(
-                format!("getaddrinfo({host}) failed: {e}: containerd cannot resolve it either"),
+                format!("getaddrinfo({host}) failed: {e}: {} cannot resolve it either", f.view.name),
                 format!("run `registry-dns doctor --name {host}` on this node: it names the resolver's problem"),
             ));
             return checks;
@@ -190,10 +106,7 @@ fn reach(f: &PullFindings) -> Vec<Check> {
         }
         None => return checks,
     }
-    let file = match &f.hosts {
-        Ok(Some(hosts)) => hosts.file.display().to_string(),
-        _ => format!("{}/{}/hosts.toml", searched(f)[0].display(), f.registry),
-    };
+    let (name, file, view) = (f.view.name, &f.view.scheme_file, &f.view);
     let url = &p.endpoint.url;
     let check = match &p.api {
         Some(Api::Answer { status: status @ (200 | 401), api_version }) => {
@@ -205,22 +118,23 @@ fn reach(f: &PullFindings) -> Vec<Check> {
             format!("check what serves {authority}, and the endpoint in {file}"),
         ),
         Some(Api::PlainHttpPeer) => Check::problem(
-            format!("{authority} serves plain HTTP, but containerd is sent there over https ({url})"),
+            format!("{authority} serves plain HTTP, but {name} is sent there over https ({url})"),
+            view.to_plain.clone(),
+        ),
+        // Docker and containers/image try HTTPS without verifying before plain HTTP.
+        Some(Api::TlsPeer) if view.insecure_fallback => Check::warn(
             format!(
-                "make {file} say http://{authority} (server and [host]): re-run node setup with the registry's \
-                 plain-HTTP setting (deploy/node: REGISTRY_TLS=false, or no ConfigMap registry-dns-registry-ca; chart: nodeSetup.containerd.tls=false)"
+                "{authority} serves HTTPS, which {name} accepts without verifying the certificate ({file} marks it insecure)"
             ),
+            Some(view.to_tls.clone()),
         ),
         Some(Api::TlsPeer) => Check::problem(
-            format!("{authority} serves HTTPS, but containerd is sent there over http ({url})"),
-            format!(
-                "make {file} say https://{authority} with ca = the registry's CA ({GET_CA}): node setup does it \
-                 from the ConfigMap registry-dns-registry-ca (docs/node-setup.md)"
-            ),
+            format!("{authority} serves HTTPS, but {name} is sent there over http ({url})"),
+            view.to_tls.clone(),
         ),
         Some(Api::Untrusted(why)) => {
             let trusted = match p.endpoint.ca.as_slice() {
-                [] => "the system's roots (no ca in hosts.toml)".to_string(),
+                [] => format!("the system's roots (no CA in {file})"),
                 files => format!(
                     "the system's roots and {}",
                     files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
@@ -228,10 +142,11 @@ fn reach(f: &PullFindings) -> Vec<Check> {
             };
             match why {
                 Untrusted::UnknownIssuer => Check::problem(
-                    format!("{authority}'s certificate is not signed by a CA containerd trusts for it: {trusted}"),
+                    format!("{authority}'s certificate is not signed by a CA {name} trusts for it: {trusted}"),
                     format!(
                         "put the registry's CA ({GET_CA}) in the ConfigMap registry-dns-registry-ca and re-run node \
-                         setup, which writes it beside {file} as `ca`"
+                         setup, which writes it {}",
+                        view.ca_place
                     ),
                 ),
                 Untrusted::NotValidForName => Check::problem(
@@ -252,8 +167,8 @@ fn reach(f: &PullFindings) -> Vec<Check> {
             }
         }
         Some(Api::UnreadableCa(e)) => Check::problem(
-            format!("{e}: containerd cannot load the CA {file} names"),
-            format!("re-run node setup, which copies the CA beside {file}; by hand: {GET_CA}"),
+            format!("{e}: {name} cannot load the registry's CA"),
+            format!("re-run node setup, which writes the CA {}; by hand: {GET_CA}", view.ca_place),
         ),
         Some(Api::Failed(e)) => Check::problem(
             format!("GET {url}/v2/ failed: {e}"),

@@ -18,6 +18,9 @@
 #                                        (github.com/containerd/containerd/v2) for tests/containerd_cri.rs,
 #                                        from their own go.mod in tests/cluster/containerd; prints their
 #                                        two directories
+#   control-plane.sh build-crio          build (or find) CRI-O (github.com/cri-o/cri-o) for
+#                                        tests/runtimes_pull.rs, from its own go.mod in
+#                                        tests/cluster/crio; prints its directory
 #   control-plane.sh build-node          build (or find) what a real node adds, for tests/kubelet_cluster.rs:
 #                                        kubelet, kube-proxy and kube-scheduler from the same go.mod, and the CNI
 #                                        plugins (bridge, host-local, loopback, portmap) from
@@ -53,6 +56,9 @@ cri_gomod="$here/containerd"
 crictl_version="$(awk '$1=="sigs.k8s.io/cri-tools"{print $2; exit}' "$cri_gomod/go.mod")"
 containerd2_version="$(awk '$1=="github.com/containerd/containerd/v2"{print $2; exit}' "$cri_gomod/go.mod")"
 crictl_bin="$cache/crictl-$crictl_version"
+crio_gomod="$here/crio"
+crio_version="$(awk '$1=="require" && $2=="github.com/cri-o/cri-o"{print $3; exit}' "$crio_gomod/go.mod")"
+crio_bin="$cache/crio-$crio_version"
 containerd2_bin="$cache/containerd-$containerd2_version"
 k8s_bin="$cache/kubernetes-$k8s_version"
 etcd_bin="$cache/etcd-$etcd_version"
@@ -214,6 +220,38 @@ build_cri() {
   mv "$out/containerd-dir" "$containerd2_bin"
   trap - EXIT
   rmdir "$out"
+  log "built in $((SECONDS - start)) s"
+}
+
+crio_built() {
+  [ -x "$crio_bin/crio" ] && [ -x "$crio_bin/pinns" ]
+}
+
+# CRI-O (and its pinns) with cgo but none of the C libraries it can use: containers/image's own OpenPGP instead of
+# gpgme, no btrfs or devicemapper graph drivers, no seccomp (a CRI pull needs none of them).
+build_crio() {
+  crio_built && return
+  mkdir -p "$cache"
+  exec 9>"$cache/.build.lock"
+  flock 9
+  crio_built && return
+  ensure_go
+  local out
+  out="$(mktemp -d "$cache/.build.XXXXXX")"
+  trap "rm -rf '$out'" EXIT
+  log "building CRI-O $crio_version into $cache (once)"
+  local start=$SECONDS
+  (cd "$crio_gomod" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=1 nice -n 10 \
+    go build -tags "containers_image_openpgp exclude_graphdriver_btrfs exclude_graphdriver_devicemapper" -trimpath \
+    -ldflags="-s -w" -o "$out/crio" github.com/cri-o/cri-o/cmd/crio)
+  # pinns, CRI-O's C helper that pins a pod's namespaces (its startup checks that it exists), from
+  # the same module's source, as its Makefile builds it.
+  local src
+  src="$(cd "$crio_gomod" && GOFLAGS=-mod=readonly go list -m -f '{{.Dir}}' github.com/cri-o/cri-o)/pinns/src"
+  cc -std=c99 -Os -static -s -o "$out/pinns" "$src"/*.c
+  rm -rf "$crio_bin"
+  mv "$out" "$crio_bin"
+  trap - EXIT
   log "built in $((SECONDS - start)) s"
 }
 
@@ -455,6 +493,10 @@ case "${1:-}" in
     build_cri
     echo "$crictl_bin $containerd2_bin"
     ;;
+  build-crio)
+    build_crio
+    echo "$crio_bin"
+    ;;
   build-node)
     build_node
     echo "$node_bin $cni_bin"
@@ -467,7 +509,7 @@ case "${1:-}" in
   start-scheduler) load_env "$2" && start_scheduler "$(cd "$2" && pwd)" ;;
   compact) load_env "$2" && compact "$2" ;;
   *)
-    sed -n '2,38p' "$0" >&2
+    sed -n '2,45p' "$0" >&2
     exit 2
     ;;
 esac

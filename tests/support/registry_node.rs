@@ -207,6 +207,44 @@ impl RegistryNode {
         (out.status.code(), report)
     }
 
+    /// The node's /etc/containers and /etc/docker: /etc/netns/NAME/{containers,docker}, which
+    /// `ip netns exec` lays over them for every process of the node. /etc/containers starts
+    /// with this host's policy.json and registries.conf (Debian's, as a node with containers-common
+    /// has them); /etc/docker empty.
+    pub fn runtime_dirs(&self) -> (PathBuf, PathBuf) {
+        let etc = PathBuf::from(self.ns.etc());
+        let (containers, docker) = (etc.join("containers"), etc.join("docker"));
+        std::fs::create_dir_all(containers.join("registries.conf.d")).unwrap();
+        std::fs::create_dir_all(&docker).unwrap();
+        for file in ["policy.json", "registries.conf"] {
+            let _ = std::fs::copy(Path::new("/etc/containers").join(file), containers.join(file));
+        }
+        (containers, docker)
+    }
+
+    /// deploy/node/setup.sh ACTION for containers/image and Docker only, on the node's
+    /// directories (`runtime_dirs`), dockerd's pid in `pidfile`, with the registry's CA when it
+    /// serves TLS, plus `env` (which wins); its output.
+    pub fn setup_runtimes(&self, action: &str, pidfile: &Path, env: &[(&str, &str)]) -> String {
+        let (containers, docker) = (format!("{}/containers", self.ns.etc()), format!("{}/docker", self.ns.etc()));
+        let mut all = vec![
+            ("ACTION", action),
+            ("CONTAINERD", "off"),
+            ("CONTAINERS_IMAGE", "auto"),
+            ("DOCKER", "auto"),
+            ("CONTAINERS_DIR", containers.as_str()),
+            ("DOCKER_DIR", docker.as_str()),
+            ("DOCKER_PIDFILE", pidfile.to_str().unwrap()),
+            ("REGISTRY_DNS", RegistryDns::BIN),
+        ];
+        let ca = self.ca.as_ref().map(|ca| ca.display().to_string());
+        if let Some(ca) = &ca {
+            all.push(("REGISTRY_CA", ca.as_str()));
+        }
+        all.extend_from_slice(env);
+        node_setup(&self.dir.path("no-containerd.toml"), &all)
+    }
+
     /// [`push_image`] from the node.
     pub fn push_image(&self, crane: &Path, reference: &str) -> String {
         push_image(&self.ns, &self.dir, crane, self.ca.as_deref(), reference)
@@ -216,8 +254,9 @@ impl RegistryNode {
 pub const SETUP_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/node/setup.sh");
 
 /// Runs deploy/node/setup.sh (ACTION=install, resolver untouched: MODE=none) on this host's files
-/// as the node setup pod runs it on a node, with containerd's config at `containerd_config` and
-/// k3s's directories absent, plus `env` (REGISTRY_TLS, REGISTRY_CA...); its output.
+/// as the node setup pod runs it on a node, with containerd's config at `containerd_config`,
+/// k3s's directories absent and the other runtimes off (`env` turns them on, with their scratch
+/// directories), plus `env` (REGISTRY_TLS, REGISTRY_CA...); its output.
 pub fn node_setup(containerd_config: &Path, env: &[(&str, &str)]) -> String {
     let scratch = containerd_config.parent().unwrap();
     let out = Command::new("sh")
@@ -228,6 +267,8 @@ pub fn node_setup(containerd_config: &Path, env: &[(&str, &str)]) -> String {
         .env("CONTAINERD_CONFIG", containerd_config)
         .env("K3S_CONFIG_DIR", scratch.join("no-k3s"))
         .env("K3S_DATA_DIR", scratch.join("no-k3s-data"))
+        .env("CONTAINERS_IMAGE", "off")
+        .env("DOCKER", "off")
         .envs(env.iter().copied())
         .output()
         .unwrap();

@@ -19,7 +19,9 @@
 # real upstreams: registry-dns reads its own from there.
 
 NAMES=${NAMES:-knative-local-registry}
-LINK=registry-dns0
+# registry-dns's own interface (the chart's node.interface); resolved routes the names to a link,
+# and only a link of registry-dns's own may carry them.
+LINK=${INTERFACE-registry-dns0}
 DROPIN=/etc/systemd/resolved.conf.d/registry-dns.conf
 
 # On the node (through `host`): the drop-in as it must be, from CONFIG's text and resolved's state.
@@ -55,6 +57,11 @@ resolved_dropin() {
 }
 
 resolved_install() {
+    if [ -z "$LINK" ]; then
+        echo "systemd-resolved: registry-dns has no interface of its own (node.interface is empty), and resolved routes names only to a link: the names are not routed; give registry-dns its interface (registry-dns0)" >&2
+        return
+    fi
+    host sh -c '[ -e "/sys/class/net/$1" ] || echo "$1 is not there yet: registry-dns creates it; the names are routed within 5 seconds of it"' sh "$LINK"
     want=$(resolved_dropin)
     host sh -c '
         set -eu
@@ -70,6 +77,7 @@ resolved_install() {
 # registry-dns0's settings in resolved, when the link exists (registry-dns creates it) and they
 # differ: the server, the names as routing domains, and nothing else routed there.
 resolved_link() {
+    [ -n "$LINK" ] || return 0
     # shellcheck disable=SC2086 # NAMES is a list
     host sh -c '
         link=$1 address=$2
@@ -87,7 +95,7 @@ resolved_link() {
 
 resolved_remove() {
     host sh -c '
-        if [ -e "/sys/class/net/$2" ]; then resolvectl revert "$2" && echo "$2: resolved settings reverted"; fi
+        if [ -n "$2" ] && [ -e "/sys/class/net/$2" ]; then resolvectl revert "$2" && echo "$2: resolved settings reverted"; fi
         if [ -e "$1" ]; then rm -f "$1"; systemctl restart systemd-resolved; echo "removed $1, restarted systemd-resolved"; fi
     ' sh "$DROPIN" "$LINK"
 }

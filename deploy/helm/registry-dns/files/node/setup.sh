@@ -2,7 +2,9 @@
 # Runs in the registry-dns-node-setup pod (privileged, hostPID) and changes the NODE through
 # nsenter into PID 1's namespaces. ACTION=install (default) or remove; MODE=auto (default),
 # resolved (resolved.sh), resolv-conf or none (the node's resolver is wired some other way). Then
-# containerd's configuration for the registry (containerd-hosts.sh; CONTAINERD=off skips it).
+# each container runtime's configuration for the registries (registries.sh; one script per
+# runtime: containerd-hosts.sh, containers-registries.sh for CRI-O and podman, docker-daemon.sh),
+# for every runtime the node has whose setting (CONTAINERD, CONTAINERS_IMAGE, DOCKER) is auto.
 # Idempotent: re-run every 5 minutes, so a DHCP client that rewrites /etc/resolv.conf is
 # corrected, a CA that changed reaches the nodes, and systemd-resolved restarts only when the
 # drop-in changed; in between, every 5 seconds, registry-dns0's routing in resolved is checked.
@@ -10,15 +12,17 @@
 set -eu
 ACTION=${ACTION:-install}
 MODE=${MODE:-auto}
-CONTAINERD=${CONTAINERD:-auto}
+# The runtimes, each with its setting: auto (configure it if the node has it) or off.
+RUNTIMES="containerd:${CONTAINERD:-auto} containers_image:${CONTAINERS_IMAGE:-auto} docker:${DOCKER:-auto}"
 ADDRESS=${ADDRESS:-169.254.20.25}
 conf=$(cat "${CONFIG:-/config/registry-dns.conf}")
 
 host() { nsenter --target 1 --mount --uts --ipc --net --pid -- "$@"; }
 # deploy/check.sh and tests/containerd_cri.rs run this script against scratch files, in place.
 if [ -n "${SETUP_TEST:-}" ]; then host() { "$@"; }; fi
-. "$(dirname "$0")/containerd-hosts.sh"
-. "$(dirname "$0")/resolved.sh"
+for f in resolved.sh registries.sh containerd-hosts.sh containers-registries.sh docker-daemon.sh; do
+    . "$(dirname "$0")/$f"
+done
 
 if [ "$MODE" = auto ]; then
     if host sh -c 'command -v systemctl >/dev/null && systemctl is-active --quiet systemd-resolved'; then
@@ -59,12 +63,20 @@ case "$ACTION/$MODE" in
     remove/*) apply=remove_all ;;
     *) echo "ACTION is install or remove; MODE is auto, resolved, resolv-conf or none" >&2; exit 2 ;;
 esac
-case "$ACTION/$CONTAINERD" in
-    install/auto) registry=containerd_install ;;
-    remove/auto) registry=containerd_remove ;;
-    */off) registry=true ;;
-    *) echo "CONTAINERD is auto or off" >&2; exit 2 ;;
-esac
+for runtime in $RUNTIMES; do
+    case "${runtime#*:}" in
+        auto | off) ;;
+        *) echo "CONTAINERD, CONTAINERS_IMAGE and DOCKER are auto or off" >&2; exit 2 ;;
+    esac
+done
+
+# Install for each runtime the node has; remove for each, had or not (its files may outlive it).
+runtimes() {
+    for runtime in $RUNTIMES; do
+        [ "${runtime#*:}" = auto ] || continue
+        if [ "$ACTION" = remove ] || "${runtime%%:*}_present"; then "${runtime%%:*}_$ACTION"; fi
+    done
+}
 
 remove_all() {
     if [ "$MODE" != none ]; then
@@ -84,7 +96,7 @@ remove_all() {
 
 while :; do
     $apply
-    $registry
+    runtimes
     [ -z "${SETUP_TEST:-}${ONCE:-}" ] || exit 0
     i=0
     while [ $i -lt 60 ]; do
