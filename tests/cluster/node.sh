@@ -23,9 +23,9 @@
 #            own on the host (removed on stop).
 # What these machines lack, and what the node does instead (said on start): cgroup v1, whose
 # controllers nspawn mounts read-only (a unit remounts them writable before containerd, as kind's
-# entrypoint does); root without CAP_SYS_RESOURCE (containerd clamps the pods' oom_score_adj). And nspawn's own: the
-# kubelet's kernel tunables are not namespaced, so the node sees files with the values it wants
-# bound over them in /proc/sys (kernel-tunables.service).
+# entrypoint does); root without CAP_SYS_RESOURCE (containerd clamps the pods' oom_score_adj).
+# And nspawn's own: the kubelet's kernel tunables are not namespaced, so the node sees files with
+# the values it wants bound over them in /proc/sys (kernel-tunables.service).
 #
 # Usage:
 #   node.sh start DIR [CONTROL_PLANE_DIR IMAGES_DIR]   boot the node with its state in DIR; with a
@@ -505,7 +505,7 @@ case "${1:-}" in
   stop) stop "$2" ;;
   network) ensure_bridge ;;
   *)
-    sed -n '2,41p' "$0" >&2
+    sed -n '2,43p' "$0" >&2
     exit 2
     ;;
 esac
