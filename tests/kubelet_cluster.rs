@@ -625,11 +625,15 @@ fn three_nodes_resolve_push_pull_and_move_the_registry_then_a_fourth_joins_and_t
             if c.registry_endpoints().contains(&registry1) {
                 return Err("the old pod is still in the slice".to_string());
             }
+            let tried = start.elapsed();
             let out = c.node("node-2").sh(&format!("{crictl} pull {REPO}:1"));
-            out.status
-                .success()
-                .then(|| start.elapsed())
-                .ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+            let error = String::from_utf8_lossy(&out.stderr);
+            eprintln!(
+                "step 4: pull tried at {tried:?} for {:?}: {}",
+                start.elapsed() - tried,
+                if out.status.success() { "pulled" } else { error.lines().last().unwrap_or("") }
+            );
+            out.status.success().then(|| start.elapsed()).ok_or_else(|| error.into_owned())
         });
         let drain_done = drain.join().unwrap();
         std::thread::sleep(Duration::from_secs(2));
