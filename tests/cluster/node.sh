@@ -153,10 +153,12 @@ healthzBindAddress: 127.0.0.1
 clusterDomain: cluster.local
 resolvConf: /run/systemd/resolve/resolv.conf
 clusterDNS: [$cluster_dns]
-# Never collect the imported images (nothing could pull them again) nor evict on a busy disk.
+# Never collect the imported images (nothing could pull them again) nor evict on a busy disk: the
+# node's disk is this shared machine's, which other work fills (at 1% free, a kubelet evicted the
+# registry in a loop). kind turns disk eviction off the same way.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: 1Mi, nodefs.available: 1%, imagefs.available: 1%}
+evictionHard: {memory.available: 1Mi, nodefs.available: "0%", nodefs.inodesFree: "0%", imagefs.available: "0%"}
 serializeImagePulls: false
 EOF
   cat >"$root/etc/systemd/system/kubelet.service" <<EOF
