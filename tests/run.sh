@@ -31,6 +31,11 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$created_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
 fi
 
+# Both Cargo.lock files must match their manifests: checked here, in seconds, rather than by the
+# fuzz build at the end of a long run.
+cargo metadata --locked --format-version 1 >/dev/null
+cargo metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null
+
 # The Prometheus project's Python client parses /metrics in tests/metrics.rs.
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check prometheus-client==0.21.1
 
