@@ -47,19 +47,15 @@ impl<W> Flights<W> {
         Transport::ALL.into_iter().any(|t| self.has(hash, key, t))
     }
 
-    /// Parks `waiter` on the flight for `key` over `transport`, or gives it back when there is none.
-    pub fn park(&mut self, hash: u64, key: &[u8], transport: Transport, waiter: W) -> Result<(), W> {
-        match self.by_hash.get_mut(&(hash, transport)) {
-            Some(flight) if *flight.key == *key => {
-                flight.parked.push(waiter);
-                Ok(())
-            }
-            _ => Err(waiter),
-        }
+    /// The clients parked on the flight for `key` over `transport`, if one is under way: a client
+    /// pushed there is parked on it.
+    pub fn parked(&mut self, hash: u64, key: &[u8], transport: Transport) -> Option<&mut Vec<W>> {
+        self.by_hash.get_mut(&(hash, transport)).filter(|flight| *flight.key == *key).map(|flight| &mut flight.parked)
     }
 
-    /// Registers a flight for `key` over `transport`; false when the slot is taken (by the same
-    /// key, or by another key with the same hash, which then simply goes without single flight).
+    /// Registers a flight for `key` over `transport`; false when its hash has a flight already (of
+    /// the same key, or of another key with the same hash, which then simply goes without single
+    /// flight).
     pub fn register(&mut self, hash: u64, key: &[u8], transport: Transport, refresh: bool) -> bool {
         if self.by_hash.contains_key(&(hash, transport)) {
             return false;
@@ -81,16 +77,28 @@ impl<W> Flights<W> {
 /// parked on it get no answer, as if the datagram had been lost, and ask again.
 #[derive(Debug)]
 pub struct FlightGuard<W> {
-    pub(super) cache: Arc<Cache<W>>,
-    pub(super) hash: u64,
-    pub(super) transport: Transport,
-    /// Whether the flight is in the registry (false: another key held its slot).
-    pub(super) registered: bool,
+    cache: Arc<Cache<W>>,
+    hash: u64,
+    transport: Transport,
+    /// Whether the flight is in the registry (false: another key's flight has its hash).
+    registered: bool,
     /// A refresh of an answer held, when not registered (a registered flight knows it itself).
-    pub(super) refresh: bool,
+    refresh: bool,
 }
 
 impl<W> FlightGuard<W> {
+    /// The guard of the flight for the key of `hash` over `transport` in `cache`; `registered`
+    /// says whether [`Flights::register`] took it (see there), `refresh` whether it refreshes an
+    /// answer held.
+    pub(super) fn new(cache: Arc<Cache<W>>, hash: u64, transport: Transport, registered: bool, refresh: bool) -> Self {
+        Self { cache, hash, transport, registered, refresh }
+    }
+
+    /// The hash of the flight's key.
+    pub(super) fn hash(&self) -> u64 {
+        self.hash
+    }
+
     /// The cache the flight is registered in (a reload may have replaced the current one since).
     pub fn cache(&self) -> &Arc<Cache<W>> {
         &self.cache
@@ -112,3 +120,4 @@ impl<W> Drop for FlightGuard<W> {
         drop(abandoned);
     }
 }
+

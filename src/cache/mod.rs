@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use answer::shareable;
-use answer::{Kind, Lifetimes, Stored};
+use answer::{Kind, Stored};
 pub use flights::FlightGuard;
 pub use key::{Key, wire_name};
 
@@ -38,9 +38,9 @@ use crate::dns::Transport;
 
 /// TTL of a stale answer (RFC 8767 section 4 suggests 30 s).
 pub const STALE_TTL: u32 = 30;
-/// After a failed refresh, stale answers are served without asking again for this long (RFC 8767
-/// section 4's failure recheck timer).
-pub const RECHECK: Duration = Duration::from_secs(30);
+/// After a failed refresh, stale answers are served without asking the upstreams again for this
+/// long (RFC 8767 section 4 calls it the failure recheck timer).
+pub const REFRESH_HOLD_OFF: Duration = Duration::from_secs(30);
 /// How long a query waits for the upstreams before a stale answer is served instead (RFC 8767's
 /// client response timer).
 pub const CLIENT_TIMER: Duration = Duration::from_millis(1800);
@@ -89,7 +89,7 @@ pub enum Found<'c, W> {
     /// it is popular, near its end, and no refresh is under way.
     Fresh { prefetch: Option<FlightGuard<W>> },
     /// An expired answer is in the output (TTL [`STALE_TTL`]): a refresh is under way, or failed
-    /// less than [`RECHECK`] ago.
+    /// less than [`REFRESH_HOLD_OFF`] ago.
     Stale,
     /// Nothing this client can be served now: the key's shard stays locked until the caller has
     /// parked the query on the flight under way, or led one.
@@ -104,30 +104,31 @@ pub struct Missing<'c, W> {
     hash: u64,
     key: &'c Key,
     /// An expired answer is held for the key: served if the upstreams fail or are slow.
-    pub stale: bool,
+    stale: bool,
 }
 
 impl<'c, W> Missing<'c, W> {
-    /// Whether an upstream query for the key is under way over `transport`.
-    pub fn has_flight(&self, transport: Transport) -> bool {
-        self.shard.flights.has(self.hash, self.key.as_bytes(), transport)
+    /// Whether an expired answer is held for the key, to be served if the upstreams fail or are
+    /// slow (RFC 8767).
+    pub fn holds_stale(&self) -> bool {
+        self.stale
     }
 
-    /// Parks `waiter` on the key's flight over `transport` if one is under way; gives it back
-    /// otherwise.
-    pub fn park(&mut self, transport: Transport, waiter: W) -> Result<(), W> {
-        self.shard.flights.park(self.hash, self.key.as_bytes(), transport, waiter)
+    /// The clients parked on the key's flight over `transport`, if one is under way: a client
+    /// pushed there waits for that flight's answer.
+    pub fn parked(&mut self, transport: Transport) -> Option<&mut Vec<W>> {
+        self.shard.flights.parked(self.hash, self.key.as_bytes(), transport)
     }
 
     /// Leads the key's flight over `transport`: the caller asks the upstreams, and lands it with
     /// [`Cache::land`].
     pub fn lead(mut self, transport: Transport) -> FlightGuard<W> {
         let registered = self.shard.flights.register(self.hash, self.key.as_bytes(), transport, self.stale);
-        FlightGuard { cache: self.cache.clone(), hash: self.hash, transport, registered, refresh: self.stale }
+        FlightGuard::new(self.cache.clone(), self.hash, transport, registered, self.stale)
     }
 
-    /// Writes the expired answer held for the key (see [`Missing::stale`]) for `query`; false when
-    /// there is none.
+    /// Writes the expired answer held for the key (see [`Missing::holds_stale`]) for `query`; false
+    /// when there is none.
     pub fn write_stale(mut self, query: &[u8], now: Instant, out: &mut Vec<u8>) -> bool {
         self.shard.write_stale(self.hash, self.key.as_bytes(), query, now, out)
     }
@@ -209,16 +210,10 @@ impl<W> Cache<W> {
     ) -> Found<'c, W> {
         let hash = self.hash(key);
         let mut shard = self.shard(hash);
-        match shard.probe(hash, key.as_bytes(), transport, query, limit, now, self.policy.serve_stale, out) {
-            Seen::Fresh { prefetch } => Found::Fresh {
-                prefetch: prefetch.then(|| FlightGuard {
-                    cache: self.clone(),
-                    hash,
-                    transport,
-                    registered: true,
-                    refresh: true,
-                }),
-            },
+        match shard.find(hash, key.as_bytes(), transport, query, limit, now, self.policy.serve_stale, out) {
+            Seen::Fresh { prefetch } => {
+                Found::Fresh { prefetch: prefetch.then(|| FlightGuard::new(self.clone(), hash, transport, true, true)) }
+            }
             Seen::Stale => Found::Stale,
             Seen::Missing { stale } => Found::Missing(Missing { cache: self, shard, hash, key, stale }),
         }
@@ -236,11 +231,10 @@ impl<W> Cache<W> {
     /// caller to answer.
     pub fn land(&self, mut flight: FlightGuard<W>, key: &Key, landing: Landing<'_>, now: Instant) -> Vec<W> {
         let (refresh, parked) = flight.take();
-        let hash = flight.hash;
-        let lifetimes = Lifetimes { max_ttl: self.policy.max_ttl, max_negative_ttl: self.policy.max_negative_ttl };
+        let hash = flight.hash();
         let mut shard = self.shard(hash);
         let stored = match landing {
-            Landing::Answer { reply, question_end } => Stored::answer(reply, question_end, lifetimes),
+            Landing::Answer { reply, question_end } => Stored::answer(reply, question_end, &self.policy),
             Landing::Uncached => return parked,
             Landing::Failed { servfail, question_end } => {
                 if !shard.refresh_failed(hash, key.as_bytes(), now) {
@@ -269,7 +263,7 @@ impl<W> Cache<W> {
                 let mut shard = self.shards[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 match name {
                     None => shard.store.remove_where(|_| true),
-                    Some(name) => shard.store.remove_where(|entry| key::name_of(&entry.key) == name),
+                    Some(name) => shard.store.remove_where(|entry| key::name_of(entry.key()) == name),
                 }
             })
             .sum()
@@ -284,7 +278,7 @@ impl<W> Cache<W> {
     }
 }
 
-/// What [`Shard::probe`] found.
+/// What [`Shard::find`] found.
 enum Seen {
     Fresh { prefetch: bool },
     Stale,
@@ -295,7 +289,7 @@ impl<W> Shard<W> {
     /// The decision of [`Cache::lookup`], under the shard's lock. A prefetch that is due is
     /// registered as a flight over `transport` here, so that only one query leads it.
     #[allow(clippy::too_many_arguments)]
-    fn probe(
+    fn find(
         &mut self,
         hash: u64,
         key: &[u8],
@@ -307,31 +301,31 @@ impl<W> Shard<W> {
         out: &mut Vec<u8>,
     ) -> Seen {
         let Some(entry) = self.store.get(hash, key) else { return Seen::Missing { stale: false } };
-        if entry.answer.wire.len() > limit {
+        if entry.answer().size() > limit {
             return Seen::Missing { stale: false };
         }
-        let age = now.saturating_duration_since(entry.stored_at);
+        let age = entry.age(now);
         let age_secs = age.as_secs().min(u64::from(u32::MAX)) as u32;
-        let ttl = entry.answer.ttl;
+        let ttl = entry.answer().ttl();
         if age_secs < ttl {
-            entry.answer.write(query, age_secs, None, out);
-            entry.hits = entry.hits.saturating_add(1);
+            entry.answer().write(query, age_secs, None, out);
+            let hits = entry.hit();
             let left = ttl - age_secs;
-            let due = entry.answer.kind != Kind::Failure
-                && entry.hits >= PREFETCH_HITS
+            let due = entry.answer().kind() != Kind::Failure
+                && hits >= PREFETCH_HITS
                 && ttl >= PREFETCH_MIN_TTL
                 && left * 100 <= ttl * PREFETCH_PERCENT
-                && !recent(entry.failed, now);
+                && !recent(entry.failed_at(), now);
             let prefetch = due && !self.flights.any(hash, key) && self.flights.register(hash, key, transport, true);
             return Seen::Fresh { prefetch };
         }
-        let held = entry.answer.kind != Kind::Failure && age < Duration::from_secs(u64::from(ttl)) + serve_stale;
+        let held = entry.answer().kind() != Kind::Failure && age < Duration::from_secs(u64::from(ttl)) + serve_stale;
         if !held {
             self.store.remove(hash);
             return Seen::Missing { stale: false };
         }
-        if recent(entry.failed, now) || self.flights.any(hash, key) {
-            entry.answer.write(query, 0, Some(STALE_TTL), out);
+        if recent(entry.failed_at(), now) || self.flights.any(hash, key) {
+            entry.answer().write(query, 0, Some(STALE_TTL), out);
             return Seen::Stale;
         }
         Seen::Missing { stale: true }
@@ -339,19 +333,19 @@ impl<W> Shard<W> {
 
     fn write_stale(&mut self, hash: u64, key: &[u8], query: &[u8], now: Instant, out: &mut Vec<u8>) -> bool {
         let Some(entry) = self.store.get(hash, key) else { return false };
-        if entry.answer.kind == Kind::Failure {
+        if entry.answer().kind() == Kind::Failure {
             return false;
         }
-        entry.failed = Some(now);
-        entry.answer.write(query, 0, Some(STALE_TTL), out);
+        entry.refresh_failed(now);
+        entry.answer().write(query, 0, Some(STALE_TTL), out);
         true
     }
 
     /// Marks the refresh of `key` failed; returns whether an answer is held for it.
     fn refresh_failed(&mut self, hash: u64, key: &[u8], now: Instant) -> bool {
         match self.store.get(hash, key) {
-            Some(entry) if entry.answer.kind != Kind::Failure => {
-                entry.failed = Some(now);
+            Some(entry) if entry.answer().kind() != Kind::Failure => {
+                entry.refresh_failed(now);
                 true
             }
             _ => false,
@@ -359,10 +353,9 @@ impl<W> Shard<W> {
     }
 
     fn put(&mut self, hash: u64, key: &Key, answer: Stored, now: Instant, evictions: &AtomicU64) {
-        let entry = Cached { key: key.as_bytes().into(), answer, stored_at: now, hits: 0, failed: None };
-        let change = self.store.insert(hash, entry);
-        if change.evicted > 0 {
-            evictions.fetch_add(change.evicted, Relaxed);
+        let evicted = self.store.insert(hash, Cached::new(key.as_bytes(), answer, now));
+        if evicted > 0 {
+            evictions.fetch_add(evicted, Relaxed);
         }
     }
 }
@@ -379,5 +372,6 @@ fn shard_count(size: usize, workers: usize) -> usize {
 
 /// Whether something that failed at `since` still counts at `now`.
 fn recent(since: Option<Instant>, now: Instant) -> bool {
-    since.is_some_and(|at| now.saturating_duration_since(at) < RECHECK)
+    since.is_some_and(|at| now.saturating_duration_since(at) < REFRESH_HOLD_OFF)
 }
+

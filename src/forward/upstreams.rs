@@ -36,8 +36,8 @@ pub const SPOOF_DEFENSE: Duration = Duration::from_secs(60);
 
 /// One upstream server.
 #[derive(Debug)]
-pub struct Upstream {
-    pub addr: SocketAddr,
+struct Upstream {
+    addr: SocketAddr,
     failures: AtomicU32,
     /// Milliseconds since [`Upstreams::epoch`] until which this upstream is penalized.
     penalized_until: AtomicU64,

@@ -45,8 +45,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Readiness events read per poll.
 const EVENTS: usize = 256;
 
-/// Identifies a socket while it is open (an index, reused after it closes).
-pub type SocketKey = u32;
+/// Refers to a socket while it is open (an index into the open sockets, reused after it closes).
+pub type SocketRef = u32;
 
 /// The epoll set of a worker's upstream sockets, as the runtime sees it: one readable descriptor,
 /// owned (the `Poll` closes it).
@@ -87,13 +87,13 @@ pub struct Sockets {
     epoll_set: Rc<AsyncFd<EpollSet>>,
     events: Events,
     addrs: Vec<SocketAddr>,
-    /// Open sockets by key.
+    /// Open sockets, by reference.
     open: Vec<Option<Outbound>>,
-    free: Vec<SocketKey>,
+    free: Vec<SocketRef>,
     /// Per upstream, its [`POOL`] slots: the socket taking queries in each, if one is open.
-    pool: Vec<Vec<Option<SocketKey>>>,
+    pool: Vec<Vec<Option<SocketRef>>>,
     /// Per upstream, the socket the current send batch leaves on.
-    batch: Vec<Option<SocketKey>>,
+    batch: Vec<Option<SocketRef>>,
     last_sweep: Instant,
     rng: ThreadRng,
 }
@@ -124,9 +124,9 @@ impl Sockets {
 
     /// Appends the sockets that received datagrams since they were last read to `ready`; returns
     /// whether more may be waiting (the events filled the buffer).
-    pub fn ready(&mut self, ready: &mut Vec<SocketKey>) -> io::Result<bool> {
+    pub fn ready(&mut self, ready: &mut Vec<SocketRef>) -> io::Result<bool> {
         self.epoll_set.get_ref().poll.borrow_mut().poll(&mut self.events, Some(Duration::ZERO))?;
-        ready.extend(self.events.iter().map(|e| e.token().0 as SocketKey));
+        ready.extend(self.events.iter().map(|e| e.token().0 as SocketRef));
         Ok(ready.len() == EVENTS)
     }
 
@@ -134,13 +134,13 @@ impl Sockets {
     /// for that upstream while it has room, else the socket of a slot picked at random (a fresh
     /// one when the slot is empty or its socket carried its share or lived its time). Fails only
     /// when no socket can be opened.
-    pub fn take(&mut self, upstream: usize, now: Instant) -> io::Result<SocketKey> {
-        let key = match self.batch[upstream] {
-            Some(key) => key,
+    pub fn take(&mut self, upstream: usize, now: Instant) -> io::Result<SocketRef> {
+        let socket = match self.batch[upstream] {
+            Some(socket) => socket,
             None => {
                 let slot = self.rng.random_range(0..POOL);
-                let key = match self.pool[upstream][slot] {
-                    Some(key) if self.is_fresh(key, now) => key,
+                let socket = match self.pool[upstream][slot] {
+                    Some(socket) if self.is_fresh(socket, now) => socket,
                     old => match self.open(upstream, slot, now) {
                         Ok(fresh) => {
                             if let Some(old) = old {
@@ -156,18 +156,18 @@ impl Sockets {
                         }
                     },
                 };
-                self.batch[upstream] = Some(key);
-                key
+                self.batch[upstream] = Some(socket);
+                socket
             }
         };
-        let socket = self.open[key as usize].as_mut().expect("open socket");
-        socket.sent += 1;
-        socket.in_flight += 1;
-        if socket.sent == QUERIES_PER_SOCKET {
+        let outbound = self.open[socket as usize].as_mut().expect("open socket");
+        outbound.sent += 1;
+        outbound.in_flight += 1;
+        if outbound.sent == QUERIES_PER_SOCKET {
             // Its share carried: out of its slot now, closed with its last query.
-            self.retire(key);
+            self.retire(socket);
         }
-        Ok(key)
+        Ok(socket)
     }
 
     /// The send batch is out: the next queries pick slots anew.
@@ -175,47 +175,47 @@ impl Sockets {
         self.batch.fill(None);
     }
 
-    /// A query that [`Sockets::take`] counted on `key` is over there (answered, failed, moved
+    /// A query that [`Sockets::take`] counted on `socket` is over there (answered, failed, moved
     /// on), with its ID when its reply may still come; a retired socket closes with its last query.
-    pub fn release(&mut self, key: SocketKey, late: Option<u16>) {
-        let socket = self.open[key as usize].as_mut().expect("open socket");
-        socket.in_flight -= 1;
+    pub fn release(&mut self, socket: SocketRef, late: Option<u16>) {
+        let outbound = self.open[socket as usize].as_mut().expect("open socket");
+        outbound.in_flight -= 1;
         if let Some(id) = late {
-            socket.late.push(id);
+            outbound.late.push(id);
         }
-        if socket.retired && socket.in_flight == 0 {
-            self.close(key);
+        if outbound.retired && outbound.in_flight == 0 {
+            self.close(socket);
         }
     }
 
-    /// Whether `id` is that of a query released with its reply still to come on `key`.
-    pub fn is_late(&self, key: SocketKey, id: u16) -> bool {
-        self.open[key as usize].as_ref().is_some_and(|s| s.late.contains(&id))
+    /// Whether `id` is that of a query released with its reply still to come on `socket`.
+    pub fn is_late(&self, socket: SocketRef, id: u16) -> bool {
+        self.open[socket as usize].as_ref().is_some_and(|s| s.late.contains(&id))
     }
 
-    /// `key` received a datagram that matched no query in flight: it takes no new queries, and
+    /// `socket` received a datagram that matched no query in flight: it takes no new queries, and
     /// the answers still due on it are to be checked over TCP.
-    pub fn suspect(&mut self, key: SocketKey) {
-        if let Some(socket) = self.open[key as usize].as_mut() {
-            socket.suspect = true;
+    pub fn suspect(&mut self, socket: SocketRef) {
+        if let Some(outbound) = self.open[socket as usize].as_mut() {
+            outbound.suspect = true;
         }
-        self.retire(key);
+        self.retire(socket);
     }
 
-    pub fn is_suspect(&self, key: SocketKey) -> bool {
-        self.open[key as usize].as_ref().is_some_and(|s| s.suspect)
+    pub fn is_suspect(&self, socket: SocketRef) -> bool {
+        self.open[socket as usize].as_ref().is_some_and(|s| s.suspect)
     }
 
-    /// The upstream `key` is connected to.
-    pub fn upstream(&self, key: SocketKey) -> Option<usize> {
-        self.open[key as usize].as_ref().map(|s| s.upstream)
+    /// The upstream `socket` is connected to.
+    pub fn upstream(&self, socket: SocketRef) -> Option<usize> {
+        self.open[socket as usize].as_ref().map(|s| s.upstream)
     }
 
     /// Replaces every socket of `upstream`: the next queries leave on fresh ports.
     pub fn replace_all(&mut self, upstream: usize) {
         for slot in 0..POOL {
-            if let Some(key) = self.pool[upstream][slot] {
-                self.retire(key);
+            if let Some(socket) = self.pool[upstream][slot] {
+                self.retire(socket);
             }
         }
     }
@@ -227,45 +227,45 @@ impl Sockets {
             return;
         }
         self.last_sweep = now;
-        for key in 0..self.open.len() as SocketKey {
-            let expired = self.open[key as usize].as_ref().is_some_and(|s| {
+        for socket in 0..self.open.len() as SocketRef {
+            let expired = self.open[socket as usize].as_ref().is_some_and(|s| {
                 !s.retired && s.in_flight == 0 && now.saturating_duration_since(s.opened) >= SOCKET_LIFETIME
             });
             if expired {
-                self.retire(key);
+                self.retire(socket);
             }
         }
     }
 
-    pub fn fd(&self, key: SocketKey) -> RawFd {
-        self.get(key).socket.as_raw_fd()
+    pub fn fd(&self, socket: SocketRef) -> RawFd {
+        self.get(socket).socket.as_raw_fd()
     }
 
-    /// Whether `key` is open (a stale readiness event may name a closed one).
-    pub fn is_open(&self, key: SocketKey) -> bool {
-        self.open.get(key as usize).is_some_and(Option::is_some)
+    /// Whether `socket` is open (a stale readiness event may name a closed one).
+    pub fn is_open(&self, socket: SocketRef) -> bool {
+        self.open.get(socket as usize).is_some_and(Option::is_some)
     }
 
-    fn get(&self, key: SocketKey) -> &Outbound {
-        self.open[key as usize].as_ref().expect("open socket")
+    fn get(&self, socket: SocketRef) -> &Outbound {
+        self.open[socket as usize].as_ref().expect("open socket")
     }
 
-    /// Whether the socket `key` still takes queries at `now` (one that carried its share is out
+    /// Whether the socket `socket` still takes queries at `now` (one that carried its share is out
     /// of its slot already).
-    fn is_fresh(&self, key: SocketKey, now: Instant) -> bool {
-        now.saturating_duration_since(self.get(key).opened) < SOCKET_LIFETIME
+    fn is_fresh(&self, socket: SocketRef, now: Instant) -> bool {
+        now.saturating_duration_since(self.get(socket).opened) < SOCKET_LIFETIME
     }
 
-    fn open(&mut self, upstream: usize, slot: usize, now: Instant) -> io::Result<SocketKey> {
-        let socket = connected_socket(self.addrs[upstream])?;
-        let key = self.free.pop().unwrap_or(self.open.len() as SocketKey);
+    fn open(&mut self, upstream: usize, slot: usize, now: Instant) -> io::Result<SocketRef> {
+        let udp = connected_socket(self.addrs[upstream])?;
+        let socket = self.free.pop().unwrap_or(self.open.len() as SocketRef);
         self.epoll_set.get_ref().poll.borrow().registry().register(
-            &mut SourceFd(&socket.as_raw_fd()),
-            Token(key as usize),
+            &mut SourceFd(&udp.as_raw_fd()),
+            Token(socket as usize),
             Interest::READABLE,
         )?;
         let outbound = Outbound {
-            socket,
+            socket: udp,
             upstream,
             slot,
             sent: 0,
@@ -275,34 +275,34 @@ impl Sockets {
             suspect: false,
             late: Vec::new(),
         };
-        if key as usize == self.open.len() {
+        if socket as usize == self.open.len() {
             self.open.push(Some(outbound));
         } else {
-            self.open[key as usize] = Some(outbound);
+            self.open[socket as usize] = Some(outbound);
         }
-        Ok(key)
+        Ok(socket)
     }
 
-    /// Takes `key` out of its slot (and out of the current batch); closes it once idle.
-    fn retire(&mut self, key: SocketKey) {
-        let Some(socket) = self.open[key as usize].as_mut() else { return };
-        socket.retired = true;
-        let (upstream, slot, idle) = (socket.upstream, socket.slot, socket.in_flight == 0);
-        if self.pool[upstream][slot] == Some(key) {
+    /// Takes `socket` out of its slot (and out of the current batch); closes it once idle.
+    fn retire(&mut self, socket: SocketRef) {
+        let Some(outbound) = self.open[socket as usize].as_mut() else { return };
+        outbound.retired = true;
+        let (upstream, slot, idle) = (outbound.upstream, outbound.slot, outbound.in_flight == 0);
+        if self.pool[upstream][slot] == Some(socket) {
             self.pool[upstream][slot] = None;
         }
-        if self.batch[upstream] == Some(key) {
+        if self.batch[upstream] == Some(socket) {
             self.batch[upstream] = None;
         }
         if idle {
-            self.close(key);
+            self.close(socket);
         }
     }
 
     /// Closing the descriptor also takes it out of the epoll set.
-    fn close(&mut self, key: SocketKey) {
-        self.open[key as usize] = None;
-        self.free.push(key);
+    fn close(&mut self, socket: SocketRef) {
+        self.open[socket as usize] = None;
+        self.free.push(socket);
     }
 }
 
@@ -320,8 +320,8 @@ fn connected_socket(upstream: SocketAddr) -> io::Result<std::net::UdpSocket> {
 mod tests {
     use super::*;
 
-    fn port(sockets: &Sockets, key: SocketKey) -> u16 {
-        sockets.get(key).socket.local_addr().unwrap().port()
+    fn port(sockets: &Sockets, socket: SocketRef) -> u16 {
+        sockets.get(socket).socket.local_addr().unwrap().port()
     }
 
     #[tokio::test]
@@ -358,12 +358,12 @@ mod tests {
     async fn a_suspect_socket_takes_no_more_queries_and_an_episode_replaces_every_socket() {
         let mut sockets = Sockets::new(vec!["127.0.0.1:9".parse().unwrap()]).unwrap();
         let now = Instant::now();
-        let key = sockets.take(0, now).unwrap();
-        sockets.suspect(key);
-        assert!(sockets.is_suspect(key) && sockets.is_open(key), "open until its query is done");
-        assert_ne!(sockets.take(0, now).unwrap(), key);
+        let socket = sockets.take(0, now).unwrap();
+        sockets.suspect(socket);
+        assert!(sockets.is_suspect(socket) && sockets.is_open(socket), "open until its query is done");
+        assert_ne!(sockets.take(0, now).unwrap(), socket);
         sockets.end_batch();
-        let others: Vec<SocketKey> = (0..10)
+        let others: Vec<SocketRef> = (0..10)
             .map(|_| {
                 sockets.end_batch();
                 sockets.take(0, now).unwrap()
