@@ -121,3 +121,115 @@ impl<W> Drop for FlightGuard<W> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use crate::cache::tests::{answer, cache, query};
+    use crate::cache::{CachePolicy, Found, Key, Landing, Missing};
+    use crate::dns::Transport;
+
+    /// A lookup of `name` that misses, holding its shard until dropped.
+    fn miss<'c>(
+        cache: &'c std::sync::Arc<crate::cache::Cache<u32>>,
+        key: &'c Key,
+        q: &[u8],
+        transport: Transport,
+    ) -> Missing<'c, u32> {
+        match cache.lookup(key, transport, q, 512, Instant::now(), &mut Vec::new()) {
+            Found::Missing(missing) => missing,
+            other => panic!("expected a miss, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_miss_leads_the_flight_the_next_ones_park_and_the_landing_hands_them_back() {
+        let cache = cache(CachePolicy::default());
+        let (q, end) = query("a.example");
+        let key = Key::of(&q, end, None).unwrap();
+        let mut first = miss(&cache, &key, &q, Transport::Udp);
+        assert!(first.parked(Transport::Udp).is_none(), "no flight yet");
+        let leader = first.lead(Transport::Udp);
+        for follower in 1..=3 {
+            let mut missing = miss(&cache, &key, &q, Transport::Udp);
+            missing.parked(Transport::Udp).expect("the leader's flight").push(follower);
+        }
+        let parked =
+            cache.land(leader, &key, Landing::Answer { reply: &answer(&q, 60), question_end: end }, Instant::now());
+        assert_eq!(parked, [1, 2, 3], "in the order they came");
+        assert!(matches!(
+            cache.lookup(&key, Transport::Udp, &q, 512, Instant::now(), &mut Vec::new()),
+            Found::Fresh { .. }
+        ));
+    }
+
+    #[test]
+    fn a_tcp_miss_never_parks_on_a_udp_flight() {
+        let cache = cache(CachePolicy::default());
+        let (q, end) = query("a.example");
+        let key = Key::of(&q, end, None).unwrap();
+        let _udp = miss(&cache, &key, &q, Transport::Udp).lead(Transport::Udp);
+        let mut tcp = miss(&cache, &key, &q, Transport::Tcp);
+        assert!(tcp.parked(Transport::Tcp).is_none());
+        let _tcp = tcp.lead(Transport::Tcp);
+        assert!(miss(&cache, &key, &q, Transport::Tcp).parked(Transport::Tcp).is_some(), "a TCP flight of its own");
+    }
+
+    #[test]
+    fn a_failed_leader_hands_back_its_followers_and_its_failure_is_kept() {
+        let cache = cache(CachePolicy::default());
+        let (q, end) = query("a.example");
+        let key = Key::of(&q, end, None).unwrap();
+        let leader = miss(&cache, &key, &q, Transport::Udp).lead(Transport::Udp);
+        miss(&cache, &key, &q, Transport::Udp).parked(Transport::Udp).unwrap().push(7);
+        let mut servfail = q.clone();
+        servfail[2] = 0x81;
+        servfail[3] = 0x82;
+        let parked =
+            cache.land(leader, &key, Landing::Failed { servfail: &servfail, question_end: end }, Instant::now());
+        assert_eq!(parked, [7]);
+        let mut out = Vec::new();
+        assert!(matches!(cache.lookup(&key, Transport::Udp, &q, 512, Instant::now(), &mut out), Found::Fresh { .. }));
+        assert_eq!(out[3] & 0x0f, 2, "SERVFAIL, kept a few seconds");
+    }
+
+    #[test]
+    fn a_leader_dropped_without_landing_frees_the_key_and_drops_its_followers() {
+        let cache = cache(CachePolicy::default());
+        let (q, end) = query("a.example");
+        let key = Key::of(&q, end, None).unwrap();
+        let leader = miss(&cache, &key, &q, Transport::Udp).lead(Transport::Udp);
+        miss(&cache, &key, &q, Transport::Udp).parked(Transport::Udp).unwrap().push(7);
+        drop(leader);
+        let mut next = miss(&cache, &key, &q, Transport::Udp);
+        assert!(next.parked(Transport::Udp).is_none(), "the next miss leads a new flight");
+        let leader = next.lead(Transport::Udp);
+        let parked = cache.land(leader, &key, Landing::Uncached, Instant::now());
+        assert!(parked.is_empty(), "the abandoned flight's followers are not the new one's");
+    }
+
+    #[test]
+    fn an_uncached_landing_answers_the_followers_and_stores_nothing() {
+        let cache = cache(CachePolicy::default());
+        let (q, end) = query("a.example");
+        let key = Key::of(&q, end, None).unwrap();
+        let leader = miss(&cache, &key, &q, Transport::Udp).lead(Transport::Udp);
+        miss(&cache, &key, &q, Transport::Udp).parked(Transport::Udp).unwrap().push(1);
+        assert_eq!(cache.land(leader, &key, Landing::Uncached, Instant::now()), [1]);
+        assert_eq!(cache.size().0, 0);
+    }
+
+    /// Two keys whose hashes collide share a flight slot: the second goes without single flight,
+    /// and never gets the first's answer or followers.
+    #[test]
+    fn a_key_whose_hash_has_a_flight_already_goes_without_single_flight() {
+        let mut flights = super::Flights::<u32>::default();
+        assert!(flights.register(7, b"a", Transport::Udp, false));
+        assert!(!flights.register(7, b"b", Transport::Udp, false), "the hash is taken");
+        assert!(flights.parked(7, b"b", Transport::Udp).is_none(), "b never parks on a's flight");
+        flights.parked(7, b"a", Transport::Udp).unwrap().push(1);
+        assert!(flights.any(7, b"a") && !flights.any(7, b"b"));
+        assert_eq!(flights.land(7, Transport::Udp), Some((false, vec![1])));
+        assert_eq!(flights.land(7, Transport::Udp), None);
+    }
+}

@@ -375,3 +375,194 @@ fn recent(since: Option<Instant>, now: Instant) -> bool {
     since.is_some_and(|at| now.saturating_duration_since(at) < REFRESH_HOLD_OFF)
 }
 
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::dns::wire;
+
+    /// A query for `name` A with ID 0x0101, RD set, and where its question ends.
+    pub fn query(name: &str) -> (Vec<u8>, usize) {
+        let mut q = vec![1, 1, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        for label in name.split('.') {
+            q.push(label.len() as u8);
+            q.extend_from_slice(label.as_bytes());
+        }
+        q.extend_from_slice(&[0, 0, 1, 0, 1]);
+        let end = q.len();
+        (q, end)
+    }
+
+    /// The upstream's answer to `query`: one A record with `ttl`.
+    pub fn answer(query: &[u8], ttl: u32) -> Vec<u8> {
+        let mut a = query.to_vec();
+        a[2] = 0x81;
+        a[3] = 0x80;
+        a[7] = 1;
+        a.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        a.extend_from_slice(&ttl.to_be_bytes());
+        a.extend_from_slice(&[0, 4, 192, 0, 2, 1]);
+        a
+    }
+
+    pub fn cache(policy: CachePolicy) -> Arc<Cache<u32>> {
+        Cache::new(policy, 1, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// The first record's TTL.
+    fn ttl(answer: &[u8], question_end: usize) -> u32 {
+        let record = wire::Records::new(answer, question_end).next().expect("a record");
+        wire::get_u32(answer, record.ttl_at).unwrap()
+    }
+
+    /// What a UDP client asking `name` at `t0 + seconds` finds in `cache`: a fresh answer's TTL
+    /// and whether it is to be prefetched, or "stale" with its TTL, or a miss ("stale held" when
+    /// an expired answer is held). A flight led here is abandoned at once.
+    fn find(cache: &Arc<Cache<u32>>, name: &str, t0: Instant, seconds: f64) -> String {
+        let (q, end) = query(name);
+        let key = Key::of(&q, end, None).unwrap();
+        let mut out = Vec::new();
+        let now = t0 + Duration::from_secs_f64(seconds);
+        match cache.lookup(&key, Transport::Udp, &q, 512, now, &mut out) {
+            Found::Fresh { prefetch: None } => format!("fresh {}", ttl(&out, end)),
+            Found::Fresh { prefetch: Some(_) } => format!("fresh {}, prefetch", ttl(&out, end)),
+            Found::Stale => format!("stale {}", ttl(&out, end)),
+            Found::Missing(missing) if missing.holds_stale() => "miss, stale held".into(),
+            Found::Missing(_) => "miss".into(),
+        }
+    }
+
+    /// Stores `name`'s answer with `ttl` at `t0`, as a miss does.
+    fn store(cache: &Arc<Cache<u32>>, name: &str, ttl: u32, t0: Instant) {
+        let (q, end) = query(name);
+        let key = Key::of(&q, end, None).unwrap();
+        let Found::Missing(missing) = cache.lookup(&key, Transport::Udp, &q, 512, t0, &mut Vec::new()) else {
+            panic!("{name} is cached already")
+        };
+        let flight = missing.lead(Transport::Udp);
+        cache.land(flight, &key, Landing::Answer { reply: &answer(&q, ttl), question_end: end }, t0);
+    }
+
+    #[test]
+    fn a_hit_s_ttls_fall_by_the_whole_seconds_it_was_held() {
+        let cache = cache(CachePolicy::default());
+        let t0 = Instant::now();
+        store(&cache, "a.example", 300, t0);
+        let seen: Vec<String> =
+            [0.0, 0.999, 1.0, 1.5, 299.999].iter().map(|&at| find(&cache, "a.example", t0, at)).collect();
+        assert_eq!(seen, ["fresh 300", "fresh 300", "fresh 299", "fresh 299", "fresh 1, prefetch"]);
+    }
+
+    #[test]
+    fn ttls_are_capped_by_the_policy_when_stored() {
+        let cache = cache(CachePolicy { max_ttl: Duration::from_secs(60), ..CachePolicy::default() });
+        let t0 = Instant::now();
+        store(&cache, "a.example", 300, t0);
+        assert_eq!(find(&cache, "a.example", t0, 0.0), "fresh 60");
+        assert_eq!(find(&cache, "a.example", t0, 60.0), "miss, stale held", "expired at the cap");
+    }
+
+    /// RFC 8767: an answer is fresh for its TTL, then held for `--serve-stale`, then gone.
+    #[test]
+    fn an_expired_answer_is_held_for_the_stale_window_and_not_a_moment_longer() {
+        let policy = CachePolicy { serve_stale: Duration::from_secs(20), ..CachePolicy::default() };
+        let cache = cache(policy);
+        let t0 = Instant::now();
+        store(&cache, "a.example", 10, t0);
+        assert_eq!(find(&cache, "a.example", t0, 9.999), "fresh 1");
+        assert_eq!(find(&cache, "a.example", t0, 10.0), "miss, stale held", "expired at its TTL");
+        assert_eq!(find(&cache, "a.example", t0, 29.999), "miss, stale held", "held to the window's last moment");
+        assert_eq!(find(&cache, "a.example", t0, 30.0), "miss", "TTL + 20 s: gone");
+        assert_eq!(cache.size().0, 0, "and removed");
+    }
+
+    #[test]
+    fn with_serve_stale_off_an_expired_answer_is_gone_at_its_ttl() {
+        let cache = cache(CachePolicy { serve_stale: Duration::ZERO, ..CachePolicy::default() });
+        let t0 = Instant::now();
+        store(&cache, "a.example", 10, t0);
+        assert_eq!(find(&cache, "a.example", t0, 10.0), "miss");
+    }
+
+    #[test]
+    fn a_stale_answer_is_served_at_once_for_30_s_after_a_failed_refresh() {
+        let cache = cache(CachePolicy::default());
+        let t0 = Instant::now();
+        store(&cache, "a.example", 10, t0);
+        let (q, end) = query("a.example");
+        let key = Key::of(&q, end, None).unwrap();
+        let mut out = Vec::new();
+        assert!(cache.write_stale(&key, &q, t0 + Duration::from_secs(12), &mut out), "the refresh failed at 12 s");
+        assert_eq!(ttl(&out, end), STALE_TTL);
+        assert_eq!(find(&cache, "a.example", t0, 12.5), "stale 30");
+        assert_eq!(find(&cache, "a.example", t0, 41.999), "stale 30");
+        assert_eq!(find(&cache, "a.example", t0, 42.0), "miss, stale held", "30 s on, the upstreams are asked again");
+    }
+
+    /// Prefetch: hit at least 3 times since stored, a TTL of at least 10 s, and at most 10% of it
+    /// left.
+    #[test]
+    fn a_popular_answer_is_prefetched_once_at_10_percent_of_its_ttl_left() {
+        let cache = cache(CachePolicy::default());
+        let t0 = Instant::now();
+        store(&cache, "a.example", 100, t0);
+        assert_eq!(find(&cache, "a.example", t0, 1.0), "fresh 99");
+        assert_eq!(find(&cache, "a.example", t0, 2.0), "fresh 98");
+        assert_eq!(find(&cache, "a.example", t0, 89.0), "fresh 11", "11% left: not yet, though hit thrice");
+        assert_eq!(find(&cache, "a.example", t0, 90.0), "fresh 10, prefetch", "10% left");
+        // The prefetch's flight was dropped with its guard: the next hit may lead another.
+        assert_eq!(find(&cache, "a.example", t0, 90.5), "fresh 10, prefetch");
+
+        store(&cache, "b.example", 100, t0);
+        assert_eq!(find(&cache, "b.example", t0, 95.0), "fresh 5", "hit once: not popular");
+        assert_eq!(find(&cache, "b.example", t0, 96.0), "fresh 4");
+        assert_eq!(find(&cache, "b.example", t0, 97.0), "fresh 3, prefetch", "the third hit");
+
+        store(&cache, "c.example", 9, t0);
+        for at in [1.0, 2.0, 3.0, 8.5] {
+            assert!(!find(&cache, "c.example", t0, at).contains("prefetch"), "a TTL under 10 s is never prefetched");
+        }
+    }
+
+    #[test]
+    fn a_prefetch_under_way_is_led_once() {
+        let cache = cache(CachePolicy::default());
+        let t0 = Instant::now();
+        store(&cache, "a.example", 100, t0);
+        for at in [1.0, 2.0] {
+            find(&cache, "a.example", t0, at);
+        }
+        let (q, end) = query("a.example");
+        let key = Key::of(&q, end, None).unwrap();
+        let at = t0 + Duration::from_secs(95);
+        let Found::Fresh { prefetch: Some(_leading) } =
+            cache.lookup(&key, Transport::Udp, &q, 512, at, &mut Vec::new())
+        else {
+            panic!("a prefetch")
+        };
+        assert_eq!(find(&cache, "a.example", t0, 95.5), "fresh 5", "while it is under way, no other");
+    }
+
+    #[test]
+    fn an_answer_larger_than_the_client_s_buffer_is_not_served_to_it() {
+        let cache = cache(CachePolicy::default());
+        let t0 = Instant::now();
+        store(&cache, "a.example", 100, t0);
+        let (q, end) = query("a.example");
+        let key = Key::of(&q, end, None).unwrap();
+        let size = answer(&q, 100).len();
+        let found = cache.lookup(&key, Transport::Udp, &q, size - 1, t0, &mut Vec::new());
+        assert!(matches!(found, Found::Missing(ref m) if !m.holds_stale()), "{found:?}");
+        drop(found);
+        assert!(matches!(cache.lookup(&key, Transport::Udp, &q, size, t0, &mut Vec::new()), Found::Fresh { .. }));
+    }
+
+    #[test]
+    fn a_few_shards_per_worker_each_with_at_least_256_kib() {
+        assert_eq!(shard_count(8 << 20, 1), 4);
+        assert_eq!(shard_count(8 << 20, 2), 8);
+        assert_eq!(shard_count(8 << 20, 3), 16, "a power of two");
+        assert_eq!(shard_count(8 << 20, 64), 32, "8 MiB: at most 32 shards of 256 KiB");
+        assert_eq!(shard_count(1 << 30, 64), 64, "at most 64");
+        assert_eq!(shard_count(300 << 10, 4), 1, "a small cache is one shard");
+    }
+}

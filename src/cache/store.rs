@@ -247,3 +247,137 @@ fn cost(entry: &Cached) -> usize {
     ENTRY_OVERHEAD + rounded(entry.key.len()) + rounded(wire) + rounded(ttl_at)
 }
 
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::cache::CachePolicy;
+
+    /// A positive answer for `name` (one label) A, one record, TTL 60.
+    fn positive(name: u8) -> Stored {
+        let mut reply = vec![0, 0, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0, 1, name, 0, 0, 1, 0, 1];
+        let question_end = reply.len();
+        reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, name]);
+        Stored::answer(&reply, question_end, &CachePolicy::default()).expect("storable")
+    }
+
+    fn failure(name: u8) -> Stored {
+        Stored::failure(&[0, 0, 0x81, 0x82, 0, 1, 0, 0, 0, 0, 0, 0, 1, name, 0, 0, 1, 0, 1], 19, Duration::from_secs(5))
+    }
+
+    fn entry(name: u8, answer: Stored) -> Cached {
+        Cached::new(&[name], answer, Instant::now())
+    }
+
+    /// A store whose positive pool holds exactly `positives` entries like [`positive`].
+    fn store_for(positives: usize) -> Store {
+        let each = cost(&entry(b'a', positive(b'a')));
+        let budget = (positives * each * 4).div_ceil(3);
+        let store = Store::new(budget);
+        assert!(store.pools[0].budget >= positives * each && store.pools[0].budget < (positives + 1) * each);
+        store
+    }
+
+    fn insert(store: &mut Store, name: u8) -> u64 {
+        store.insert(u64::from(name), entry(name, positive(name)))
+    }
+
+    fn held(store: &mut Store, names: &[u8]) -> Vec<u8> {
+        names.iter().copied().filter(|&n| store.index.contains_key(&u64::from(n))).collect()
+    }
+
+    /// SIEVE: the hand moves from the oldest entry toward the newest, sparing (once) each entry hit
+    /// since it last passed, and stays where it evicted.
+    #[test]
+    fn sieve_evicts_the_oldest_entry_not_hit_since_the_hand_last_passed() {
+        let mut store = store_for(4);
+        for name in *b"abcd" {
+            assert_eq!(insert(&mut store, name), 0);
+        }
+        assert!(store.get(u64::from(b'b'), b"b").is_some());
+        assert!(store.get(u64::from(b'd'), b"d").is_some());
+        assert_eq!(insert(&mut store, b'e'), 1);
+        assert_eq!(held(&mut store, b"abcde"), b"bcde", "a: the oldest, not hit");
+        assert_eq!(insert(&mut store, b'f'), 1);
+        assert_eq!(held(&mut store, b"abcdef"), b"bdef", "b was hit: spared; c goes");
+        assert_eq!(insert(&mut store, b'g'), 1);
+        assert_eq!(held(&mut store, b"abcdefg"), b"bdfg", "d was hit: spared; e goes");
+        assert_eq!(insert(&mut store, b'h'), 1);
+        assert_eq!(held(&mut store, b"abcdefgh"), b"bdgh", "the hand stays where it was: f goes, not b");
+        assert!(store.get(u64::from(b'g'), b"g").is_some());
+        assert_eq!(insert(&mut store, b'i'), 1);
+        assert_eq!(held(&mut store, b"abcdefghi"), b"bdgi", "g spared; h, the newest, goes");
+        assert_eq!(insert(&mut store, b'j'), 1);
+        assert_eq!(held(&mut store, b"abcdefghij"), b"dgij", "past the newest the hand wraps to the oldest: b");
+        assert_eq!(store.len(), 4);
+    }
+
+    #[test]
+    fn negative_answers_and_failures_live_in_a_quarter_of_the_budget_and_evict_only_each_other() {
+        let mut store = store_for(4);
+        let negative_budget = store.pools[1].budget;
+        assert_eq!(negative_budget, (store.pools[0].budget + negative_budget) / 4);
+        for name in *b"abcd" {
+            insert(&mut store, name);
+        }
+        let positive_bytes = store.bytes();
+        let mut evicted = 0;
+        for name in b'A'..=b'Z' {
+            evicted += store.insert(u64::from(name) << 8, entry(name, failure(name)));
+        }
+        assert!(evicted > 0, "the flood evicts");
+        assert_eq!(held(&mut store, b"abcd"), b"abcd", "never a positive answer");
+        assert!(store.bytes() - positive_bytes <= negative_budget, "negatives stay within their quarter");
+        assert!(store.get(u64::from(b'Z') << 8, b"Z").is_some(), "the newest negative is held");
+    }
+
+    #[test]
+    fn an_entry_larger_than_its_pool_is_not_stored() {
+        let mut store = Store::new(600);
+        assert!(cost(&entry(b'a', failure(b'a'))) > 150, "larger than the negative quarter");
+        assert_eq!(store.insert(1, entry(b'a', failure(b'a'))), 0);
+        assert_eq!((store.len(), store.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn remove_where_drops_the_picked_entries_and_their_bytes_and_their_places_are_reused() {
+        let mut store = store_for(4);
+        for name in *b"abcd" {
+            insert(&mut store, name);
+        }
+        let each = store.bytes() / 4;
+        assert_eq!(store.remove_where(|entry| entry.key() == b"b" || entry.key() == b"d"), 2);
+        assert_eq!((store.len(), store.bytes()), (2, 2 * each));
+        assert_eq!(held(&mut store, b"abcd"), b"ac");
+        for name in *b"ef" {
+            assert_eq!(insert(&mut store, name), 0, "room again: nothing evicted");
+        }
+        assert_eq!(store.links.len(), 4, "the freed links were reused");
+        assert_eq!(store.remove_where(|_| true), 4);
+        assert_eq!((store.len(), store.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn a_key_that_shares_a_hash_replaces_the_entry_and_is_never_served_for_the_other() {
+        let mut store = store_for(4);
+        store.insert(7, entry(b'a', positive(b'a')));
+        assert!(store.get(7, b"b").is_none(), "the full key is compared");
+        store.insert(7, entry(b'b', positive(b'b')));
+        assert!(store.get(7, b"a").is_none());
+        assert!(store.get(7, b"b").is_some());
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn an_entry_counts_its_hits_and_its_failed_refresh() {
+        let now = Instant::now();
+        let mut cached = Cached::new(b"a", positive(b'a'), now);
+        assert_eq!((cached.hit(), cached.hit()), (1, 2));
+        assert_eq!(cached.failed_at(), None);
+        cached.refresh_failed(now + Duration::from_secs(3));
+        assert_eq!(cached.failed_at(), Some(now + Duration::from_secs(3)));
+        assert_eq!(cached.age(now + Duration::from_millis(1500)), Duration::from_millis(1500));
+        assert_eq!(cached.age(now - Duration::from_secs(1)), Duration::ZERO, "a clock read earlier is no age");
+    }
+}
