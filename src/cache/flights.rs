@@ -219,8 +219,8 @@ mod tests {
         assert_eq!(cache.size().0, 0);
     }
 
-    /// Two keys whose hashes collide share a flight slot: the second goes without single flight,
-    /// and never gets the first's answer or followers.
+    /// Two keys whose hashes collide share a place for a flight: the second goes without single
+    /// flight, and never gets the first's answer or followers.
     #[test]
     fn a_key_whose_hash_has_a_flight_already_goes_without_single_flight() {
         let mut flights = super::Flights::<u32>::default();

@@ -76,8 +76,8 @@ pub enum Event<'a> {
     /// A UDP reply on a socket that received a datagram matching no query: someone who is not the
     /// upstream knows its port and may have guessed this ID, so only TCP can tell.
     SuspectReply(&'a [u8]),
-    /// The try could not be sent, or its upstream turned it away (ICMP port unreachable, a TCP
-    /// connection refused or broken): no reason to wait out the timeout.
+    /// The try could not be sent, or its upstream cannot take it (ICMP port unreachable, a TCP
+    /// connection that cannot be opened or breaks): no reason to wait out the timeout.
     Failed,
     /// The outcome of the TCP recheck asked for: the answer, or `None` when it failed.
     Rechecked(Option<&'a [u8]>),

@@ -131,7 +131,7 @@ impl Upstreams {
         self.demote_on_repeat(index, now);
     }
 
-    /// A try at upstream `index` failed otherwise (SERVFAIL, REFUSED, a refused port, a send or
+    /// A try at upstream `index` failed otherwise (SERVFAIL, REFUSED, port unreachable, a send or
     /// TCP error).
     pub fn record_failure(&self, index: usize, now: Instant) {
         self.list[index].stats.failure();

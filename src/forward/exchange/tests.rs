@@ -364,7 +364,7 @@ fn a_tcp_client_gets_the_whole_answer_however_large() {
 }
 
 #[test]
-fn a_refused_port_or_failed_send_moves_on_at_once_not_at_the_timeout() {
+fn a_closed_port_or_failed_send_moves_on_at_once_not_at_the_timeout() {
     let mut h = Harness::new(2);
     let mut exchange = h.start(&query(1, "a.example"), 1, 0.0);
     assert_eq!(h.feed(&mut exchange, Event::Failed, 0.001), Did::Send(1));

@@ -300,7 +300,8 @@ impl UdpDriver {
         Ok(())
     }
 
-    /// Sends every queued try (one `sendmmsg` per socket; a try the socket refuses has failed)
+    /// Sends every queued try (one `sendmmsg` per socket; a try the kernel does not take has
+    /// failed)
     /// and every answer waiting (one `sendmmsg` per listener).
     pub fn send_queued(&mut self) {
         while !self.queued.is_empty() {
