@@ -183,4 +183,35 @@ mod tests {
         cut[question_end + 16 + 10] = 25;
         assert_eq!(shareable(&cut, question_end), cut, "options that do not parse stay as they are");
     }
+
+    /// `nx.a.` NXDOMAIN with the zone's SOA in the authority section: its TTL `soa_ttl`, its
+    /// MINIMUM `minimum`.
+    fn nxdomain(soa_ttl: u32, minimum: u32) -> (Vec<u8>, usize) {
+        let mut reply = vec![0x12, 0x34, 0x81, 0x83, 0, 1, 0, 0, 0, 1, 0, 0, 2, b'n', b'x', 1, b'a', 0, 0, 1, 0, 1];
+        let question_end = reply.len();
+        reply.extend_from_slice(&[0xc0, 15, 0, 6, 0, 1]);
+        reply.extend_from_slice(&soa_ttl.to_be_bytes());
+        reply.extend_from_slice(&[0, 24, 0xc0, 15, 0xc0, 15, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4]);
+        reply.extend_from_slice(&minimum.to_be_bytes());
+        (reply, question_end)
+    }
+
+    /// RFC 2308 section 5: a negative answer lives for the lesser of its SOA's TTL and MINIMUM,
+    /// within `--cache-max-negative-ttl`, and is not cached without an SOA.
+    #[test]
+    fn a_negative_answer_lives_for_the_lesser_of_the_soa_s_ttl_and_minimum() {
+        let policy = CachePolicy::default();
+        for (soa_ttl, minimum, expected) in [(60, 3, 3), (2, 3600, 2), (3600, 3600, 300), (60, 0, 0)] {
+            let (reply, question_end) = nxdomain(soa_ttl, minimum);
+            let stored = Stored::answer(&reply, question_end, &policy);
+            assert_eq!(stored.as_ref().map(Stored::ttl).unwrap_or(0), expected, "SOA TTL {soa_ttl}, MINIMUM {minimum}");
+            if let Some(stored) = stored {
+                assert_eq!(stored.kind(), Kind::Negative);
+            }
+        }
+        let (mut reply, question_end) = nxdomain(60, 3);
+        reply.truncate(question_end);
+        reply[9] = 0;
+        assert!(Stored::answer(&reply, question_end, &policy).is_none(), "no SOA, not cached");
+    }
 }
