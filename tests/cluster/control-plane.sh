@@ -144,6 +144,20 @@ go_build() {
     go build -trimpath -ldflags="$ldflags" -o "$out/" "$@")
 }
 
+# install_each OUT NAME DIR [NAME DIR]...: moves each binary NAME built into OUT to a directory DIR
+# of its own in the cache, in place of any older one.
+install_each() {
+  local out=$1
+  shift
+  while [ $# -gt 0 ]; do
+    mkdir -p "$out/$1-dir"
+    mv "$out/$1" "$out/$1-dir/$1"
+    rm -rf "$2"
+    mv "$out/$1-dir" "$2"
+    shift 2
+  done
+}
+
 built() {
   [ -x "$k8s_bin/kube-apiserver" ] && [ -x "$k8s_bin/kube-controller-manager" ] &&
     [ -x "$k8s_bin/kubectl" ] && [ -x "$etcd_bin/etcd" ]
@@ -176,12 +190,7 @@ build_e2e_tools() {
   local out=$1
   go_build "$gomod" "$out" "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$coredns_version" \
     ./coredns github.com/google/go-containerregistry/cmd/crane
-  mkdir -p "$out/coredns-dir" "$out/crane-dir"
-  mv "$out/coredns" "$out/coredns-dir/coredns"
-  mv "$out/crane" "$out/crane-dir/crane"
-  rm -rf "$coredns_bin" "$crane_bin"
-  mv "$out/coredns-dir" "$coredns_bin"
-  mv "$out/crane-dir" "$crane_bin"
+  install_each "$out" coredns "$coredns_bin" crane "$crane_bin"
 }
 
 build_e2e() {
@@ -200,12 +209,7 @@ build_cri_tools() {
   go_build "$cri_gomod" "$out" \
     "-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd2_version -X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" \
     -tags "no_btrfs no_devmapper no_zfs" sigs.k8s.io/cri-tools/cmd/crictl github.com/containerd/containerd/v2/cmd/containerd
-  mkdir -p "$out/crictl-dir" "$out/containerd-dir"
-  mv "$out/crictl" "$out/crictl-dir/crictl"
-  mv "$out/containerd" "$out/containerd-dir/containerd"
-  rm -rf "$crictl_bin" "$containerd2_bin"
-  mv "$out/crictl-dir" "$crictl_bin"
-  mv "$out/containerd-dir" "$containerd2_bin"
+  install_each "$out" crictl "$crictl_bin" containerd "$containerd2_bin"
 }
 
 build_cri() {
