@@ -123,30 +123,33 @@ impl<W> Drop for FlightGuard<W> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Instant;
 
-    use crate::cache::tests::{answer, cache, query};
-    use crate::cache::{CachePolicy, Found, Key, Landing, Missing};
+    use super::FlightGuard;
+    use crate::cache::tests::{answer, cache, keyed};
+    use crate::cache::{Cache, CachePolicy, Found, Key, Landing, Missing};
     use crate::dns::Transport;
 
     /// A lookup of `name` that misses, holding its shard until dropped.
-    fn miss<'c>(
-        cache: &'c std::sync::Arc<crate::cache::Cache<u32>>,
-        key: &'c Key,
-        q: &[u8],
-        transport: Transport,
-    ) -> Missing<'c, u32> {
+    fn miss<'c>(cache: &'c Arc<Cache<u32>>, key: &'c Key, q: &[u8], transport: Transport) -> Missing<'c, u32> {
         match cache.lookup(key, transport, q, 512, Instant::now(), &mut Vec::new()) {
             Found::Missing(missing) => missing,
             other => panic!("expected a miss, got {other:?}"),
         }
     }
 
+    /// A flight led for `key` over UDP, with client 7 parked on it.
+    fn led_with_a_follower(cache: &Arc<Cache<u32>>, key: &Key, q: &[u8]) -> FlightGuard<u32> {
+        let leader = miss(cache, key, q, Transport::Udp).lead(Transport::Udp);
+        miss(cache, key, q, Transport::Udp).parked(Transport::Udp).expect("the leader's flight").push(7);
+        leader
+    }
+
     #[test]
     fn the_first_miss_leads_the_flight_the_next_ones_park_and_the_landing_hands_them_back() {
         let cache = cache(CachePolicy::default());
-        let (q, end) = query("a.example");
-        let key = Key::of(&q, end, None).unwrap();
+        let (q, end, key) = keyed("a.example");
         let mut first = miss(&cache, &key, &q, Transport::Udp);
         assert!(first.parked(Transport::Udp).is_none(), "no flight yet");
         let leader = first.lead(Transport::Udp);
@@ -166,8 +169,7 @@ mod tests {
     #[test]
     fn a_tcp_miss_never_parks_on_a_udp_flight() {
         let cache = cache(CachePolicy::default());
-        let (q, end) = query("a.example");
-        let key = Key::of(&q, end, None).unwrap();
+        let (q, _, key) = keyed("a.example");
         let _udp = miss(&cache, &key, &q, Transport::Udp).lead(Transport::Udp);
         let mut tcp = miss(&cache, &key, &q, Transport::Tcp);
         assert!(tcp.parked(Transport::Tcp).is_none());
@@ -178,10 +180,8 @@ mod tests {
     #[test]
     fn a_failed_leader_hands_back_its_followers_and_its_failure_is_kept() {
         let cache = cache(CachePolicy::default());
-        let (q, end) = query("a.example");
-        let key = Key::of(&q, end, None).unwrap();
-        let leader = miss(&cache, &key, &q, Transport::Udp).lead(Transport::Udp);
-        miss(&cache, &key, &q, Transport::Udp).parked(Transport::Udp).unwrap().push(7);
+        let (q, end, key) = keyed("a.example");
+        let leader = led_with_a_follower(&cache, &key, &q);
         let mut servfail = q.clone();
         servfail[2] = 0x81;
         servfail[3] = 0x82;
@@ -196,10 +196,8 @@ mod tests {
     #[test]
     fn a_leader_dropped_without_landing_frees_the_key_and_drops_its_followers() {
         let cache = cache(CachePolicy::default());
-        let (q, end) = query("a.example");
-        let key = Key::of(&q, end, None).unwrap();
-        let leader = miss(&cache, &key, &q, Transport::Udp).lead(Transport::Udp);
-        miss(&cache, &key, &q, Transport::Udp).parked(Transport::Udp).unwrap().push(7);
+        let (q, _, key) = keyed("a.example");
+        let leader = led_with_a_follower(&cache, &key, &q);
         drop(leader);
         let mut next = miss(&cache, &key, &q, Transport::Udp);
         assert!(next.parked(Transport::Udp).is_none(), "the next miss leads a new flight");
@@ -211,11 +209,9 @@ mod tests {
     #[test]
     fn an_uncached_landing_answers_the_followers_and_stores_nothing() {
         let cache = cache(CachePolicy::default());
-        let (q, end) = query("a.example");
-        let key = Key::of(&q, end, None).unwrap();
-        let leader = miss(&cache, &key, &q, Transport::Udp).lead(Transport::Udp);
-        miss(&cache, &key, &q, Transport::Udp).parked(Transport::Udp).unwrap().push(1);
-        assert_eq!(cache.land(leader, &key, Landing::Uncached, Instant::now()), [1]);
+        let (q, _, key) = keyed("a.example");
+        let leader = led_with_a_follower(&cache, &key, &q);
+        assert_eq!(cache.land(leader, &key, Landing::Uncached, Instant::now()), [7]);
         assert_eq!(cache.size().0, 0);
     }
 

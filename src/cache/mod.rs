@@ -404,6 +404,13 @@ pub(crate) mod tests {
         a
     }
 
+    /// [`query`] and its cache key.
+    pub fn keyed(name: &str) -> (Vec<u8>, usize, Key) {
+        let (q, end) = query(name);
+        let key = Key::of(&q, end, None).expect("cacheable");
+        (q, end, key)
+    }
+
     pub fn cache(policy: CachePolicy) -> Arc<Cache<u32>> {
         Cache::new(policy, 1, Arc::new(AtomicU64::new(0)))
     }
@@ -418,8 +425,7 @@ pub(crate) mod tests {
     /// and whether it is to be prefetched, or "stale" with its TTL, or a miss ("stale held" when
     /// an expired answer is held). A flight led here is abandoned at once.
     fn find(cache: &Arc<Cache<u32>>, name: &str, t0: Instant, seconds: f64) -> String {
-        let (q, end) = query(name);
-        let key = Key::of(&q, end, None).unwrap();
+        let (q, end, key) = keyed(name);
         let mut out = Vec::new();
         let now = t0 + Duration::from_secs_f64(seconds);
         match cache.lookup(&key, Transport::Udp, &q, 512, now, &mut out) {
@@ -433,8 +439,7 @@ pub(crate) mod tests {
 
     /// Stores `name`'s answer with `ttl` at `t0`, as a miss does.
     fn store(cache: &Arc<Cache<u32>>, name: &str, ttl: u32, t0: Instant) {
-        let (q, end) = query(name);
-        let key = Key::of(&q, end, None).unwrap();
+        let (q, end, key) = keyed(name);
         let Found::Missing(missing) = cache.lookup(&key, Transport::Udp, &q, 512, t0, &mut Vec::new()) else {
             panic!("{name} is cached already")
         };
@@ -442,11 +447,18 @@ pub(crate) mod tests {
         cache.land(flight, &key, Landing::Answer { reply: &answer(&q, ttl), question_end: end }, t0);
     }
 
-    #[test]
-    fn a_hit_s_ttls_fall_by_the_whole_seconds_it_was_held() {
+    /// A cache under the default policy holding `name`'s answer with `ttl`, stored at the instant
+    /// returned.
+    fn holding(name: &str, ttl: u32) -> (Arc<Cache<u32>>, Instant) {
         let cache = cache(CachePolicy::default());
         let t0 = Instant::now();
-        store(&cache, "a.example", 300, t0);
+        store(&cache, name, ttl, t0);
+        (cache, t0)
+    }
+
+    #[test]
+    fn a_hit_s_ttls_fall_by_the_whole_seconds_it_was_held() {
+        let (cache, t0) = holding("a.example", 300);
         let seen: Vec<String> =
             [0.0, 0.999, 1.0, 1.5, 299.999].iter().map(|&at| find(&cache, "a.example", t0, at)).collect();
         assert_eq!(seen, ["fresh 300", "fresh 300", "fresh 299", "fresh 299", "fresh 1, prefetch"]);
@@ -485,11 +497,8 @@ pub(crate) mod tests {
 
     #[test]
     fn a_stale_answer_is_served_at_once_for_30_s_after_a_failed_refresh() {
-        let cache = cache(CachePolicy::default());
-        let t0 = Instant::now();
-        store(&cache, "a.example", 10, t0);
-        let (q, end) = query("a.example");
-        let key = Key::of(&q, end, None).unwrap();
+        let (cache, t0) = holding("a.example", 10);
+        let (q, end, key) = keyed("a.example");
         let mut out = Vec::new();
         assert!(cache.write_stale(&key, &q, t0 + Duration::from_secs(12), &mut out), "the refresh failed at 12 s");
         assert_eq!(ttl(&out, end), STALE_TTL);
@@ -502,9 +511,7 @@ pub(crate) mod tests {
     /// left.
     #[test]
     fn a_popular_answer_is_prefetched_once_at_10_percent_of_its_ttl_left() {
-        let cache = cache(CachePolicy::default());
-        let t0 = Instant::now();
-        store(&cache, "a.example", 100, t0);
+        let (cache, t0) = holding("a.example", 100);
         assert_eq!(find(&cache, "a.example", t0, 1.0), "fresh 99");
         assert_eq!(find(&cache, "a.example", t0, 2.0), "fresh 98");
         assert_eq!(find(&cache, "a.example", t0, 89.0), "fresh 11", "11% left: not yet, though hit thrice");
@@ -525,14 +532,11 @@ pub(crate) mod tests {
 
     #[test]
     fn a_prefetch_under_way_is_led_once() {
-        let cache = cache(CachePolicy::default());
-        let t0 = Instant::now();
-        store(&cache, "a.example", 100, t0);
+        let (cache, t0) = holding("a.example", 100);
         for at in [1.0, 2.0] {
             find(&cache, "a.example", t0, at);
         }
-        let (q, end) = query("a.example");
-        let key = Key::of(&q, end, None).unwrap();
+        let (q, _, key) = keyed("a.example");
         let at = t0 + Duration::from_secs(95);
         let Found::Fresh { prefetch: Some(_leading) } =
             cache.lookup(&key, Transport::Udp, &q, 512, at, &mut Vec::new())
@@ -544,11 +548,8 @@ pub(crate) mod tests {
 
     #[test]
     fn an_answer_larger_than_the_client_s_buffer_is_not_served_to_it() {
-        let cache = cache(CachePolicy::default());
-        let t0 = Instant::now();
-        store(&cache, "a.example", 100, t0);
-        let (q, end) = query("a.example");
-        let key = Key::of(&q, end, None).unwrap();
+        let (cache, t0) = holding("a.example", 100);
+        let (q, _, key) = keyed("a.example");
         let size = answer(&q, 100).len();
         let found = cache.lookup(&key, Transport::Udp, &q, size - 1, t0, &mut Vec::new());
         assert!(matches!(found, Found::Missing(ref m) if !m.holds_stale()), "{found:?}");

@@ -200,6 +200,17 @@ fn cache_answer(h: &mut Harness, packet: &[u8], ttl: u32, last: u8, seconds: f64
     assert_eq!(h.sent().len(), 1, "the client got the answer");
 }
 
+/// `upstreams` fake upstreams, `a.example` answered at 0 s with a TTL of 10 s (192.0.2.1), and client 2
+/// asking for it again at `seconds`, after it expired: the exchange refreshing it, its first try
+/// out. Returns the harness, the query and the exchange.
+fn refreshing(upstreams: usize, seconds: f64) -> (Harness, Vec<u8>, Option<Exchange>) {
+    let mut h = Harness::new(upstreams);
+    let packet = query(1, "a.example");
+    cache_answer(&mut h, &packet, 10, 1, 0.0);
+    let exchange = h.start(&packet, 2, seconds);
+    (h, packet, exchange)
+}
+
 #[test]
 fn each_timeout_moves_the_query_on_in_the_configured_order_then_it_fails() {
     let mut h = Harness::new(3);
@@ -230,10 +241,7 @@ fn a_tick_before_the_deadline_changes_nothing() {
 /// gets the stale answer at 1.8 s, and the refresh fails at the last try's deadline.
 #[test]
 fn a_driver_ticking_at_each_deadline_sees_timeout_next_upstream_stale_then_the_end() {
-    let mut h = Harness::with(2, CachePolicy::default(), 1000);
-    let packet = query(1, "a.example");
-    cache_answer(&mut h, &packet, 10, 1, 0.0);
-    let mut exchange = h.start(&packet, 2, 20.0);
+    let (mut h, packet, mut exchange) = refreshing(2, 20.0);
     // With a 2 s timeout the client timer (1.8 s) comes first, then the try's timeout.
     assert_eq!(h.tick(&mut exchange), (21.8, Did::Wait));
     assert_eq!(ttl_and_address(&h.sent()[0].2), (STALE_TTL, 1), "stale at its due time");
@@ -253,10 +261,7 @@ fn a_driver_ticking_at_each_deadline_sees_timeout_next_upstream_stale_then_the_e
 /// try.
 #[test]
 fn a_tick_late_for_both_deadlines_serves_the_stale_answer_then_moves_on() {
-    let mut h = Harness::new(2);
-    let packet = query(1, "a.example");
-    cache_answer(&mut h, &packet, 10, 1, 0.0);
-    let mut exchange = h.start(&packet, 2, 20.0);
+    let (mut h, _, mut exchange) = refreshing(2, 20.0);
     assert_eq!(h.feed(&mut exchange, Event::Tick, 22.5), Did::Send(1));
     assert_eq!(ttl_and_address(&h.sent()[0].2), (STALE_TTL, 1));
     assert_eq!(exchange.as_ref().unwrap().next_deadline(), Some(h.at(24.5)), "only the try's deadline is left");
@@ -492,11 +497,8 @@ fn clients_asking_while_the_question_is_under_way_park_and_each_gets_its_own_cop
 
 #[test]
 fn a_refresh_answered_within_1_8_s_gives_its_client_the_fresh_answer() {
-    let mut h = Harness::new(1);
-    let packet = query(1, "a.example");
-    cache_answer(&mut h, &packet, 10, 1, 0.0);
-    // Expired: this client leads the refresh; the next one gets the stale answer at once.
-    let mut refresh = h.start(&packet, 2, 11.0);
+    // Expired: client 2 leads the refresh; the next one gets the stale answer at once.
+    let (mut h, packet, mut refresh) = refreshing(1, 11.0);
     let stale = h.answered(&query(3, "a.example"), 3, 11.1, Path::Cache);
     assert_eq!(ttl_and_address(&stale), (STALE_TTL, 1));
     let fresh = answer(refresh.as_ref().unwrap().query(), rcode::NOERROR, 10, 2);
@@ -507,10 +509,7 @@ fn a_refresh_answered_within_1_8_s_gives_its_client_the_fresh_answer() {
 
 #[test]
 fn a_client_with_an_expired_answer_gets_it_stale_at_1_8_s_and_the_refresh_goes_on() {
-    let mut h = Harness::new(1);
-    let packet = query(1, "a.example");
-    cache_answer(&mut h, &packet, 10, 1, 0.0);
-    let mut exchange = h.start(&packet, 2, 11.0);
+    let (mut h, packet, mut exchange) = refreshing(1, 11.0);
     assert_eq!(exchange.as_ref().unwrap().next_deadline(), Some(h.at(12.8)));
     assert_eq!(h.feed(&mut exchange, Event::Tick, 12.79), Did::Wait);
     assert!(h.sent().is_empty(), "not before 1.8 s");
@@ -527,10 +526,7 @@ fn a_client_with_an_expired_answer_gets_it_stale_at_1_8_s_and_the_refresh_goes_o
 
 #[test]
 fn a_client_whose_stale_answer_was_flushed_waits_for_the_upstreams_after_all() {
-    let mut h = Harness::new(1);
-    let packet = query(1, "a.example");
-    cache_answer(&mut h, &packet, 10, 1, 0.0);
-    let mut exchange = h.start(&packet, 2, 11.0);
+    let (mut h, _, mut exchange) = refreshing(1, 11.0);
     assert_eq!(h.forwarder.flush(None), 1);
     assert_eq!(h.feed(&mut exchange, Event::Tick, 12.8), Did::Wait);
     assert!(h.sent().is_empty(), "nothing to serve");
@@ -542,10 +538,7 @@ fn a_client_whose_stale_answer_was_flushed_waits_for_the_upstreams_after_all() {
 
 #[test]
 fn while_a_refresh_is_under_way_other_clients_get_the_stale_answer_at_once() {
-    let mut h = Harness::new(1);
-    let packet = query(1, "a.example");
-    cache_answer(&mut h, &packet, 10, 1, 0.0);
-    let _refresh = h.start(&packet, 2, 11.0);
+    let (mut h, packet, _refresh) = refreshing(1, 11.0);
     for client in 3..10 {
         let stale = h.answered(&packet, client, 11.5, Path::Cache);
         assert_eq!(ttl_and_address(&stale), (STALE_TTL, 1));
@@ -555,10 +548,7 @@ fn while_a_refresh_is_under_way_other_clients_get_the_stale_answer_at_once() {
 
 #[test]
 fn after_a_failed_refresh_stale_answers_are_served_without_asking_for_30_s() {
-    let mut h = Harness::new(1);
-    let packet = query(1, "a.example");
-    cache_answer(&mut h, &packet, 10, 1, 0.0);
-    let mut exchange = h.start(&packet, 2, 11.0);
+    let (mut h, packet, mut exchange) = refreshing(1, 11.0);
     assert_eq!(h.feed(&mut exchange, Event::Failed, 11.5), Did::Done);
     let sent = h.sent();
     assert_eq!(ttl_and_address(&sent[0].2), (STALE_TTL, 1), "the failed refresh's client gets the stale answer");
@@ -642,10 +632,7 @@ fn over_capacity_a_held_stale_answer_beats_refused() {
 
 #[test]
 fn a_failure_never_hides_a_held_answer() {
-    let mut h = Harness::new(1);
-    let packet = query(1, "a.example");
-    cache_answer(&mut h, &packet, 10, 1, 0.0);
-    let mut exchange = h.start(&packet, 2, 20.0);
+    let (mut h, packet, mut exchange) = refreshing(1, 20.0);
     let servfail = answer(exchange.as_ref().unwrap().query(), rcode::SERVFAIL, 0, 0);
     assert_eq!(h.feed(&mut exchange, Event::Reply(&servfail), 20.1), Did::Done);
     assert_eq!(ttl_and_address(&h.sent()[0].2), (STALE_TTL, 1), "the stale answer, not the SERVFAIL");
