@@ -3,7 +3,7 @@
 //!
 //! [`answer`] is the entry point for a TCP connection's query: [`Exchange::begin`] decides what
 //! the client gets, exactly as for a UDP worker's, and the exchange it starts runs in a task of
-//! its own ([`drive`]), so that it can go on (to refresh the cache) after its client got a stale
+//! its own (`drive`), so that it can go on (to refresh the cache) after its client got a stale
 //! answer.
 
 use std::future::Future;
