@@ -103,6 +103,21 @@ pub enum Command<'b> {
     Done,
 }
 
+/// Where exchanges write the answers they give, and count them: one per driver, lent to each
+/// exchange with each event.
+#[derive(Debug)]
+pub struct Output {
+    traffic: Arc<Traffic>,
+    buf: Vec<u8>,
+}
+
+impl Output {
+    /// Answers counted into `traffic`.
+    pub fn new(traffic: Arc<Traffic>) -> Self {
+        Self { traffic, buf: Vec::new() }
+    }
+}
+
 /// One forwarded query on its way through the upstreams.
 #[derive(Debug)]
 pub struct Exchange {
@@ -131,7 +146,6 @@ pub struct Exchange {
     last_error: Option<Vec<u8>>,
     /// What the driver is told after the answer it was just given.
     then: Then,
-    traffic: Arc<Traffic>,
     _permit: Permit,
 }
 
@@ -176,15 +190,6 @@ enum Outcome<'a> {
     Failed,
 }
 
-/// What an event leads to, before it becomes commands.
-enum Step<'a> {
-    Wait,
-    Ignore,
-    Send(usize),
-    Recheck(usize),
-    End(Outcome<'a>),
-}
-
 impl Exchange {
     /// Decides what the client of `query`, answered at `reply_to`, gets: an answer from the cache
     /// (written into `out`), a place on the same question's exchange under way, REFUSED over
@@ -195,35 +200,20 @@ impl Exchange {
         query: ClientQuery<'_>,
         reply_to: ReplyTo,
         upstreams: &Arc<Upstreams>,
-        traffic: &Arc<Traffic>,
+        traffic: &Traffic,
         out: &mut Vec<u8>,
     ) -> Begin {
         let ClientQuery { packet, question_end, edns, transport, arrived } = query;
-        let exchange =
-            |reply_to: Option<ReplyTo>, flight: Option<(Key, FlightGuard<Parked>)>, stale_fallback, permit| Exchange {
-                query: packet.to_vec(),
-                question_end,
-                edns,
-                transport,
-                started: arrived,
-                client: reply_to.map(|reply_to| Client::new(reply_to, wire::id(packet))),
-                flight: flight.map(Box::new),
-                stale_fallback,
-                upstreams: upstreams.clone(),
-                timeout: forwarder.timeout(),
-                tried: 0,
-                current: None,
-                last_error: None,
-                then: Then::Wait,
-                traffic: traffic.clone(),
-                _permit: permit,
-            };
+        let new = |reply_to: Option<ReplyTo>, flight, stale_fallback, permit| {
+            let client = reply_to.map(|reply_to| Client::new(reply_to, wire::id(packet)));
+            Exchange::new(query, client, flight, stale_fallback, permit, upstreams, forwarder.timeout())
+        };
         let cache = forwarder.cache();
         let cached = cache.as_ref().and_then(|cache| Some((cache, Key::of(packet, question_end, edns.as_ref())?)));
         let Some((cache, key)) = cached else {
             // Not cacheable: every query its own exchange.
             return match forwarder.try_acquire() {
-                Some(permit) => Begin::Ask(exchange(Some(reply_to), None, false, permit)),
+                Some(permit) => Begin::Ask(new(Some(reply_to), None, false, permit)),
                 None => refuse(packet, question_end, edns.as_ref(), traffic, out),
             };
         };
@@ -235,7 +225,7 @@ impl Exchange {
                     && let Some(permit) = forwarder.try_acquire()
                 {
                     traffic.cache(CacheEvent::Prefetch);
-                    let refresh = exchange(None, Some((key.clone(), flight)), false, permit);
+                    let refresh = new(None, Some((key.clone(), flight)), false, permit);
                     return Begin::AnsweredAndRefresh(Path::Cache, refresh);
                 }
                 Begin::Answered(Path::Cache)
@@ -263,81 +253,103 @@ impl Exchange {
                 }
                 let stale_fallback = missing.holds_stale();
                 let flight = missing.lead(transport);
-                Begin::Ask(exchange(Some(reply_to), Some((key.clone(), flight)), stale_fallback, permit))
+                Begin::Ask(new(Some(reply_to), Some((key.clone(), flight)), stale_fallback, permit))
             }
         }
     }
 
+    #[inline(always)]
+    fn new(
+        query: ClientQuery<'_>,
+        client: Option<Client>,
+        flight: Option<(Key, FlightGuard<Parked>)>,
+        stale_fallback: bool,
+        permit: Permit,
+        upstreams: &Arc<Upstreams>,
+        timeout: Duration,
+    ) -> Self {
+        Exchange {
+            query: query.packet.to_vec(),
+            question_end: query.question_end,
+            edns: query.edns,
+            transport: query.transport,
+            started: query.arrived,
+            client,
+            flight: flight.map(Box::new),
+            stale_fallback,
+            upstreams: upstreams.clone(),
+            timeout,
+            tried: 0,
+            current: None,
+            last_error: None,
+            then: Then::Wait,
+            _permit: permit,
+        }
+    }
+
     /// What `event`, at `now`, leads to: the first command, then those [`Exchange::poll`] gives.
-    /// Answers are written into `buf`.
-    pub fn on<'b>(&mut self, event: Event<'_>, now: Instant, buf: &'b mut Vec<u8>) -> Option<Command<'b>> {
-        let step = match event {
-            Event::Start => self.next_try(now),
+    /// Answers are written into `out`.
+    pub fn on<'o>(&mut self, event: Event<'_>, now: Instant, out: &'o mut Output) -> Option<Command<'o>> {
+        match event {
+            Event::Start => self.next_try(now, out),
             Event::Tick => {
                 if self.stale_due().is_some_and(|due| due <= now)
-                    && let Some(to) = self.serve_stale(now, buf)
+                    && let Some(to) = self.serve_stale(now, out)
                 {
                     self.then = Then::Tick(now);
-                    return Some(Command::Answer { to, bytes: buf });
+                    return Some(Command::Answer { to, bytes: &out.buf });
                 }
-                self.tick(now)
+                self.tick(now, out)
             }
-            Event::Reply(reply) => self.judge(reply, now),
-            Event::SuspectReply(reply) => match self.current {
-                Some(Try { upstream, deadline: Some(_) }) => {
-                    match reply::judge(&self.query, self.question_end, reply) {
-                        Fate::Ignore => Step::Ignore,
-                        Fate::MoveOn | Fate::Accept => {
-                            self.upstreams.record_recheck(upstream);
-                            self.current = Some(Try { upstream, deadline: None });
-                            Step::Recheck(upstream)
-                        }
+            Event::Reply(reply) => self.judge(reply, now, out),
+            Event::SuspectReply(reply) => {
+                let Some(Try { upstream, deadline: Some(_) }) = self.current else { return None };
+                match reply::judge(&self.query, self.question_end, reply) {
+                    Fate::Ignore => Some(Command::Ignore),
+                    Fate::MoveOn | Fate::Accept => {
+                        self.upstreams.record_recheck(upstream);
+                        self.current = Some(Try { upstream, deadline: None });
+                        Some(Command::Recheck(upstream))
                     }
                 }
-                _ => Step::Wait,
-            },
-            Event::Failed => match self.current {
-                Some(Try { upstream, .. }) => self.failed(upstream, now),
-                None => Step::Wait,
-            },
-            Event::Rechecked(answer) => match (self.current, answer) {
-                (Some(Try { upstream, deadline: None }), Some(answer)) => {
-                    match reply::judge(&self.query, self.question_end, answer) {
-                        // Over TCP: cacheable, whatever happens over UDP meanwhile.
-                        Fate::Accept => {
-                            self.upstreams.record_success(upstream);
-                            Step::End(Outcome::Answer(answer))
-                        }
-                        Fate::MoveOn => self.moved_on(upstream, answer, now),
-                        Fate::Ignore => self.failed(upstream, now),
+            }
+            Event::Failed => {
+                let Try { upstream, .. } = self.current?;
+                self.failed(upstream, now, out)
+            }
+            Event::Rechecked(answer) => {
+                let Some(Try { upstream, deadline: None }) = self.current else { return None };
+                let Some(answer) = answer else { return self.failed(upstream, now, out) };
+                match reply::judge(&self.query, self.question_end, answer) {
+                    // Over TCP: cacheable, whatever happens over UDP meanwhile.
+                    Fate::Accept => {
+                        self.upstreams.record_success(upstream);
+                        self.end(Outcome::Answer(answer), now, out)
                     }
+                    Fate::MoveOn => self.moved_on(upstream, answer, now, out),
+                    Fate::Ignore => self.failed(upstream, now, out),
                 }
-                (Some(Try { upstream, deadline: None }), None) => self.failed(upstream, now),
-                _ => Step::Wait,
-            },
-        };
-        self.carry_out(step, now, buf)
+            }
+        }
     }
 
     /// The next command owed after an answer, if any.
-    pub fn poll<'b>(&mut self, buf: &'b mut Vec<u8>) -> Option<Command<'b>> {
+    pub fn poll<'o>(&mut self, out: &'o mut Output) -> Option<Command<'o>> {
         match std::mem::replace(&mut self.then, Then::Wait) {
             Then::Wait => None,
-            Then::Tick(now) => {
-                let step = self.tick(now);
-                self.carry_out(step, now, buf)
-            }
+            Then::Tick(now) => self.tick(now, out),
             Then::End(None) => Some(Command::Done),
             Then::End(Some(mut ending)) => {
                 let Some(parked) = ending.parked.next() else { return Some(Command::Done) };
                 let limit = limit(parked.transport(), parked.edns());
+                let buf = &mut out.buf;
                 match &ending.shared {
                     Some(shared) => write_shared(shared, parked.query(), self.question_end, parked.edns(), limit, buf),
                     None => servfail(parked.query(), self.question_end, parked.edns(), buf),
                 }
-                answered(&self.traffic, Path::Forwarded, buf, ending.at.saturating_duration_since(parked.arrived()));
+                answered(&out.traffic, Path::Forwarded, buf, ending.at.saturating_duration_since(parked.arrived()));
                 self.then = Then::End(Some(ending));
-                Some(Command::Answer { to: parked.into_reply_to(), bytes: buf })
+                Some(Command::Answer { to: parked.into_reply_to(), bytes: &out.buf })
             }
         }
     }
@@ -374,82 +386,78 @@ impl Exchange {
         (self.stale_fallback && self.client.is_some()).then_some(self.started + CLIENT_TIMER)
     }
 
-    fn judge<'a>(&mut self, reply: &'a [u8], now: Instant) -> Step<'a> {
-        let Some(Try { upstream, deadline: Some(_) }) = self.current else { return Step::Wait };
+    fn judge<'o>(&mut self, reply: &[u8], now: Instant, out: &'o mut Output) -> Option<Command<'o>> {
+        let Some(Try { upstream, deadline: Some(_) }) = self.current else { return None };
         match reply::judge(&self.query, self.question_end, reply) {
             // Over UDP a forger may be guessing (RFC 5452 section 9.1): keep waiting. Over TCP
             // the connection carries no other reply: the try failed.
-            Fate::Ignore if self.transport == Transport::Udp => Step::Ignore,
-            Fate::Ignore => self.failed(upstream, now),
-            Fate::MoveOn => self.moved_on(upstream, reply, now),
+            Fate::Ignore if self.transport == Transport::Udp => Some(Command::Ignore),
+            Fate::Ignore => self.failed(upstream, now, out),
+            Fate::MoveOn => self.moved_on(upstream, reply, now, out),
             Fate::Accept => {
                 self.upstreams.record_success(upstream);
                 if self.transport == Transport::Udp && self.upstreams.is_defending(upstream, now) {
-                    Step::End(Outcome::Uncached(reply))
+                    self.end(Outcome::Uncached(reply), now, out)
                 } else {
-                    Step::End(Outcome::Answer(reply))
+                    self.end(Outcome::Answer(reply), now, out)
                 }
             }
         }
     }
 
     /// The try times out at `now` if its deadline has come.
-    fn tick(&mut self, now: Instant) -> Step<'static> {
+    fn tick<'o>(&mut self, now: Instant, out: &'o mut Output) -> Option<Command<'o>> {
         match self.current {
             Some(Try { upstream, deadline: Some(deadline) }) if deadline <= now => {
                 self.upstreams.record_timeout(upstream, now);
-                self.next_try(now)
+                self.next_try(now, out)
             }
-            _ => Step::Wait,
+            _ => None,
         }
     }
 
-    fn failed(&mut self, upstream: usize, now: Instant) -> Step<'static> {
+    fn failed<'o>(&mut self, upstream: usize, now: Instant, out: &'o mut Output) -> Option<Command<'o>> {
         self.upstreams.record_failure(upstream, now);
-        self.next_try(now)
+        self.next_try(now, out)
     }
 
     /// The upstream said SERVFAIL or REFUSED: the next one gets the query; the client gets
     /// `reply` if none answers.
-    fn moved_on(&mut self, upstream: usize, reply: &[u8], now: Instant) -> Step<'static> {
+    fn moved_on<'o>(
+        &mut self,
+        upstream: usize,
+        reply: &[u8],
+        now: Instant,
+        out: &'o mut Output,
+    ) -> Option<Command<'o>> {
         self.last_error = Some(reply.to_vec());
-        self.failed(upstream, now)
+        self.failed(upstream, now, out)
     }
 
     /// The next upstream not tried yet, or the end when none is left.
-    fn next_try(&mut self, now: Instant) -> Step<'static> {
+    fn next_try<'o>(&mut self, now: Instant, out: &'o mut Output) -> Option<Command<'o>> {
         match self.upstreams.next(self.tried, now) {
             Some(upstream) => {
                 self.tried |= 1 << upstream;
                 self.current = Some(Try { upstream, deadline: Some(now + self.timeout) });
                 self.upstreams.record_request(upstream, self.transport);
-                Step::Send(upstream)
+                Some(Command::Send(upstream))
             }
-            None => Step::End(Outcome::Failed),
-        }
-    }
-
-    fn carry_out<'b>(&mut self, step: Step<'_>, now: Instant, buf: &'b mut Vec<u8>) -> Option<Command<'b>> {
-        match step {
-            Step::Wait => None,
-            Step::Ignore => Some(Command::Ignore),
-            Step::Send(upstream) => Some(Command::Send(upstream)),
-            Step::Recheck(upstream) => Some(Command::Recheck(upstream)),
-            Step::End(outcome) => self.end(outcome, now, buf),
+            None => self.end(Outcome::Failed, now, out),
         }
     }
 
     /// The client has waited [`CLIENT_TIMER`] at `now` for a query whose expired answer is held:
     /// it gets that answer now (RFC 8767), and the exchange goes on to refresh the cache. A
     /// client whose answer is gone meanwhile (evicted, flushed) waits for the upstreams after all.
-    fn serve_stale(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<ReplyTo> {
+    fn serve_stale(&mut self, now: Instant, out: &mut Output) -> Option<ReplyTo> {
         let id = self.client.as_ref()?.id();
-        if !self.write_stale(id, now, buf) {
+        if !self.write_stale(id, now, &mut out.buf) {
             return None;
         }
         let client = self.client.take()?;
-        self.traffic.cache(CacheEvent::Stale);
-        answered(&self.traffic, Path::Cache, buf, now.saturating_duration_since(self.started));
+        out.traffic.cache(CacheEvent::Stale);
+        answered(&out.traffic, Path::Cache, &out.buf, now.saturating_duration_since(self.started));
         Some(client.into_reply_to())
     }
 
@@ -469,80 +477,71 @@ impl Exchange {
 
     /// The end, at `now`: the client's answer (its own, stale, the last error or SERVFAIL), the
     /// flight landed in the cache, and the parked clients' answers owed.
-    fn end<'b>(&mut self, outcome: Outcome<'_>, now: Instant, buf: &'b mut Vec<u8>) -> Option<Command<'b>> {
+    fn end<'o>(&mut self, outcome: Outcome<'_>, now: Instant, out: &'o mut Output) -> Option<Command<'o>> {
         self.current = None;
         let to = self.client.take().map(|client| {
-            self.write_answer(&client, outcome, now, buf);
+            self.write_answer(&client, outcome, now, out);
             client.into_reply_to()
         });
-        let Some(flight) = self.flight.take() else { return self.owe(Vec::new(), None, to, now, buf) };
-        let (key, guard) = *flight;
-        let question_end = self.question_end;
-        // What the cache keeps of a failure: the last SERVFAIL or REFUSED an upstream sent (which
-        // parked clients get too), or our SERVFAIL (parked clients get their own).
-        let error = self.last_error.as_deref().map(|error| shareable(error, question_end));
-        let ours = (matches!(outcome, Outcome::Failed) && error.is_none()).then(|| {
-            let mut ours = Vec::new();
-            servfail(&self.query, question_end, self.edns.as_ref(), &mut ours);
-            ours
-        });
-        let landing = match outcome {
-            Outcome::Answer(reply) => Landing::Answer { reply, question_end },
-            Outcome::Uncached(_) => Landing::Uncached,
-            Outcome::Failed => {
-                let servfail = error.as_deref().or(ours.as_deref()).unwrap_or_default();
-                Landing::Failed { servfail, question_end }
+        let mut ending = None;
+        if let Some(flight) = self.flight.take() {
+            let (key, guard) = *flight;
+            let question_end = self.question_end;
+            // What the cache keeps of a failure: the last SERVFAIL or REFUSED an upstream sent
+            // (which parked clients get too), or our SERVFAIL (parked clients get their own).
+            let error = self.last_error.as_deref().map(|error| shareable(error, question_end));
+            let ours = (matches!(outcome, Outcome::Failed) && error.is_none()).then(|| {
+                let mut ours = Vec::new();
+                servfail(&self.query, question_end, self.edns.as_ref(), &mut ours);
+                ours
+            });
+            let landing = match outcome {
+                Outcome::Answer(reply) => Landing::Answer { reply, question_end },
+                Outcome::Uncached(_) => Landing::Uncached,
+                Outcome::Failed => {
+                    let servfail = error.as_deref().or(ours.as_deref()).unwrap_or_default();
+                    Landing::Failed { servfail, question_end }
+                }
+            };
+            let parked = guard.cache().clone().land(guard, &key, landing, now);
+            if !parked.is_empty() {
+                let shared = match outcome {
+                    Outcome::Answer(reply) | Outcome::Uncached(reply) => Some(shareable(reply, question_end)),
+                    Outcome::Failed => error,
+                };
+                ending = Some(Box::new(Ending { parked: parked.into_iter(), shared, at: now }));
             }
-        };
-        let parked = guard.cache().clone().land(guard, &key, landing, now);
-        let shared = match outcome {
-            Outcome::Answer(reply) | Outcome::Uncached(reply) => {
-                (!parked.is_empty()).then(|| shareable(reply, question_end))
-            }
-            Outcome::Failed => error,
-        };
-        self.owe(parked, shared, to, now, buf)
-    }
-
-    /// Owes `parked` their answers (`shared`, or SERVFAIL), after the client's at `to` if any.
-    fn owe<'b>(
-        &mut self,
-        parked: Vec<Parked>,
-        shared: Option<Vec<u8>>,
-        to: Option<ReplyTo>,
-        now: Instant,
-        buf: &'b mut Vec<u8>,
-    ) -> Option<Command<'b>> {
-        let ending = (!parked.is_empty()).then(|| Box::new(Ending { parked: parked.into_iter(), shared, at: now }));
+        }
         self.then = Then::End(ending);
         match to {
-            Some(to) => Some(Command::Answer { to, bytes: buf }),
-            None => self.poll(buf),
+            Some(to) => Some(Command::Answer { to, bytes: &out.buf }),
+            None => self.poll(out),
         }
     }
 
     /// Writes the answer of the client whose query started the exchange: the upstream's answer
     /// relayed, or on failure the stale answer held, the last error an upstream sent, or SERVFAIL.
-    fn write_answer(&mut self, client: &Client, outcome: Outcome<'_>, now: Instant, buf: &mut Vec<u8>) {
+    fn write_answer(&mut self, client: &Client, outcome: Outcome<'_>, now: Instant, out: &mut Output) {
         let waited = now.saturating_duration_since(self.started);
         let limit = limit(self.transport, self.edns.as_ref());
+        let buf = &mut out.buf;
         let reply = match outcome {
             Outcome::Answer(reply) | Outcome::Uncached(reply) => reply,
             Outcome::Failed if self.write_stale(client.id(), now, buf) => {
-                self.traffic.cache(CacheEvent::Stale);
-                return answered(&self.traffic, Path::Cache, buf, waited);
+                out.traffic.cache(CacheEvent::Stale);
+                return answered(&out.traffic, Path::Cache, buf, waited);
             }
             Outcome::Failed => match &self.last_error {
                 Some(error) => error,
                 None => {
                     servfail(&self.query, self.question_end, self.edns.as_ref(), buf);
                     wire::set_id(buf, client.id());
-                    return answered(&self.traffic, Path::Forwarded, buf, waited);
+                    return answered(&out.traffic, Path::Forwarded, buf, waited);
                 }
             },
         };
         relay(reply, client.id(), self.question_end, self.edns.as_ref(), limit, buf);
-        answered(&self.traffic, Path::Forwarded, buf, waited);
+        answered(&out.traffic, Path::Forwarded, buf, waited);
     }
 }
 

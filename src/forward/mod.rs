@@ -54,7 +54,7 @@ pub mod udp;
 mod upstreams;
 
 pub use client::ReplyTo;
-pub use exchange::{Begin, ClientQuery, Command, Event, Exchange};
+pub use exchange::{Begin, ClientQuery, Command, Event, Exchange, Output};
 pub use forwarder::Forwarder;
 pub use loop_probe::LoopProbe;
 pub use upstreams::{MAX_UPSTREAMS, Upstreams};

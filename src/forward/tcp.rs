@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::{Begin, ClientQuery, Command, Event, Exchange, Forwarder, ReplyTo};
+use super::{Begin, ClientQuery, Command, Event, Exchange, Forwarder, Output, ReplyTo};
 use crate::dns::Transport;
 use crate::dns::wire::Edns;
 use crate::metrics::{Path, Traffic};
@@ -42,11 +42,11 @@ pub async fn answer(
     match begin {
         Begin::Answered(path) => return (out, Some(path)),
         Begin::AnsweredAndRefresh(path, exchange) => {
-            tokio::spawn(drive(exchange));
+            tokio::spawn(drive(exchange, Output::new(traffic)));
             return (out, Some(path));
         }
         Begin::Ask(exchange) => {
-            tokio::spawn(drive(exchange));
+            tokio::spawn(drive(exchange, Output::new(traffic)));
         }
         Begin::Parked => {}
     }
@@ -56,15 +56,14 @@ pub async fn answer(
 /// A try's connection: the upstream's reply, or why there is none.
 type Connection = Pin<Box<dyn Future<Output = std::io::Result<Vec<u8>>> + Send>>;
 
-/// Runs `exchange` over TCP to its end: each try on a connection of its own, and a tick at each
-/// of the exchange's deadlines.
-async fn drive(mut exchange: Exchange) {
-    let mut buf = Vec::new();
+/// Runs `exchange` over TCP to its end, its answers written into `output`: each try on a
+/// connection of its own, and a tick at each of the exchange's deadlines.
+async fn drive(mut exchange: Exchange, mut output: Output) {
     let mut connection: Option<(SocketAddr, Connection)> = None;
     let mut event = Event::Start;
     let mut reply;
     loop {
-        let mut command = exchange.on(event, Instant::now(), &mut buf);
+        let mut command = exchange.on(event, Instant::now(), &mut output);
         while let Some(next) = command {
             match next {
                 Command::Send(upstream) => {
@@ -81,7 +80,7 @@ async fn drive(mut exchange: Exchange) {
                 // answer fails the try: nothing is ignored or rechecked.
                 Command::Answer { to: ReplyTo::Udp { .. }, .. } | Command::Ignore | Command::Recheck(_) => {}
             }
-            command = exchange.poll(&mut buf);
+            command = exchange.poll(&mut output);
         }
         let deadline = exchange.next_deadline();
         event = tokio::select! {

@@ -99,8 +99,8 @@ impl Harness {
     fn feed(&mut self, exchange: &mut Option<Exchange>, event: Event<'_>, seconds: f64) -> Did {
         let now = self.at(seconds);
         let running = exchange.as_mut().expect("exchange under way");
-        let mut buf = Vec::new();
-        let mut command = running.on(event, now, &mut buf);
+        let mut out = Output::new(self.traffic.clone());
+        let mut command = running.on(event, now, &mut out);
         let did = loop {
             match command {
                 None => break Did::Wait,
@@ -116,9 +116,9 @@ impl Harness {
                 Some(Command::Ignore) => break Did::Ignore,
                 Some(Command::Done) => break Did::Done,
             }
-            command = running.poll(&mut buf);
+            command = running.poll(&mut out);
         };
-        assert!(running.poll(&mut buf).is_none(), "nothing after {did:?}");
+        assert!(running.poll(&mut out).is_none(), "nothing after {did:?}");
         if did == Did::Done {
             *exchange = None;
         }

@@ -31,7 +31,7 @@ use tracing::debug;
 
 use super::SharedDriver;
 use super::sockets::{EpollSet, SocketRef, Sockets};
-use crate::forward::{Begin, ClientQuery, Command, Event, Exchange, Forwarder, ReplyTo, Upstreams, tcp};
+use crate::forward::{Begin, ClientQuery, Command, Event, Exchange, Forwarder, Output, ReplyTo, Upstreams, tcp};
 use crate::metrics::{Path, Traffic};
 use crate::net::batch::{BATCH, RecvBatch, SendBatch};
 
@@ -94,7 +94,7 @@ pub struct UdpDriver {
     answers: AnswerBatches,
     replies: Option<RecvBatch>,
     /// Where exchanges write an answer before it joins its batch.
-    scratch: Vec<u8>,
+    output: Output,
     traffic: Arc<Traffic>,
     rng: ThreadRng,
 }
@@ -154,7 +154,7 @@ impl UdpDriver {
             outgoing: SendBatch::default(),
             answers: AnswerBatches { batches: listeners.iter().map(|_| SendBatch::default()).collect(), listeners },
             replies: Some(RecvBatch::new(MAX_REPLY)),
-            scratch: Vec::new(),
+            output: Output::new(traffic.clone()),
             traffic,
             rng: rand::rng(),
         })
@@ -219,9 +219,8 @@ impl UdpDriver {
     /// Feeds `event` to the exchange of `ticket` and carries out what it says.
     fn feed(&mut self, ticket: usize, event: Event<'_>, now: Instant) {
         let timed_out = matches!(event, Event::Tick);
-        let mut buf = std::mem::take(&mut self.scratch);
         let running = self.running[ticket].as_mut().expect("live ticket");
-        let mut command = running.exchange.on(event, now, &mut buf);
+        let mut command = running.exchange.on(event, now, &mut self.output);
         let last = loop {
             match command {
                 None => break Last::Wait,
@@ -231,9 +230,8 @@ impl UdpDriver {
                 Some(Command::Recheck(upstream)) => break Last::Recheck(upstream),
                 Some(Command::Done) => break Last::Done,
             }
-            command = running.exchange.poll(&mut buf);
+            command = running.exchange.poll(&mut self.output);
         };
-        self.scratch = buf;
         match last {
             Last::Wait => {}
             // Its try keeps waiting on its socket, which has now seen a datagram that is no answer.
