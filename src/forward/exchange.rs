@@ -204,57 +204,62 @@ impl Exchange {
         out: &mut Vec<u8>,
     ) -> Begin {
         let ClientQuery { packet, question_end, edns, transport, arrived } = query;
-        let new = |reply_to: Option<ReplyTo>, flight, stale_fallback, permit| {
-            let client = reply_to.map(|reply_to| Client::new(reply_to, wire::id(packet)));
-            Exchange::new(query, client, flight, stale_fallback, permit, upstreams, forwarder.timeout())
-        };
         let cache = forwarder.cache();
-        let cached = cache.as_ref().and_then(|cache| Some((cache, Key::of(packet, question_end, edns.as_ref())?)));
-        let Some((cache, key)) = cached else {
-            // Not cacheable: every query its own exchange.
-            return match forwarder.try_acquire() {
-                Some(permit) => Begin::Ask(new(Some(reply_to), None, false, permit)),
-                None => refuse(packet, question_end, edns.as_ref(), traffic, out),
-            };
-        };
-        match cache.lookup(&key, transport, packet, limit(transport, edns.as_ref()), arrived, out) {
-            Found::Fresh { prefetch } => {
-                traffic.cache(CacheEvent::Hit);
-                traffic.response(Path::Cache, wire::rcode_of(out));
-                if let Some(flight) = prefetch
-                    && let Some(permit) = forwarder.try_acquire()
-                {
-                    traffic.cache(CacheEvent::Prefetch);
-                    let refresh = new(None, Some((key.clone(), flight)), false, permit);
-                    return Begin::AnsweredAndRefresh(Path::Cache, refresh);
-                }
-                Begin::Answered(Path::Cache)
-            }
-            Found::Stale => {
-                traffic.cache(CacheEvent::Stale);
-                traffic.response(Path::Cache, wire::rcode_of(out));
-                Begin::Answered(Path::Cache)
-            }
-            Found::Missing(mut missing) => {
-                traffic.cache(CacheEvent::Miss);
-                let Some(permit) = forwarder.try_acquire() else {
-                    // Over capacity, a stale answer still beats REFUSED.
-                    if missing.holds_stale() && missing.write_stale(packet, arrived, out) {
+        let key = cache.as_ref().and_then(|_| Key::of(packet, question_end, edns.as_ref()));
+        // What the exchange, if there is one, is made of: whom it answers (no one for a
+        // prefetch), its flight, whether an answer is held, its place under the cap, and the path
+        // of the answer its client got already.
+        let (reply_to, flight, stale_fallback, permit, answered) = match (cache.as_ref(), &key) {
+            (Some(cache), Some(key)) => {
+                match cache.lookup(key, transport, packet, limit(transport, edns.as_ref()), arrived, out) {
+                    Found::Fresh { prefetch } => {
+                        traffic.cache(CacheEvent::Hit);
+                        traffic.response(Path::Cache, wire::rcode_of(out));
+                        let Some((flight, permit)) =
+                            prefetch.and_then(|flight| Some((flight, forwarder.try_acquire()?)))
+                        else {
+                            return Begin::Answered(Path::Cache);
+                        };
+                        traffic.cache(CacheEvent::Prefetch);
+                        (None, Some((key.clone(), flight)), false, permit, Some(Path::Cache))
+                    }
+                    Found::Stale => {
                         traffic.cache(CacheEvent::Stale);
                         traffic.response(Path::Cache, wire::rcode_of(out));
                         return Begin::Answered(Path::Cache);
                     }
-                    return refuse(packet, question_end, edns.as_ref(), traffic, out);
-                };
-                if let Some(parked) = missing.parked(transport) {
-                    parked.push(Parked::new(reply_to, packet, edns, arrived, permit));
-                    traffic.cache(CacheEvent::Coalesced);
-                    return Begin::Parked;
+                    Found::Missing(mut missing) => {
+                        traffic.cache(CacheEvent::Miss);
+                        let Some(permit) = forwarder.try_acquire() else {
+                            // Over capacity, a stale answer still beats REFUSED.
+                            if missing.holds_stale() && missing.write_stale(packet, arrived, out) {
+                                traffic.cache(CacheEvent::Stale);
+                                traffic.response(Path::Cache, wire::rcode_of(out));
+                                return Begin::Answered(Path::Cache);
+                            }
+                            return refuse(packet, question_end, edns.as_ref(), traffic, out);
+                        };
+                        if let Some(parked) = missing.parked(transport) {
+                            parked.push(Parked::new(reply_to, packet, edns, arrived, permit));
+                            traffic.cache(CacheEvent::Coalesced);
+                            return Begin::Parked;
+                        }
+                        let stale_fallback = missing.holds_stale();
+                        (Some(reply_to), Some((key.clone(), missing.lead(transport))), stale_fallback, permit, None)
+                    }
                 }
-                let stale_fallback = missing.holds_stale();
-                let flight = missing.lead(transport);
-                Begin::Ask(new(Some(reply_to), Some((key.clone(), flight)), stale_fallback, permit))
             }
+            // Not cacheable: every query its own exchange.
+            _ => match forwarder.try_acquire() {
+                Some(permit) => (Some(reply_to), None, false, permit, None),
+                None => return refuse(packet, question_end, edns.as_ref(), traffic, out),
+            },
+        };
+        let client = reply_to.map(|reply_to| Client::new(reply_to, wire::id(packet)));
+        let exchange = Exchange::new(query, client, flight, stale_fallback, permit, upstreams, forwarder.timeout());
+        match answered {
+            None => Begin::Ask(exchange),
+            Some(path) => Begin::AnsweredAndRefresh(path, exchange),
         }
     }
 
