@@ -42,7 +42,7 @@ const MAX_REPLY: usize = 65535;
 pub type Socket = Rc<AsyncFd<std::net::UdpSocket>>;
 
 /// A try whose UDP reply is to be checked over TCP; [`Recheck::run`] does it.
-pub struct Recheck {
+pub(super) struct Recheck {
     ticket: usize,
     upstream: SocketAddr,
     /// The query as it went upstream.
@@ -51,7 +51,7 @@ pub struct Recheck {
 
 impl Recheck {
     /// Asks the upstream over TCP within `timeout`, and hands the outcome to `driver`'s exchange.
-    pub async fn run(self, driver: SharedDriver, timeout: Duration) {
+    pub(super) async fn run(self, driver: SharedDriver, timeout: Duration) {
         let answer = tcp::ask(self.upstream, &self.query, timeout).await.ok();
         let mut driver = driver.borrow_mut();
         driver.feed(self.ticket, Event::Rechecked(answer.as_deref()), Instant::now());
@@ -133,7 +133,7 @@ impl AnswerBatches {
 impl UdpDriver {
     /// A driver for `upstreams` answering clients on `listeners`, by index; must run inside the
     /// worker's runtime. The caller runs its receive loop on [`UdpDriver::epoll_set`].
-    pub fn new(
+    pub(super) fn new(
         forwarder: Arc<Forwarder>,
         upstreams: Arc<Upstreams>,
         listeners: Vec<Socket>,
@@ -161,12 +161,12 @@ impl UdpDriver {
     }
 
     /// The upstream list this driver has sockets for.
-    pub fn upstreams(&self) -> &Arc<Upstreams> {
+    pub(super) fn upstreams(&self) -> &Arc<Upstreams> {
         &self.upstreams
     }
 
     /// What the receive loop waits on: any upstream socket readable.
-    pub fn epoll_set(&self) -> Rc<AsyncFd<EpollSet>> {
+    pub(super) fn epoll_set(&self) -> Rc<AsyncFd<EpollSet>> {
         self.sockets.epoll_set()
     }
 
@@ -330,7 +330,7 @@ impl UdpDriver {
 
     /// Reads every upstream socket with replies waiting and handles each reply; returns whether
     /// more sockets may be waiting (false: all drained, the caller may wait for readiness again).
-    pub fn receive(&mut self) -> io::Result<bool> {
+    pub(super) fn receive(&mut self) -> io::Result<bool> {
         self.ready.clear();
         let mut ready = std::mem::take(&mut self.ready);
         let more = self.sockets.ready(&mut ready)?;
@@ -399,7 +399,7 @@ impl UdpDriver {
     }
 
     /// The TCP checks asked for since the last call, for the caller to run.
-    pub fn take_rechecks(&mut self) -> Vec<Recheck> {
+    pub(super) fn take_rechecks(&mut self) -> Vec<Recheck> {
         std::mem::take(&mut self.rechecks)
     }
 
@@ -407,7 +407,7 @@ impl UdpDriver {
     /// clients get stale answers. A scan of the exchanges under way, which `--max-concurrent`
     /// bounds: memory stays proportional to the queries in flight, whatever the query rate and
     /// the timeout.
-    pub fn tick(&mut self, now: Instant) {
+    pub(super) fn tick(&mut self, now: Instant) {
         for ticket in 0..self.running.len() {
             let due = self.running[ticket].as_ref().and_then(|r| r.exchange.next_deadline());
             if due.is_some_and(|due| due <= now) {

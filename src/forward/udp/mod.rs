@@ -20,7 +20,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-pub use driver::{Recheck, Socket, UdpDriver};
+pub use driver::{Socket, UdpDriver};
 use sockets::EpollSet;
 
 use super::{Forwarder, Upstreams};
