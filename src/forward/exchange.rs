@@ -116,6 +116,18 @@ impl Output {
     pub fn new(traffic: Arc<Traffic>) -> Self {
         Self { traffic, buf: Vec::new() }
     }
+
+    /// The answer just given: the bytes of the last [`Command::Answer`].
+    pub fn answer(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Swaps the answer just given (the bytes of the last [`Command::Answer`]) into `buffer`, a
+    /// send batch's: it leaves without a copy, and the next answer is written into `buffer`'s
+    /// old allocation.
+    pub fn swap_answer(&mut self, buffer: &mut Vec<u8>) {
+        std::mem::swap(&mut self.buf, buffer);
+    }
 }
 
 /// One forwarded query on its way through the upstreams.

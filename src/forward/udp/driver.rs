@@ -106,19 +106,21 @@ struct AnswerBatches {
 }
 
 impl AnswerBatches {
-    /// Queues `bytes` for the client at `to`.
-    fn deliver(&mut self, to: ReplyTo, bytes: &[u8]) {
+    /// Queues the answer just written into `output` for the client at `to` (a UDP answer leaves
+    /// without a copy).
+    fn deliver(&mut self, to: ReplyTo, output: &mut Output) {
         match to {
             ReplyTo::Udp { listener, client } => {
                 let batch = &mut self.batches[listener];
                 if batch.is_full() {
                     batch.send(self.listeners[listener].as_raw_fd());
                 }
-                batch.push(bytes, Some(client));
+                output.swap_answer(batch.buffer());
+                batch.commit(Some(client));
             }
             // The connection is gone when its client hung up: nobody to answer.
             ReplyTo::Tcp(connection) => {
-                let _ = connection.send(bytes.to_vec());
+                let _ = connection.send(output.answer().to_vec());
             }
         }
     }
@@ -224,7 +226,7 @@ impl UdpDriver {
         let last = loop {
             match command {
                 None => break Last::Wait,
-                Some(Command::Answer { to, bytes }) => self.answers.deliver(to, bytes),
+                Some(Command::Answer { to, .. }) => self.answers.deliver(to, &mut self.output),
                 Some(Command::Ignore) => break Last::Ignore,
                 Some(Command::Send(upstream)) => break Last::Send(upstream),
                 Some(Command::Recheck(upstream)) => break Last::Recheck(upstream),
@@ -267,6 +269,7 @@ impl UdpDriver {
 
     /// The UDP try of `ticket` is over; with `late` its reply may still come (it timed out, or is
     /// checked over TCP) and is no forgery then.
+    #[inline]
     fn end_try(&mut self, ticket: usize, late: bool) {
         let running = self.running[ticket].as_mut().expect("live ticket");
         if let Some((socket, id)) = running.out.take() {
