@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Instructions per query of one or more registry-dns builds, counted by callgrind: what a code
-# change costs per query, free of this shared VM's noise (dnsperf's figures move by 20% and more
-# between runs, see bench/README.md). User space only: the system calls per query, most of a
-# query's cost, are what bench/run.sh measures; a change that keeps them keeps the kernel's share.
+# change costs per query, much steadier than dnsperf's figures on this shared VM (those move by 20%
+# and more between runs, see bench/README.md), though not free of its timing: how many queries each
+# recvmmsg finds, and the 20 ms tick's share, move a build's count by a few percent from one
+# invocation to the next (docs/benchmarks.md, 2026-12-06): compare medians. User space only: the
+# system calls per query, most of a query's cost, are what bench/run.sh measures; a change that
+# keeps them keeps the kernel's share.
 #
 # For each build and job the server answers N, then 3N queries, each time under a fresh callgrind;
 # the difference of the two totals over 2N is the count per query (start-up, the first pass's
