@@ -167,8 +167,13 @@ impl RegistryDns {
     }
 
     /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+    pub fn terminate(self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit on its own (a signal the test sent), up to `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
