@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Instructions per query of one or more registry-dns builds, counted by callgrind: what a code
-# change costs per query, free of this shared VM's noise (dnsperf's figures move by 20% and more
-# between runs, see bench/README.md). User space only: the system calls per query, most of a
-# query's cost, are what bench/run.sh measures; a change that keeps them keeps the kernel's share.
+# change costs per query, much steadier than dnsperf's figures on this shared VM (those move by 20%
+# and more between runs, see bench/README.md), though not free of its timing: how many queries each
+# recvmmsg finds, and the 20 ms tick's share, move a build's count by a few percent from one
+# invocation to the next (docs/benchmarks.md, 2026-12-06): compare medians. User space only: the
+# system calls per query, most of a query's cost, are what bench/run.sh measures; a change that
+# keeps them keeps the kernel's share.
 #
 # For each build and job the server answers N, then 3N queries, each time under a fresh callgrind;
 # the difference of the two totals over 2N is the count per query (start-up, the first pass's
@@ -13,13 +16,23 @@
 #   Bu   unique NNNNNNN.u.bench.test A (every query misses; the cache fills and evicts)
 #   Bu0  the same with --cache-size 0 (the plain relay)
 #
-# Usage: bench/instructions.sh [-n N] BINARY...   (as root, on loopback; needs nsd, dnsperf,
-# valgrind: installed from Debian when missing)
+# With -w 2 the server runs 2 UDP workers (valgrind runs one thread at a time; the count is per
+# query all the same).
+#
+# Usage: bench/instructions.sh [-n N] [-w WORKERS] BINARY...   (as root, on loopback; needs nsd,
+# dnsperf, valgrind: installed from Debian when missing)
 set -euo pipefail
 
 n=3000
-if [ "${1:-}" = -n ]; then n=$2; shift 2; fi
-[ $# -gt 0 ] || { echo "usage: bench/instructions.sh [-n N] BINARY..." >&2; exit 2; }
+workers=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n) n=$2; shift 2 ;;
+    -w) workers=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
+[ $# -gt 0 ] || { echo "usage: bench/instructions.sh [-n N] [-w WORKERS] BINARY..." >&2; exit 2; }
 need=()
 for pair in nsd:nsd dnsperf:dnsperf valgrind:valgrind; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${pair%%:*}" ] || need+=("${pair#*:}")
@@ -57,7 +70,7 @@ total() {
   queries "$job" "$count" $((RANDOM * 100)) >"$work/q.txt"
   local out="$work/callgrind.out" log="$work/server.log"
   valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --listen "127.0.0.1:$port" \
-    --record knative-local-registry=10.0.0.10 --upstream "127.0.0.1:$up_port" --workers 1 \
+    --record knative-local-registry=10.0.0.10 --upstream "127.0.0.1:$up_port" --workers "$workers" \
     --ops-listen off "${extra[@]}" >"$log" 2>&1 &
   local pid=$!
   pids+=("$pid")
@@ -70,7 +83,7 @@ total() {
   awk '/^totals:/ { print $2 }' "$out"
 }
 
-printf '%-40s %-4s %12s\n' build job "instr/query"
+printf '%-40s %-4s %12s   (%s worker(s))\n' build job "instr/query" "$workers"
 for bin in "$@"; do
   for job in A B Bu Bu0; do
     small=$(total "$bin" "$job" "$n")

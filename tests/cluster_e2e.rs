@@ -165,14 +165,7 @@ impl Cluster {
     /// only the local name is asked here.
     fn start_registry_dns(&self) -> RegistryDns {
         let service = format!("{NAME}=registry/knative");
-        let listen = Self::link_local().to_string();
         let args = [
-            "--interface-name",
-            "registry-dns0",
-            "--interface-address",
-            LINK_LOCAL,
-            "--listen",
-            &listen,
             "--service",
             &service,
             "--kubeconfig",
@@ -182,7 +175,7 @@ impl Cluster {
             "--lameduck",
             "1s",
         ];
-        RegistryDns::start_with(self.node.exec(&[RegistryDns::BIN]), &args)
+        RegistryDns::start_link_local(self.node.exec(&[RegistryDns::BIN]), &args)
     }
 
     fn ready(&self, server: &RegistryDns) -> bool {

@@ -30,19 +30,8 @@ impl Node {
         ns.write_etc("hosts", hosts);
         ns.write_etc("nsswitch.conf", "hosts: files dns\n");
         let record = format!("{NAME}={REGISTRY_IP}");
-        let server = RegistryDns::start_with(
-            ns.exec(&[RegistryDns::BIN]),
-            &[
-                "--interface-name",
-                "registry-dns0",
-                "--listen",
-                "169.254.20.25:53",
-                "--record",
-                &record,
-                "--upstream",
-                "127.0.0.1:5300",
-            ],
-        );
+        let args = ["--record", &record, "--upstream", "127.0.0.1:5300"];
+        let server = RegistryDns::start_link_local(ns.exec(&[RegistryDns::BIN]), &args);
         Self { _server: server, ns }
     }
 

@@ -231,12 +231,6 @@ impl Cluster {
         let account = self.cp.service_account_files("registry-dns", "registry-dns");
         let command = Self::in_pod(&self.node, &account, &[RegistryDns::BIN]);
         let args = [
-            "--interface-name",
-            "registry-dns0",
-            "--interface-address",
-            LINK_LOCAL,
-            "--listen",
-            &format!("{LINK_LOCAL}:53"),
             "--ops-listen",
             "127.0.0.1:8099",
             "--service",
@@ -244,7 +238,7 @@ impl Cluster {
             "--upstream",
             "127.0.0.1:9",
         ];
-        let server = RegistryDns::start_with(command, &args);
+        let server = RegistryDns::start_link_local(command, &args);
         let ops = server.ops.unwrap();
         assert!(
             wait_until(Duration::from_secs(30), || self

@@ -132,20 +132,7 @@ fn without_net_bind_service_port_53_is_a_one_line_error() {
 #[test]
 fn the_interface_mode_needs_net_admin_and_nothing_more() {
     let ns = Netns::new("iface");
-    let args = [
-        "--interface-name",
-        "registry-dns0",
-        "--interface-address",
-        "169.254.20.25",
-        "--listen",
-        "169.254.20.25:53",
-        "--record",
-        RECORD,
-        "--upstream",
-        "127.0.0.1:9",
-        "--ops-listen",
-        "off",
-    ];
+    let args = RegistryDns::link_local_args(&["--record", RECORD, "--upstream", "127.0.0.1:9", "--ops-listen", "off"]);
     let (code, stderr) = run_to_exit(ns.as_unprivileged(&["net_bind_service"]), &args);
     assert_eq!(code, Some(2), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");

@@ -97,10 +97,6 @@ fn registry_dns_and_node_local_dns_serve_metrics_side_by_side() {
     let ops = daemonset_arg("ops-listen");
     let metrics = daemonset_arg("metrics-listen");
     let args = [
-        "--interface-name",
-        "registry-dns0",
-        "--listen",
-        "169.254.20.25:53",
         "--record",
         "knative-local-registry=10.0.0.10",
         "--upstream",
@@ -110,7 +106,7 @@ fn registry_dns_and_node_local_dns_serve_metrics_side_by_side() {
         "--metrics-listen",
         &metrics,
     ];
-    let server = RegistryDns::start_with(ns.exec(&[RegistryDns::BIN]), &args);
+    let server = RegistryDns::start_link_local(ns.exec(&[RegistryDns::BIN]), &args);
     let metrics_port = metrics.rsplit_once(':').unwrap().1;
     let registry_dns_metrics: SocketAddr = format!("127.0.0.1:{metrics_port}").parse().unwrap();
     let ops: SocketAddr = ops.parse().unwrap();

@@ -131,7 +131,7 @@ fn sighup_swaps_records_and_upstreams_without_dropping_a_query() {
     assert!(line.contains("record,upstream"), "{line}");
     // Each swap opened new upstream sockets in every worker; the replaced ones are closed once
     // their queries are done (within one upstream timeout), and the current ones once they sat
-    // idle for their lifetime (10 s, `forward/sockets.rs`).
+    // idle for their lifetime (10 s, `src/forward/udp/sockets.rs`).
     let closed = wait_until(Duration::from_secs(20), || fds() <= fds_before);
     assert!(closed, "file descriptors: {fds_before} before the reloads, {} after", fds());
 

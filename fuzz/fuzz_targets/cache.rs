@@ -1,6 +1,6 @@
 //! Fuzzes the cache's key, insert and hit path. The input is a client's query (after a two-byte
 //! length) and an upstream reply. A query the server would forward and a reply the forwarder would
-//! accept (`forward::verdict::judge`) go into a cache, the way a miss lands there; the same query is then asked again under
+//! accept (`forward::reply::judge`) go into a cache, the way a miss lands there; the same query is then asked again under
 //! another ID, in another letter case, as a 0x20 resolver would. Whatever the bytes, nothing may
 //! panic, and a hit:
 //! - carries the second query's ID and its question bytes exactly;
@@ -19,7 +19,7 @@ use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
 use registry_dns::cache::{Cache, CachePolicy, Found, Key, Landing};
 use registry_dns::dns::wire::{self, types};
-use registry_dns::forward::verdict::{self, Verdict};
+use registry_dns::forward::reply::{self, Fate};
 use registry_dns::forward::{LoopProbe, Upstreams};
 use registry_dns::metrics::Metrics;
 use registry_dns::names::NameTable;
@@ -37,7 +37,7 @@ fuzz_target!(|input: &[u8]| {
     else {
         return;
     };
-    if verdict::judge(query, question_end, reply) != Verdict::Accept {
+    if reply::judge(query, question_end, reply) != Fate::Accept {
         return;
     }
     let Some(key) = Key::of(query, question_end, edns.as_ref()) else { return };

@@ -6,7 +6,7 @@
 //! - only runts and responses are dropped;
 //! - a forwarded query agrees with `wire::parse_query`, its SERVFAIL/REFUSED answers (sent when no
 //!   upstream answers or the in-flight cap is hit) are replies as above, and an upstream's answer
-//!   echoing it is accepted by `forward::verdict::judge` (its SERVFAIL moves on);
+//!   echoing it is accepted by `forward::reply::judge` (its SERVFAIL moves on);
 //! - `request::refuse` (a client outside --allow-from) answers REFUSED or nothing.
 #![no_main]
 
@@ -17,7 +17,7 @@ use hickory_proto::op::{Message, MessageType};
 use hickory_proto::rr::Name;
 use libfuzzer_sys::fuzz_target;
 use registry_dns::dns::wire::{self, Malformed, rcode};
-use registry_dns::forward::verdict::{self, Verdict};
+use registry_dns::forward::reply::{self, Fate};
 use registry_dns::forward::{LoopProbe, Upstreams};
 use registry_dns::metrics::Metrics;
 use registry_dns::names::{NameState, NameTable, Names};
@@ -118,7 +118,7 @@ fn check_forward(packet: &[u8], question_end: usize, edns: Option<wire::Edns>, q
     let mut echo = packet.to_vec();
     echo[2] |= 0x80;
     echo[3] &= 0xf0;
-    assert_eq!(verdict::judge(packet, question_end, &echo), Verdict::Accept, "the upstream's answer is accepted");
+    assert_eq!(reply::judge(packet, question_end, &echo), Fate::Accept, "the upstream's answer is accepted");
     echo[3] |= rcode::SERVFAIL as u8;
-    assert_eq!(verdict::judge(packet, question_end, &echo), Verdict::MoveOn, "its SERVFAIL moves on");
+    assert_eq!(reply::judge(packet, question_end, &echo), Fate::MoveOn, "its SERVFAIL moves on");
 }

@@ -1,6 +1,6 @@
 //! Fuzzes the relay's handling of an upstream's reply. The input is a client's query (after a
 //! two-byte length) and the reply; a query the server would forward goes "upstream" with the
-//! client's ID bit-flipped (the relay's own ID), and `forward::verdict::judge` decides on the reply
+//! client's ID bit-flipped (the relay's own ID), and `forward::reply::judge` decides on the reply
 //! as both relays do. Whatever the bytes, nothing may panic, and:
 //! - an accepted reply (or one that moves on to the next upstream) is a response with the relay's
 //!   ID and the same question (QTYPE and QCLASS byte for byte, the name in any case); when
@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use hickory_proto::op::{Message, MessageType};
 use libfuzzer_sys::fuzz_target;
 use registry_dns::dns::wire;
-use registry_dns::forward::verdict::{self, Verdict};
+use registry_dns::forward::reply::{self, Fate};
 use registry_dns::forward::{LoopProbe, Upstreams};
 use registry_dns::metrics::Metrics;
 use registry_dns::names::NameTable;
@@ -36,13 +36,13 @@ fuzz_target!(|input: &[u8]| {
     let mut sent = query.to_vec();
     wire::set_id(&mut sent, !client_id);
 
-    let verdict = verdict::judge(&sent, question_end, reply);
-    if verdict == Verdict::Ignore {
+    let fate = reply::judge(&sent, question_end, reply);
+    if fate == Fate::Ignore {
         return;
     }
     assert!(wire::is_response(reply));
     assert_eq!(wire::id(reply), !client_id);
-    assert_eq!(verdict == Verdict::MoveOn, matches!(wire::rcode_of(reply), 2 | 5));
+    assert_eq!(fate == Fate::MoveOn, matches!(wire::rcode_of(reply), 2 | 5));
     assert!(sent[wire::HEADER_LEN..question_end].eq_ignore_ascii_case(&reply[wire::HEADER_LEN..question_end]));
     assert_eq!(sent[question_end - 4..question_end], reply[question_end - 4..question_end], "QTYPE and QCLASS exactly");
     if let (Ok(answer), Ok(asked)) = (Message::from_vec(reply), Message::from_vec(query)) {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::CachePolicy;
 use crate::dns::wire::{self, HEADER_LEN, rcode, types};
 
 /// What kind of answer an entry holds: it decides its lifetime and its eviction pool.
@@ -16,30 +17,24 @@ pub enum Kind {
     Failure,
 }
 
-/// How long answers may live: the caps of `--cache-max-ttl` and `--cache-max-negative-ttl`.
-#[derive(Debug, Clone, Copy)]
-pub struct Lifetimes {
-    pub max_ttl: Duration,
-    pub max_negative_ttl: Duration,
-}
-
 /// An answer ready to be served: its wire bytes with every TTL already capped, its lifetime, and
 /// the offsets of the TTLs a hit ages.
 #[derive(Debug)]
 pub struct Stored {
-    pub wire: Box<[u8]>,
-    pub ttl_at: Box<[u16]>,
+    wire: Box<[u8]>,
+    ttl_at: Box<[u16]>,
     /// Seconds the entry is fresh for.
-    pub ttl: u32,
-    pub kind: Kind,
-    pub question_end: u16,
+    ttl: u32,
+    kind: Kind,
+    question_end: u16,
 }
 
 impl Stored {
     /// Judges an upstream answer the forwarder accepted (same ID, question and source, whole): it is
     /// stored unless it is truncated, an error other than NXDOMAIN, negative without an SOA, or
-    /// has a TTL of 0. TTLs are capped here, once, so a hit only subtracts the age.
-    pub fn answer(reply: &[u8], question_end: usize, lifetimes: Lifetimes) -> Option<Stored> {
+    /// has a TTL of 0. TTLs are capped here, once (`--cache-max-ttl`, `--cache-max-negative-ttl`),
+    /// so a hit only subtracts the age.
+    pub fn answer(reply: &[u8], question_end: usize, policy: &CachePolicy) -> Option<Stored> {
         if wire::is_truncated(reply) {
             return None;
         }
@@ -67,8 +62,8 @@ impl Stored {
             }
         }
         let (ttl, cap) = match kind {
-            Kind::Positive => (lowest, lifetimes.max_ttl),
-            _ => (negative_ttl?, lifetimes.max_negative_ttl),
+            Kind::Positive => (lowest, policy.max_ttl),
+            _ => (negative_ttl?, policy.max_negative_ttl),
         };
         let cap = u32::try_from(cap.as_secs()).unwrap_or(u32::MAX);
         let ttl = ttl.min(cap);
@@ -93,6 +88,25 @@ impl Stored {
             kind: Kind::Failure,
             question_end: question_end as u16,
         }
+    }
+
+    /// Seconds the answer is fresh for.
+    pub fn ttl(&self) -> u32 {
+        self.ttl
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Its size in bytes, as a client receives it.
+    pub fn size(&self) -> usize {
+        self.wire.len()
+    }
+
+    /// The heap bytes it holds: the message and its TTL offsets.
+    pub fn heap_bytes(&self) -> (usize, usize) {
+        (self.wire.len(), self.ttl_at.len() * size_of::<u16>())
     }
 
     /// Writes this answer for a client: its ID and its question bytes (the case it asked in),
@@ -160,8 +174,7 @@ mod tests {
         reply.extend_from_slice(&[0, 10, 0, 16]);
         reply.extend_from_slice(&[7; 16]);
         reply.extend_from_slice(&[0, 3, 0, 2, b'n', b's']);
-        let lifetimes = Lifetimes { max_ttl: Duration::from_secs(3600), max_negative_ttl: Duration::from_secs(300) };
-        let stored = Stored::answer(&reply, question_end, lifetimes).unwrap();
+        let stored = Stored::answer(&reply, question_end, &CachePolicy::default()).unwrap();
         assert_eq!(stored.wire.len(), reply.len() - 20);
         assert_eq!(stored.wire[stored.wire.len() - 8..], [0, 6, 0, 3, 0, 2, b'n', b's'], "RDLENGTH 6: NSID alone");
         assert_eq!((stored.ttl, stored.ttl_at.len()), (60, 1));
@@ -169,5 +182,36 @@ mod tests {
         cut.truncate(cut.len() - 1);
         cut[question_end + 16 + 10] = 25;
         assert_eq!(shareable(&cut, question_end), cut, "options that do not parse stay as they are");
+    }
+
+    /// `nx.a.` NXDOMAIN with the zone's SOA in the authority section: its TTL `soa_ttl`, its
+    /// MINIMUM `minimum`.
+    fn nxdomain(soa_ttl: u32, minimum: u32) -> (Vec<u8>, usize) {
+        let mut reply = vec![0x12, 0x34, 0x81, 0x83, 0, 1, 0, 0, 0, 1, 0, 0, 2, b'n', b'x', 1, b'a', 0, 0, 1, 0, 1];
+        let question_end = reply.len();
+        reply.extend_from_slice(&[0xc0, 15, 0, 6, 0, 1]);
+        reply.extend_from_slice(&soa_ttl.to_be_bytes());
+        reply.extend_from_slice(&[0, 24, 0xc0, 15, 0xc0, 15, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 4]);
+        reply.extend_from_slice(&minimum.to_be_bytes());
+        (reply, question_end)
+    }
+
+    /// RFC 2308 section 5: a negative answer lives for the lesser of its SOA's TTL and MINIMUM,
+    /// within `--cache-max-negative-ttl`, and is not cached without an SOA.
+    #[test]
+    fn a_negative_answer_lives_for_the_lesser_of_the_soa_s_ttl_and_minimum() {
+        let policy = CachePolicy::default();
+        for (soa_ttl, minimum, expected) in [(60, 3, 3), (2, 3600, 2), (3600, 3600, 300), (60, 0, 0)] {
+            let (reply, question_end) = nxdomain(soa_ttl, minimum);
+            let stored = Stored::answer(&reply, question_end, &policy);
+            assert_eq!(stored.as_ref().map(Stored::ttl).unwrap_or(0), expected, "SOA TTL {soa_ttl}, MINIMUM {minimum}");
+            if let Some(stored) = stored {
+                assert_eq!(stored.kind(), Kind::Negative);
+            }
+        }
+        let (mut reply, question_end) = nxdomain(60, 3);
+        reply.truncate(question_end);
+        reply[9] = 0;
+        assert!(Stored::answer(&reply, question_end, &policy).is_none(), "no SOA, not cached");
     }
 }

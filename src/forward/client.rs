@@ -1,12 +1,13 @@
-//! The clients of a forwarded query: where each one's answer goes, and the clients parked on an
-//! upstream query that another client's query started.
+//! The clients of a forwarded query: where each one's answer goes, the client whose query started
+//! an exchange, and the clients parked on it (single flight).
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::in_flight::Permit;
+use super::concurrency_cap::Permit;
+use crate::dns::Transport;
 use crate::dns::wire::Edns;
 
 /// Where a client's answer goes.
@@ -20,53 +21,74 @@ pub enum ReplyTo {
     Tcp(oneshot::Sender<Vec<u8>>),
 }
 
-/// A client parked on the upstream query already under way for its question (single flight).
+impl ReplyTo {
+    /// The transport the client asked over.
+    pub fn transport(&self) -> Transport {
+        match self {
+            ReplyTo::Udp { .. } => Transport::Udp,
+            ReplyTo::Tcp(_) => Transport::Tcp,
+        }
+    }
+}
+
+/// The client whose query started an exchange: the exchange's query is its query, but for the ID.
 #[derive(Debug)]
-pub struct Parked {
-    pub reply_to: ReplyTo,
-    /// Its query, for what its answer must carry: its ID, its question's letter case, and its
-    /// buffer size.
-    pub query: Box<[u8]>,
-    pub edns: Option<Edns>,
-    pub arrived: Instant,
-    pub permit: Permit,
+pub struct Client {
+    reply_to: ReplyTo,
+    id: u16,
 }
 
-/// The answers a UDP driver sends, batched per listen address.
-pub trait UdpAnswers {
-    /// A buffer for the next answer out of `listener`, sent by [`UdpAnswers::commit`]; `None`
-    /// where there are no UDP listeners (a TCP connection's task), which never happens for a
-    /// query that came over UDP.
-    fn buffer(&mut self, listener: usize) -> Option<&mut Vec<u8>>;
-    /// Sends the buffer's answer to `client`.
-    fn commit(&mut self, listener: usize, client: SocketAddr);
-}
-
-/// What a TCP connection's task offers for UDP answers: nothing.
-pub struct NoUdp;
-
-impl UdpAnswers for NoUdp {
-    fn buffer(&mut self, _listener: usize) -> Option<&mut Vec<u8>> {
-        None
+impl Client {
+    pub fn new(reply_to: ReplyTo, id: u16) -> Self {
+        Self { reply_to, id }
     }
 
-    fn commit(&mut self, _listener: usize, _client: SocketAddr) {}
+    /// The ID of its query, which its answer carries.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    pub fn into_reply_to(self) -> ReplyTo {
+        self.reply_to
+    }
 }
 
-/// Delivers the answer `write` writes to `to`.
-pub fn deliver(to: ReplyTo, answers: &mut impl UdpAnswers, write: impl FnOnce(&mut Vec<u8>)) {
-    match to {
-        ReplyTo::Udp { listener, client } => {
-            if let Some(out) = answers.buffer(listener) {
-                write(out);
-                answers.commit(listener, client);
-            }
-        }
-        ReplyTo::Tcp(connection) => {
-            let mut out = Vec::new();
-            write(&mut out);
-            // The connection is gone when its client hung up: nobody to answer.
-            let _ = connection.send(out);
-        }
+/// A client parked on the upstream query already under way for its question (single flight),
+/// holding its place under `--max-concurrent` until it is answered.
+#[derive(Debug)]
+pub struct Parked {
+    reply_to: ReplyTo,
+    /// Its query, for what its answer must carry: its ID, its question's letter case, and its
+    /// buffer size.
+    query: Box<[u8]>,
+    edns: Option<Edns>,
+    arrived: Instant,
+    _permit: Permit,
+}
+
+impl Parked {
+    pub fn new(reply_to: ReplyTo, query: &[u8], edns: Option<Edns>, arrived: Instant, permit: Permit) -> Self {
+        Self { reply_to, query: query.into(), edns, arrived, _permit: permit }
+    }
+
+    pub fn query(&self) -> &[u8] {
+        &self.query
+    }
+
+    pub fn edns(&self) -> Option<&Edns> {
+        self.edns.as_ref()
+    }
+
+    pub fn arrived(&self) -> Instant {
+        self.arrived
+    }
+
+    pub fn transport(&self) -> Transport {
+        self.reply_to.transport()
+    }
+
+    /// Where its answer goes; its place under the cap is given back.
+    pub fn into_reply_to(self) -> ReplyTo {
+        self.reply_to
     }
 }

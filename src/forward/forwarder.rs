@@ -1,68 +1,37 @@
-//! What the clients of a forwarded query see, decided once for UDP and TCP: an answer from the
-//! cache, a place on the same question's upstream query already under way, REFUSED over
-//! `--max-concurrent`, or a new [`Exchange`]; then, when the exchange ends, the answer (relayed,
-//! cut to the client's buffer, or stale) or SERVFAIL for every client waiting, what the cache
-//! keeps, and the metrics of each.
-//!
-//! The [`Forwarder`] is one for the process. A reload replaces its upstream list or its cache
-//! through its methods; exchanges under way finish with the list and the cache they started with.
+//! What every forwarded query shares, one for the process: the upstream list and its health, the
+//! cache, the `--max-concurrent` cap and the per-try timeout. A reload replaces the upstream list
+//! or the cache through its methods; exchanges under way finish with the list and the cache they
+//! started with.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 
-use super::client::{self, Parked, ReplyTo, UdpAnswers};
-use super::exchange::{Client, Exchange, Outcome, Start};
-use super::in_flight::InFlight;
+use super::client::Parked;
+use super::concurrency_cap::{ConcurrencyCap, Permit};
 use super::upstreams::Upstreams;
-use crate::cache::{Cache, CachePolicy, Found, Key, Landing, shareable};
-use crate::dns::Transport;
-use crate::dns::wire::{self, Edns, HEADER_LEN, rcode};
-use crate::metrics::{CacheEvent, ForwardingGauges, Path, Refusal, Traffic};
+use crate::cache::{Cache, CachePolicy};
+use crate::metrics::ForwardingGauges;
 
-/// A query `request::handle` chose to forward, as its driver received it.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientQuery<'a> {
-    pub packet: &'a [u8],
-    pub question_end: usize,
-    pub edns: Option<Edns>,
-    pub transport: Transport,
-    pub arrived: Instant,
-}
-
-/// What [`Forwarder::begin`] decided.
-#[derive(Debug)]
-pub enum Begin {
-    /// The client's answer is in the output (from the cache, or REFUSED over capacity).
-    Answered(Path),
-    /// The query waits for the same question's upstream query already under way: whoever drives
-    /// that one answers this client too.
-    Parked,
-    /// Ask the upstreams: the driver runs this exchange.
-    Ask(Exchange),
-    /// The client's answer (a fresh cache hit) is in the output, and this exchange refreshes it
-    /// in the background (prefetch).
-    AnsweredAndRefresh(Path, Exchange),
-}
-
-/// Forwarding for the whole process.
+/// Forwarding's shared state.
 #[derive(Debug)]
 pub struct Forwarder {
     upstreams: ArcSwap<Upstreams>,
     /// `None` with `--cache-size 0`.
     cache: ArcSwapOption<Cache<Parked>>,
-    in_flight: Arc<InFlight>,
-    /// How long one upstream gets to answer before the next is tried.
+    cap: Arc<ConcurrencyCap>,
     timeout: Duration,
-    /// UDP workers: the cache's shard count follows them.
+    /// UDP workers, which the cache's shard count follows.
     workers: usize,
-    /// Evictions of every cache so far: a reload's new cache goes on counting.
+    /// Evictions of every cache so far (a reload replaces the cache, not the count).
     evictions: Arc<AtomicU64>,
 }
 
 impl Forwarder {
+    /// Forwarding to `upstreams`, with a cache under `policy` shared by `workers` UDP workers, at
+    /// most `max_concurrent` clients waiting for an upstream, each try lasting `timeout`.
     pub fn new(
         upstreams: Arc<Upstreams>,
         policy: CachePolicy,
@@ -74,7 +43,7 @@ impl Forwarder {
         Self {
             upstreams: ArcSwap::new(upstreams),
             cache: ArcSwapOption::new(new_cache(policy, workers, &evictions)),
-            in_flight: InFlight::new(max_concurrent),
+            cap: ConcurrencyCap::new(max_concurrent),
             timeout,
             workers,
             evictions,
@@ -116,234 +85,20 @@ impl Forwarder {
         self.timeout * self.upstreams.load().len().max(1) as u32
     }
 
-    /// Decides what the client of `query` gets; `upstreams` are the ones its driver can reach (a
-    /// UDP driver has sockets for one list). An answer given at once is written into `out`.
-    pub fn begin(
-        &self,
-        query: ClientQuery<'_>,
-        reply_to: ReplyTo,
-        upstreams: &Arc<Upstreams>,
-        traffic: &Traffic,
-        out: &mut Vec<u8>,
-    ) -> Begin {
-        let ClientQuery { packet, question_end, edns, transport, arrived } = query;
-        let client = |reply_to| Some(Client { reply_to, id: wire::id(packet) });
-        let exchange = |client, flight, stale_fallback, permit| {
-            let start = Start {
-                packet,
-                question_end,
-                edns,
-                transport,
-                started: arrived,
-                client,
-                flight,
-                stale_fallback,
-                permit,
-            };
-            Exchange::new(start, upstreams.clone(), self.timeout)
-        };
-        let cache = self.cache.load();
-        let cached = cache.as_ref().and_then(|cache| Some((cache, Key::of(packet, question_end, edns.as_ref())?)));
-        let Some((cache, key)) = cached else {
-            // Not cacheable: every query its own exchange.
-            return match self.in_flight.try_acquire() {
-                Some(permit) => Begin::Ask(exchange(client(reply_to), None, false, permit)),
-                None => refuse(packet, question_end, edns.as_ref(), traffic, out),
-            };
-        };
-        let limit = limit(transport, edns.as_ref());
-        let found = cache.lookup(&key, transport, packet, limit, arrived, out);
-        match found {
-            Found::Fresh { prefetch } => {
-                traffic.cache(CacheEvent::Hit);
-                traffic.response(Path::Cache, wire::rcode_of(out));
-                if let Some(flight) = prefetch
-                    && let Some(permit) = self.in_flight.try_acquire()
-                {
-                    traffic.cache(CacheEvent::Prefetch);
-                    return Begin::AnsweredAndRefresh(
-                        Path::Cache,
-                        exchange(None, Some((key.clone(), flight)), false, permit),
-                    );
-                }
-                Begin::Answered(Path::Cache)
-            }
-            Found::Stale => {
-                traffic.cache(CacheEvent::Stale);
-                traffic.response(Path::Cache, wire::rcode_of(out));
-                Begin::Answered(Path::Cache)
-            }
-            Found::Missing(mut missing) => {
-                traffic.cache(CacheEvent::Miss);
-                let Some(permit) = self.in_flight.try_acquire() else {
-                    // Over capacity, a stale answer still beats REFUSED.
-                    if missing.stale && missing.write_stale(packet, arrived, out) {
-                        traffic.cache(CacheEvent::Stale);
-                        traffic.response(Path::Cache, wire::rcode_of(out));
-                        return Begin::Answered(Path::Cache);
-                    }
-                    return refuse(packet, question_end, edns.as_ref(), traffic, out);
-                };
-                let (reply_to, permit) = if missing.has_flight(transport) {
-                    let parked = Parked { reply_to, query: packet.into(), edns, arrived, permit };
-                    match missing.park(transport, parked) {
-                        Ok(()) => {
-                            traffic.cache(CacheEvent::Coalesced);
-                            return Begin::Parked;
-                        }
-                        Err(parked) => (parked.reply_to, parked.permit),
-                    }
-                } else {
-                    (reply_to, permit)
-                };
-                let stale = missing.stale;
-                let flight = missing.lead(transport);
-                Begin::Ask(exchange(client(reply_to), Some((key.clone(), flight)), stale, permit))
-            }
-        }
+    /// The cache in effect, if there is one.
+    pub(super) fn cache(&self) -> Guard<Option<Arc<Cache<Parked>>>> {
+        self.cache.load()
     }
 
-    /// Ends `exchange` with `outcome`: the cache lands its flight, and its client and every client
-    /// parked on it get their answers (UDP ones through `answers`).
-    pub fn finish(
-        &self,
-        mut exchange: Exchange,
-        outcome: Outcome<'_>,
-        now: Instant,
-        traffic: &Traffic,
-        answers: &mut impl UdpAnswers,
-    ) {
-        let question_end = exchange.question_end();
-        // What a client gets when no upstream answered, and what the cache keeps of it: the last
-        // SERVFAIL or REFUSED an upstream sent, or our SERVFAIL.
-        let mut failure = Vec::new();
-        if let Outcome::Failed = outcome {
-            match exchange.last_refusal() {
-                Some(refusal) => failure = shareable(refusal, question_end),
-                None => wire::write_empty_answer(
-                    exchange.query(),
-                    Some(question_end),
-                    rcode::SERVFAIL,
-                    exchange.edns(),
-                    false,
-                    &mut failure,
-                ),
-            }
-        }
-        if let Some(client) = exchange.take_client() {
-            self.answer_client(&exchange, client, outcome, now, traffic, answers);
-        }
-        let Some((key, flight)) = exchange.take_flight() else { return };
-        let landing = match outcome {
-            Outcome::Answer(reply) => Landing::Answer { reply, question_end },
-            Outcome::Uncached(_) => Landing::Uncached,
-            Outcome::Failed => Landing::Failed { servfail: &failure, question_end },
-        };
-        let cache = flight.cache().clone();
-        let parked = cache.land(flight, &key, landing, now);
-        if parked.is_empty() {
-            return;
-        }
-        let shared = match outcome {
-            Outcome::Answer(reply) | Outcome::Uncached(reply) => shareable(reply, question_end),
-            Outcome::Failed => failure,
-        };
-        let failed = matches!(outcome, Outcome::Failed) && exchange.last_refusal().is_none();
-        for client in parked {
-            let Parked { reply_to, query, edns, arrived, permit } = client;
-            let limit = limit(reply_transport(&reply_to), edns.as_ref());
-            client::deliver(reply_to, answers, |out| {
-                if failed {
-                    wire::write_empty_answer(&query, Some(question_end), rcode::SERVFAIL, edns.as_ref(), false, out);
-                } else {
-                    write_shared(&shared, &query, question_end, edns.as_ref(), limit, out);
-                }
-                answered(traffic, Path::Forwarded, out, now.saturating_duration_since(arrived));
-            });
-            drop(permit);
-        }
-    }
-
-    /// The answer for the client whose query started `exchange`.
-    fn answer_client(
-        &self,
-        exchange: &Exchange,
-        client: Client,
-        outcome: Outcome<'_>,
-        now: Instant,
-        traffic: &Traffic,
-        answers: &mut impl UdpAnswers,
-    ) {
-        let question_end = exchange.question_end();
-        let edns = exchange.edns();
-        let limit = limit(exchange.transport(), edns);
-        let waited = now.saturating_duration_since(exchange.started());
-        let reply = match outcome {
-            Outcome::Answer(reply) | Outcome::Uncached(reply) => reply,
-            Outcome::Failed => {
-                if let Some(stale) = stale_answer(exchange, client.id, now) {
-                    traffic.cache(CacheEvent::Stale);
-                    client::deliver(client.reply_to, answers, |out| {
-                        out.clear();
-                        out.extend_from_slice(&stale);
-                        answered(traffic, Path::Cache, out, waited);
-                    });
-                    return;
-                }
-                match exchange.last_refusal() {
-                    Some(refusal) => refusal,
-                    None => {
-                        client::deliver(client.reply_to, answers, |out| {
-                            wire::write_empty_answer(
-                                exchange.query(),
-                                Some(question_end),
-                                rcode::SERVFAIL,
-                                edns,
-                                false,
-                                out,
-                            );
-                            wire::set_id(out, client.id);
-                            answered(traffic, Path::Forwarded, out, waited);
-                        });
-                        return;
-                    }
-                }
-            }
-        };
-        client::deliver(client.reply_to, answers, |out| {
-            relay(reply, client.id, question_end, edns, limit, out);
-            answered(traffic, Path::Forwarded, out, waited);
-        });
-    }
-
-    /// The client of `exchange` has waited [`crate::cache::CLIENT_TIMER`] at `now` for a query
-    /// whose expired answer is held: it gets that answer now (RFC 8767), and the exchange goes on
-    /// to refresh the cache. A client whose answer is gone meanwhile (evicted, flushed) waits for
-    /// the upstreams after all.
-    pub fn serve_stale(&self, exchange: &mut Exchange, now: Instant, traffic: &Traffic, answers: &mut impl UdpAnswers) {
-        if exchange.stale_due().is_none_or(|due| now < due) {
-            return;
-        }
-        let Some(client) = exchange.take_client() else { return };
-        let stale = stale_answer(exchange, client.id, now);
-        exchange.end_stale_fallback();
-        let Some(stale) = stale else {
-            exchange.put_client(client);
-            return;
-        };
-        traffic.cache(CacheEvent::Stale);
-        let waited = now.saturating_duration_since(exchange.started());
-        client::deliver(client.reply_to, answers, |out| {
-            out.clear();
-            out.extend_from_slice(&stale);
-            answered(traffic, Path::Cache, out, waited);
-        });
+    /// A place under `--max-concurrent`, if one is free.
+    pub(super) fn try_acquire(&self) -> Option<Permit> {
+        self.cap.try_acquire()
     }
 }
 
 impl ForwardingGauges for Forwarder {
     fn in_flight(&self) -> (usize, usize) {
-        (self.in_flight.current(), self.in_flight.max())
+        (self.cap.current(), self.cap.max())
     }
 
     fn upstreams(&self) -> Vec<(std::net::SocketAddr, bool)> {
@@ -363,71 +118,4 @@ impl ForwardingGauges for Forwarder {
 
 fn new_cache(policy: CachePolicy, workers: usize, evictions: &Arc<AtomicU64>) -> Option<Arc<Cache<Parked>>> {
     (policy.size > 0).then(|| Cache::new(policy, workers, evictions.clone()))
-}
-
-/// The expired answer held for `exchange`'s key, for client `id`; marks its refresh failed.
-fn stale_answer(exchange: &Exchange, id: u16, now: Instant) -> Option<Vec<u8>> {
-    if !exchange.stale_fallback() {
-        return None;
-    }
-    let (cache, key) = (exchange.cache()?, exchange.key()?);
-    let mut stale = Vec::new();
-    cache.write_stale(key, exchange.query(), now, &mut stale).then(|| {
-        wire::set_id(&mut stale, id);
-        stale
-    })
-}
-
-/// REFUSED at once: `--max-concurrent` queries are waiting for the upstreams already.
-fn refuse(packet: &[u8], question_end: usize, edns: Option<&Edns>, traffic: &Traffic, out: &mut Vec<u8>) -> Begin {
-    wire::write_empty_answer(packet, Some(question_end), rcode::REFUSED, edns, false, out);
-    traffic.refused(Refusal::OverCapacity);
-    Begin::Answered(Path::Refused)
-}
-
-fn answered(traffic: &Traffic, path: Path, answer: &[u8], waited: Duration) {
-    traffic.response(path, wire::rcode_of(answer));
-    traffic.latency(path, waited, 1);
-}
-
-/// The largest answer a client takes: over UDP its advertised buffer (512 without EDNS), over TCP
-/// any message.
-fn limit(transport: Transport, edns: Option<&Edns>) -> usize {
-    match transport {
-        Transport::Udp => wire::relay_udp_limit(edns),
-        Transport::Tcp => usize::from(u16::MAX),
-    }
-}
-
-fn reply_transport(reply_to: &ReplyTo) -> Transport {
-    match reply_to {
-        ReplyTo::Udp { .. } => Transport::Udp,
-        ReplyTo::Tcp(_) => Transport::Tcp,
-    }
-}
-
-/// Relays an upstream's `reply` to client `id`: as it is but for the ID, or cut to header and
-/// question with TC when it exceeds the client's `limit`, so that it retries over TCP.
-fn relay(reply: &[u8], id: u16, question_end: usize, edns: Option<&Edns>, limit: usize, out: &mut Vec<u8>) {
-    if reply.len() <= limit {
-        out.clear();
-        out.extend_from_slice(reply);
-    } else {
-        wire::write_truncated(reply, question_end, edns, out);
-    }
-    wire::set_id(out, id);
-}
-
-/// Writes `shared` (an answer in the form any client of the question may get) for a parked
-/// client's `query`: its ID and its question's letter case, cut to its buffer.
-fn write_shared(
-    shared: &[u8],
-    query: &[u8],
-    question_end: usize,
-    edns: Option<&Edns>,
-    limit: usize,
-    out: &mut Vec<u8>,
-) {
-    relay(shared, wire::id(query), question_end, edns, limit, out);
-    out[HEADER_LEN..question_end].copy_from_slice(&query[HEADER_LEN..question_end]);
 }

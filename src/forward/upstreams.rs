@@ -36,8 +36,8 @@ pub const SPOOF_DEFENSE: Duration = Duration::from_secs(60);
 
 /// One upstream server.
 #[derive(Debug)]
-pub struct Upstream {
-    pub addr: SocketAddr,
+struct Upstream {
+    addr: SocketAddr,
     failures: AtomicU32,
     /// Milliseconds since [`Upstreams::epoch`] until which this upstream is penalized.
     penalized_until: AtomicU64,
@@ -131,7 +131,7 @@ impl Upstreams {
         self.demote_on_repeat(index, now);
     }
 
-    /// A try at upstream `index` failed otherwise (SERVFAIL, REFUSED, a refused port, a send or
+    /// A try at upstream `index` failed otherwise (SERVFAIL, REFUSED, port unreachable, a send or
     /// TCP error).
     pub fn record_failure(&self, index: usize, now: Instant) {
         self.list[index].stats.failure();

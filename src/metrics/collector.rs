@@ -155,7 +155,7 @@ impl Collector {
         counters(
             encoder,
             "registry_dns_upstream_failures",
-            "Tries that failed otherwise: SERVFAIL or REFUSED answers, send errors, broken TCP exchanges",
+            "Tries that failed otherwise: SERVFAIL or REFUSED answers, closed ports, send errors, broken TCP connections",
             stats.iter().map(|(addr, s)| (upstream(addr), s.failures())),
         )?;
         counters(

@@ -26,7 +26,8 @@ impl UpstreamStats {
         self.timeouts.fetch_add(1, Relaxed);
     }
 
-    /// A try failed otherwise: SERVFAIL or REFUSED, a send error, a broken TCP exchange.
+    /// A try failed otherwise: SERVFAIL or REFUSED, port unreachable, a send error, a TCP
+    /// connection that could not be opened or broke.
     pub fn failure(&self) {
         self.failures.fetch_add(1, Relaxed);
     }

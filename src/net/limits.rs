@@ -1,4 +1,4 @@
-//! The open-file limit: every upstream query's socket is short-lived (`forward::sockets`), so
+//! The open-file limit: every upstream query's socket is short-lived (`forward::udp::sockets`), so
 //! while upstreams stall, up to `--max-concurrent` sockets can be open besides the listeners and
 //! TCP connections. The soft limit (1024 on many hosts) is raised to the hard one at start, as
 //! Go programs such as CoreDNS get from their runtime.

@@ -18,7 +18,7 @@ use super::Shared;
 use crate::dns::Transport;
 use crate::dns::wire;
 use crate::forward::ClientQuery;
-use crate::forward::udp::{Drivers, Socket, TIMEOUT_TICK};
+use crate::forward::udp::{CurrentDriver, Socket, TIMEOUT_TICK};
 use crate::metrics::{Path, Refusal, Traffic};
 use crate::net::batch::{self, BATCH, RecvBatch, SendBatch};
 use crate::request::{self, Action};
@@ -32,12 +32,12 @@ pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: wat
     LocalSet::new().block_on(&runtime, async move {
         let listeners = sockets.into_iter().map(|s| batch::register(s).map(Rc::new)).collect::<io::Result<Vec<_>>>()?;
         let traffic = shared.metrics.traffic();
-        let drivers =
-            Rc::new(RefCell::new(Drivers::start(shared.forwarder.clone(), listeners.clone(), traffic.clone())?));
+        let forwarding =
+            Rc::new(RefCell::new(CurrentDriver::start(shared.forwarder.clone(), listeners.clone(), traffic.clone())?));
 
         let mut tasks = Vec::new();
         for (index, socket) in listeners.into_iter().enumerate() {
-            let task = listen(index, socket, shared.clone(), drivers.clone(), traffic.clone(), shutdown.clone());
+            let task = listen(index, socket, shared.clone(), forwarding.clone(), traffic.clone(), shutdown.clone());
             tasks.push(tokio::task::spawn_local(task));
         }
         for task in tasks {
@@ -47,7 +47,7 @@ pub fn run(sockets: Vec<std::net::UdpSocket>, shared: Arc<Shared>, shutdown: wat
         }
         // Stopped accepting; give the queries already forwarded the time their tries can take.
         let deadline = Instant::now() + shared.forwarding_bound() + TIMEOUT_TICK * 2;
-        while drivers.borrow().pending() > 0 && Instant::now() < deadline {
+        while forwarding.borrow().pending() > 0 && Instant::now() < deadline {
             tokio::time::sleep(TIMEOUT_TICK).await;
         }
         Ok(())
@@ -59,7 +59,7 @@ async fn listen(
     index: usize,
     socket: Socket,
     shared: Arc<Shared>,
-    drivers: Rc<RefCell<Drivers>>,
+    forwarding: Rc<RefCell<CurrentDriver>>,
     traffic: Arc<Traffic>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
@@ -74,7 +74,7 @@ async fn listen(
         let table = shared.names.load();
         let allow = shared.allow.load();
         let probe = shared.probe.load();
-        let driver = drivers.borrow_mut().current();
+        let driver = forwarding.borrow_mut().current();
         let mut driver = driver.borrow_mut();
         for i in 0..n {
             let Some((packet, client)) = received.get(i) else { continue };
@@ -106,7 +106,7 @@ async fn listen(
                 }
                 Action::Forward { question_end, edns, qtype } => {
                     traffic.query(Transport::Udp, Some(qtype));
-                    let query = ClientQuery { packet, question_end, edns, transport: Transport::Udp, arrived };
+                    let query = ClientQuery::new(packet, question_end, edns, Transport::Udp, arrived);
                     if let Some(path) = driver.query(query, client, index, out) {
                         sent[path as usize] += 1;
                         answers.commit(Some(client));
@@ -139,7 +139,7 @@ async fn listen(
     // kernel discards that with the socket. A restart that overlaps a new instance on the same
     // address then loses nothing.
     let deadline = Instant::now() + shared.forwarding_bound() + TIMEOUT_TICK * 2;
-    while drivers.borrow().pending() > 0 && Instant::now() < deadline {
+    while forwarding.borrow().pending() > 0 && Instant::now() < deadline {
         let _ = tokio::time::timeout(TIMEOUT_TICK, batch::drain(&socket, &mut read_batch)).await;
     }
     let fd = socket.get_ref().as_raw_fd();

@@ -122,39 +122,73 @@ version_ldflags() {
   done
 }
 
+# Runs BUILD (a function that builds into the temporary directory it is given, then moves what it
+# built into the cache) unless CHECK says it is built: once per machine, under the cache's build
+# lock (a run that waited finds the binaries built), the temporary directory removed whatever
+# happens, so an interrupted build leaves no half cache.
+build_once() {
+  local check=$1 what=$2 build=$3
+  "$check" && return
+  mkdir -p "$cache"
+  exec 9>"$cache/.build.lock"
+  flock 9
+  "$check" && return
+  ensure_go
+  local out
+  out="$(mktemp -d "$cache/.build.XXXXXX")"
+  trap "rm -rf '$out'" EXIT
+  log "building $what into $cache (once; minutes)"
+  local start=$SECONDS
+  "$build" "$out"
+  trap - EXIT
+  rmdir "$out"
+  log "built in $((SECONDS - start)) s"
+}
+
+# go_build MODULE_DIR OUT LDFLAGS [BUILD FLAGS...] PACKAGE...: one `go build` of the packages of the
+# go.mod in MODULE_DIR into OUT, with the flags every build here has (the go.mod as it is,
+# no paths of this machine in the binaries; static unless GO_CGO=1).
+go_build() {
+  local dir=$1 out=$2 ldflags=$3
+  shift 3
+  (cd "$dir" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED="${GO_CGO:-0}" nice -n 10 \
+    go build -trimpath -ldflags="$ldflags" -o "$out/" "$@")
+}
+
+# install_each OUT NAME DIR [NAME DIR]...: moves each binary NAME built into OUT to a directory DIR
+# of its own in the cache, in place of any older one.
+install_each() {
+  local out=$1
+  shift
+  while [ $# -gt 0 ]; do
+    mkdir -p "$out/$1-dir"
+    mv "$out/$1" "$out/$1-dir/$1"
+    rm -rf "$2"
+    mv "$out/$1-dir" "$2"
+    shift 2
+  done
+}
+
 built() {
   [ -x "$k8s_bin/kube-apiserver" ] && [ -x "$k8s_bin/kube-controller-manager" ] &&
     [ -x "$k8s_bin/kubectl" ] && [ -x "$etcd_bin/etcd" ]
 }
 
-# One `go build` for all four binaries, so the packages they share compile once. Built into a
-# temporary directory and renamed into place, so an interrupted build leaves no half cache.
-build() {
-  built && return
-  mkdir -p "$cache"
-  # One build at a time per machine; a run that waited finds the binaries built.
-  exec 9>"$cache/.build.lock"
-  flock 9
-  built && return
-  ensure_go
-  local out
-  out="$(mktemp -d "$cache/.build.XXXXXX")"
-  trap "rm -rf '$out'" EXIT
-  log "building kubernetes $k8s_version and etcd $etcd_version into $cache (once; several minutes)"
-  local start=$SECONDS
-  (cd "$gomod" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 \
-    go build -trimpath -ldflags="-s -w $(version_ldflags)" -o "$out/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3)
+# One `go build` for all four binaries, so the packages they share compile once.
+build_control_plane() {
+  local out=$1
+  go_build "$gomod" "$out" "-s -w $(version_ldflags)" k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kubectl go.etcd.io/etcd/server/v3
   mkdir -p "$out/k8s" "$out/etcd"
   mv "$out/kube-apiserver" "$out/kube-controller-manager" "$out/kubectl" "$out/k8s/"
   mv "$out/server" "$out/etcd/etcd" # go names a main package ending in /v3 after the element before it
   rm -rf "$k8s_bin" "$etcd_bin"
   mv "$out/k8s" "$k8s_bin"
   mv "$out/etcd" "$etcd_bin"
-  trap - EXIT
-  rmdir "$out"
-  log "built in $((SECONDS - start)) s"
+}
+
+build() {
+  build_once built "kubernetes $k8s_version and etcd $etcd_version" build_control_plane
 }
 
 e2e_built() {
@@ -162,31 +196,16 @@ e2e_built() {
 }
 
 # CoreDNS (tests/cluster/go/coredns: coremain with the plugins kubeadm's and NodeLocal DNSCache's
-# Corefiles use) and go-containerregistry's crane, in one `go build` with the same flags and lock.
+# Corefiles use) and go-containerregistry's crane, in one `go build` from the control plane's go.mod.
+build_e2e_tools() {
+  local out=$1
+  go_build "$gomod" "$out" "-s -w -X github.com/coredns/coredns/coremain.GitCommit=$coredns_version" \
+    ./coredns github.com/google/go-containerregistry/cmd/crane
+  install_each "$out" coredns "$coredns_bin" crane "$crane_bin"
+}
+
 build_e2e() {
-  e2e_built && return
-  mkdir -p "$cache"
-  exec 9>"$cache/.build.lock"
-  flock 9
-  e2e_built && return
-  ensure_go
-  local out
-  out="$(mktemp -d "$cache/.build.XXXXXX")"
-  trap "rm -rf '$out'" EXIT
-  log "building coredns $coredns_version and crane $crane_version into $cache (once)"
-  local start=$SECONDS
-  (cd "$gomod" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 \
-    go build -trimpath -ldflags="-s -w -X github.com/coredns/coredns/coremain.GitCommit=$coredns_version" -o "$out/" \
-    ./coredns github.com/google/go-containerregistry/cmd/crane)
-  mkdir -p "$out/coredns-dir" "$out/crane-dir"
-  mv "$out/coredns" "$out/coredns-dir/coredns"
-  mv "$out/crane" "$out/crane-dir/crane"
-  rm -rf "$coredns_bin" "$crane_bin"
-  mv "$out/coredns-dir" "$coredns_bin"
-  mv "$out/crane-dir" "$crane_bin"
-  trap - EXIT
-  rmdir "$out"
-  log "built in $((SECONDS - start)) s"
+  build_once e2e_built "coredns $coredns_version and crane $crane_version" build_e2e_tools
 }
 
 cri_built() {
@@ -196,31 +215,16 @@ cri_built() {
 # crictl and containerd 2.x, from tests/cluster/containerd/go.mod (their own module: MVS would move
 # the control plane's dependencies otherwise). containerd without cgo and without the btrfs,
 # devmapper and zfs snapshotters, which need C headers (the tests use the native snapshotter).
+build_cri_tools() {
+  local out=$1
+  go_build "$cri_gomod" "$out" \
+    "-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd2_version -X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" \
+    -tags "no_btrfs no_devmapper no_zfs" sigs.k8s.io/cri-tools/cmd/crictl github.com/containerd/containerd/v2/cmd/containerd
+  install_each "$out" crictl "$crictl_bin" containerd "$containerd2_bin"
+}
+
 build_cri() {
-  cri_built && return
-  mkdir -p "$cache"
-  exec 9>"$cache/.build.lock"
-  flock 9
-  cri_built && return
-  ensure_go
-  local out
-  out="$(mktemp -d "$cache/.build.XXXXXX")"
-  trap "rm -rf '$out'" EXIT
-  log "building crictl $crictl_version and containerd $containerd2_version into $cache (once)"
-  local start=$SECONDS
-  (cd "$cri_gomod" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 \
-    go build -tags "no_btrfs no_devmapper no_zfs" -trimpath \
-    -ldflags="-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd2_version -X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_version" \
-    -o "$out/" sigs.k8s.io/cri-tools/cmd/crictl github.com/containerd/containerd/v2/cmd/containerd)
-  mkdir -p "$out/crictl-dir" "$out/containerd-dir"
-  mv "$out/crictl" "$out/crictl-dir/crictl"
-  mv "$out/containerd" "$out/containerd-dir/containerd"
-  rm -rf "$crictl_bin" "$containerd2_bin"
-  mv "$out/crictl-dir" "$crictl_bin"
-  mv "$out/containerd-dir" "$containerd2_bin"
-  trap - EXIT
-  rmdir "$out"
-  log "built in $((SECONDS - start)) s"
+  build_once cri_built "crictl $crictl_version and containerd $containerd2_version" build_cri_tools
 }
 
 crio_built() {
@@ -229,30 +233,23 @@ crio_built() {
 
 # CRI-O (and its pinns) with cgo but none of the C libraries it can use: containers/image's own OpenPGP instead of
 # gpgme, no btrfs or devicemapper graph drivers, no seccomp (a CRI pull needs none of them).
-build_crio() {
-  crio_built && return
-  mkdir -p "$cache"
-  exec 9>"$cache/.build.lock"
-  flock 9
-  crio_built && return
-  ensure_go
-  local out
-  out="$(mktemp -d "$cache/.build.XXXXXX")"
-  trap "rm -rf '$out'" EXIT
-  log "building CRI-O $crio_version into $cache (once)"
-  local start=$SECONDS
-  (cd "$crio_gomod" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=1 nice -n 10 \
-    go build -tags "containers_image_openpgp exclude_graphdriver_btrfs exclude_graphdriver_devicemapper" -trimpath \
-    -ldflags="-s -w" -o "$out/crio" github.com/cri-o/cri-o/cmd/crio)
+build_crio_tools() {
+  local out=$1
+  GO_CGO=1 go_build "$crio_gomod" "$out" "-s -w" \
+    -tags "containers_image_openpgp exclude_graphdriver_btrfs exclude_graphdriver_devicemapper" github.com/cri-o/cri-o/cmd/crio
   # pinns, CRI-O's C helper that pins a pod's namespaces (its startup checks that it exists), from
   # the same module's source, as its Makefile builds it.
   local src
   src="$(cd "$crio_gomod" && GOFLAGS=-mod=readonly go list -m -f '{{.Dir}}' github.com/cri-o/cri-o)/pinns/src"
   cc -std=c99 -Os -static -s -o "$out/pinns" "$src"/*.c
+  mkdir -p "$out/crio-dir"
+  mv "$out/crio" "$out/pinns" "$out/crio-dir/"
   rm -rf "$crio_bin"
-  mv "$out" "$crio_bin"
-  trap - EXIT
-  log "built in $((SECONDS - start)) s"
+  mv "$out/crio-dir" "$crio_bin"
+}
+
+build_crio() {
+  build_once crio_built "CRI-O $crio_version" build_crio_tools
 }
 
 node_built() {
@@ -262,33 +259,22 @@ node_built() {
 
 # kubelet, kube-proxy and kube-scheduler in one `go build` from the control plane's go.mod (most of their
 # packages are already in Go's build cache from it); the CNI plugins from their own go.mod, so that
-# MVS cannot move a module the Kubernetes binaries use. Static (CGO_ENABLED=0), like the rest.
-build_node() {
-  node_built && return
-  mkdir -p "$cache"
-  exec 9>"$cache/.build.lock"
-  flock 9
-  node_built && return
-  ensure_go
-  local out
-  out="$(mktemp -d "$cache/.build.XXXXXX")"
-  trap "rm -rf '$out'" EXIT
-  log "building kubelet, kube-proxy, kube-scheduler $k8s_version and CNI plugins $cni_version into $cache (once)"
-  local start=$SECONDS
+# MVS cannot move a module the Kubernetes binaries use.
+build_node_tools() {
+  local out=$1
   mkdir -p "$out/node" "$out/cni"
-  (cd "$gomod" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 \
-    go build -trimpath -ldflags="-s -w $(version_ldflags)" -o "$out/node/" \
-    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kube-scheduler)
+  go_build "$gomod" "$out/node" "-s -w $(version_ldflags)" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kube-scheduler
   local plugins=github.com/containernetworking/plugins/plugins
-  (cd "$here/cni" && GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="-mod=readonly -buildvcs=false" CGO_ENABLED=0 nice -n 10 \
-    go build -trimpath -ldflags="-s -w" -o "$out/cni/" \
-    $plugins/main/bridge $plugins/ipam/host-local $plugins/main/loopback $plugins/meta/portmap)
+  go_build "$here/cni" "$out/cni" "-s -w" \
+    $plugins/main/bridge $plugins/ipam/host-local $plugins/main/loopback $plugins/meta/portmap
   rm -rf "$node_bin" "$cni_bin"
   mv "$out/node" "$node_bin"
   mv "$out/cni" "$cni_bin"
-  trap - EXIT
-  rmdir "$out"
-  log "built in $((SECONDS - start)) s"
+}
+
+build_node() {
+  build_once node_built "kubelet, kube-proxy, kube-scheduler $k8s_version and CNI plugins $cni_version" build_node_tools
 }
 
 # The ports start chose, for the commands that follow it.

@@ -78,6 +78,11 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
     ready()
 }
 
+/// The link-local address registry-dns serves on every node (deploy/base's DaemonSet), and its
+/// listen address there.
+pub const LINK_LOCAL: &str = "169.254.20.25";
+pub const LINK_LOCAL_LISTEN: &str = "169.254.20.25:53";
+
 /// A running registry-dns process with its log lines collected.
 pub struct RegistryDns {
     child: Child,
@@ -94,6 +99,21 @@ impl RegistryDns {
     /// for its startup line.
     pub fn start(args: &[&str]) -> Self {
         Self::start_with(Command::new(Self::BIN), args)
+    }
+
+    /// The flags that put registry-dns on its dummy interface `registry-dns0` at
+    /// [`LINK_LOCAL`]:53, as the DaemonSet does (it needs CAP_NET_ADMIN for that), then `args`.
+    pub fn link_local_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        let mut all =
+            vec!["--interface-name", "registry-dns0", "--interface-address", LINK_LOCAL, "--listen", LINK_LOCAL_LISTEN];
+        all.extend_from_slice(args);
+        all
+    }
+
+    /// Starts registry-dns with `command` (run in a node's network namespace) on its dummy
+    /// interface at [`LINK_LOCAL`]:53, with `args` besides.
+    pub fn start_link_local(command: Command, args: &[&str]) -> Self {
+        Self::start_with(command, &Self::link_local_args(args))
     }
 
     /// Like [`RegistryDns::start`] with a prepared command (a network namespace, environment).
@@ -148,8 +168,13 @@ impl RegistryDns {
     }
 
     /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+    pub fn terminate(self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.wait_exit(timeout)
+    }
+
+    /// Waits for the process to exit on its own (a signal the test sent), up to `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {

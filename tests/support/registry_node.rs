@@ -166,18 +166,9 @@ impl RegistryNode {
         // The registry's address on the node's loopback: local delivery, as for a pod on the node.
         ns.ip(&["addr", "add", &format!("{REGISTRY_IP}/32"), "dev", "lo"]);
         let record = format!("{NAME}={REGISTRY_IP}");
-        let server = RegistryDns::start_with(
+        let server = RegistryDns::start_link_local(
             ns.exec(&[RegistryDns::BIN]),
-            &[
-                "--interface-name",
-                "registry-dns0",
-                "--listen",
-                "169.254.20.25:53",
-                "--record",
-                &record,
-                "--upstream",
-                "127.0.0.1:9",
-            ],
+            &["--record", &record, "--upstream", "127.0.0.1:9"],
         );
         let dir = TempDir::new(tag);
         let mut node = Self { registry: None, _server: server, ns, dir, ca: None };

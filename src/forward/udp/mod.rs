@@ -1,7 +1,8 @@
 //! UDP forwarding for one worker: its [`UdpDriver`] for the upstream list in effect, the tasks that
-//! keep it going (replies, the TCP rechecks it asks for, the timeout tick), and the swap to a new
-//! driver with new sockets when a reload changes the upstreams. The old driver keeps its sockets
-//! until its exchanges are over or have timed out, so none is dropped.
+//! keep it going (replies, the TCP rechecks it asks for, the tick that brings the exchanges'
+//! deadlines), and the swap to a new driver with new sockets when a reload changes the upstreams
+//! ([`CurrentDriver`]). The old driver keeps its sockets until its exchanges are over or have
+//! timed out, so none is dropped.
 //!
 //! - `driver`: a worker's exchanges over UDP, batched;
 //! - `sockets`: the short-lived upstream sockets tries leave on (the source-port entropy).
@@ -19,20 +20,21 @@ use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-pub use driver::{Recheck, Socket, UdpDriver};
+pub use driver::{Socket, UdpDriver};
 use sockets::EpollSet;
 
-use super::{Forwarder, Upstreams, tcp};
+use super::{Forwarder, Upstreams};
 use crate::metrics::Traffic;
 
-/// How often timed-out tries are moved on and client timers checked; bounds their overshoot.
+/// How often the exchanges' deadlines are checked (tries time out, clients get stale answers):
+/// bounds how late either comes.
 pub const TIMEOUT_TICK: Duration = Duration::from_millis(20);
 
 /// A driver as the worker's tasks share it (one thread: `Rc`, borrowed per batch).
 pub type SharedDriver = Rc<RefCell<UdpDriver>>;
 
-/// A worker's driver for the upstream list in effect.
-pub struct Drivers {
+/// A worker's driver for the upstream list in effect, replaced when a reload changes the list.
+pub struct CurrentDriver {
     forwarder: Arc<Forwarder>,
     listeners: Vec<Socket>,
     traffic: Arc<Traffic>,
@@ -41,7 +43,7 @@ pub struct Drivers {
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl Drivers {
+impl CurrentDriver {
     /// Opens the first driver; must run inside the worker's `LocalSet`. Clients are answered on
     /// `listeners`, by index.
     pub fn start(forwarder: Arc<Forwarder>, listeners: Vec<Socket>, traffic: Arc<Traffic>) -> io::Result<Self> {
@@ -83,7 +85,7 @@ fn open(
     let driver = Rc::new(RefCell::new(driver));
     let tasks = vec![
         tokio::task::spawn_local(receive_upstreams(epoll_set, driver.clone(), forwarder.timeout())),
-        tokio::task::spawn_local(expire_timeouts(driver.clone())),
+        tokio::task::spawn_local(tick(driver.clone())),
     ];
     Ok((driver, tasks))
 }
@@ -120,24 +122,19 @@ async fn receive_upstreams(epoll_set: Rc<AsyncFd<EpollSet>>, driver: SharedDrive
             driver.take_rechecks()
         };
         for check in rechecks {
-            let driver = driver.clone();
-            tokio::task::spawn_local(async move {
-                let answer = tcp::ask(check.upstream, &check.query, timeout).await.ok();
-                let mut driver = driver.borrow_mut();
-                driver.rechecked(check.slot, answer.as_deref(), Instant::now());
-                driver.send_queued();
-            });
+            tokio::task::spawn_local(check.run(driver.clone(), timeout));
         }
     }
 }
 
-async fn expire_timeouts(driver: SharedDriver) {
-    let mut tick = tokio::time::interval(TIMEOUT_TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Every [`TIMEOUT_TICK`], ticks the exchanges whose deadline has come.
+async fn tick(driver: SharedDriver) {
+    let mut interval = tokio::time::interval(TIMEOUT_TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        interval.tick().await;
         let mut driver = driver.borrow_mut();
-        driver.expire(Instant::now());
+        driver.tick(Instant::now());
         driver.send_queued();
     }
 }

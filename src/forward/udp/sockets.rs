@@ -14,8 +14,9 @@
 //! Sharing one socket per batch keeps the batching (one `sendmmsg` per upstream per batch, one
 //! `recvmmsg` for its replies); a fresh socket per query would cost system calls on every query.
 //! All of a worker's upstream sockets sit in one epoll set (mio), registered with the runtime as
-//! one descriptor: opening and closing a socket costs no task and no runtime registration, and one
-//! wakeup reads every socket with replies.
+//! one descriptor ([`Epoll`]): opening and closing a socket costs no task and no runtime
+//! registration, and one wakeup reads every socket with replies. The pool's rules ([`Sockets`])
+//! are kept apart from the descriptors, so that its tests need none.
 
 use std::cell::RefCell;
 use std::io;
@@ -45,8 +46,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Readiness events read per poll.
 const EVENTS: usize = 256;
 
-/// Identifies a socket while it is open (an index, reused after it closes).
-pub type SocketKey = u32;
+/// Refers to a socket while it is open (an index into the open sockets, reused after it closes).
+pub type SocketRef = u32;
 
 /// The epoll set of a worker's upstream sockets, as the runtime sees it: one readable descriptor,
 /// owned (the `Poll` closes it).
@@ -61,9 +62,59 @@ impl AsRawFd for EpollSet {
     }
 }
 
-/// One upstream socket.
+/// Where the pool's sockets live: the kernel ([`Epoll`]), or a test's stand-in.
+pub trait Backing {
+    /// Opens a socket connected to `upstream`, on a port the kernel picks at random, as `socket`.
+    fn open(&mut self, socket: SocketRef, upstream: SocketAddr) -> io::Result<()>;
+    /// Closes `socket`.
+    fn close(&mut self, socket: SocketRef);
+}
+
+/// A worker's upstream sockets in the kernel, all in one epoll set registered with the runtime.
+pub struct Epoll {
+    epoll_set: Rc<AsyncFd<EpollSet>>,
+    events: Events,
+    /// By reference.
+    sockets: Vec<Option<std::net::UdpSocket>>,
+}
+
+impl Epoll {
+    /// An empty set, registered with the current runtime.
+    fn new() -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let epoll_set = EpollSet { fd: poll.as_raw_fd(), poll: RefCell::new(poll) };
+        Ok(Self {
+            epoll_set: Rc::new(batch::register_owned(epoll_set)?),
+            events: Events::with_capacity(EVENTS),
+            sockets: Vec::new(),
+        })
+    }
+}
+
+impl Backing for Epoll {
+    fn open(&mut self, socket: SocketRef, upstream: SocketAddr) -> io::Result<()> {
+        let udp = connected_socket(upstream)?;
+        self.epoll_set.get_ref().poll.borrow().registry().register(
+            &mut SourceFd(&udp.as_raw_fd()),
+            Token(socket as usize),
+            Interest::READABLE,
+        )?;
+        let index = socket as usize;
+        if index >= self.sockets.len() {
+            self.sockets.resize_with(index + 1, || None);
+        }
+        self.sockets[index] = Some(udp);
+        Ok(())
+    }
+
+    /// Closing the descriptor also takes it out of the epoll set.
+    fn close(&mut self, socket: SocketRef) {
+        self.sockets[socket as usize] = None;
+    }
+}
+
+/// One upstream socket, as the pool keeps count of it.
 struct Outbound {
-    socket: std::net::UdpSocket,
     upstream: usize,
     /// Its slot in the upstream's pool.
     slot: usize,
@@ -82,18 +133,17 @@ struct Outbound {
     late: Vec<u16>,
 }
 
-/// The upstream sockets of one worker.
-pub struct Sockets {
-    epoll_set: Rc<AsyncFd<EpollSet>>,
-    events: Events,
+/// The upstream sockets of one worker: which one each query leaves on, and when each is replaced.
+pub struct Sockets<B = Epoll> {
+    backing: B,
     addrs: Vec<SocketAddr>,
-    /// Open sockets by key.
+    /// Open sockets, by reference.
     open: Vec<Option<Outbound>>,
-    free: Vec<SocketKey>,
+    free: Vec<SocketRef>,
     /// Per upstream, its [`POOL`] slots: the socket taking queries in each, if one is open.
-    pool: Vec<Vec<Option<SocketKey>>>,
+    pool: Vec<Vec<Option<SocketRef>>>,
     /// Per upstream, the socket the current send batch leaves on.
-    batch: Vec<Option<SocketKey>>,
+    batch: Vec<Option<SocketRef>>,
     last_sweep: Instant,
     rng: ThreadRng,
 }
@@ -102,11 +152,33 @@ impl Sockets {
     /// An empty set for upstreams at `addrs` (sockets open on first use), registered with the
     /// current runtime.
     pub fn new(addrs: Vec<SocketAddr>) -> io::Result<Self> {
-        let poll = Poll::new()?;
-        let epoll_set = EpollSet { fd: poll.as_raw_fd(), poll: RefCell::new(poll) };
-        Ok(Self {
-            epoll_set: Rc::new(batch::register_owned(epoll_set)?),
-            events: Events::with_capacity(EVENTS),
+        Ok(Self::with_backing(addrs, Epoll::new()?))
+    }
+
+    /// What the receive loop waits on.
+    pub fn epoll_set(&self) -> Rc<AsyncFd<EpollSet>> {
+        self.backing.epoll_set.clone()
+    }
+
+    /// Appends the sockets that received datagrams since they were last read to `ready`; returns
+    /// whether more may be waiting (the events filled the buffer).
+    pub fn ready(&mut self, ready: &mut Vec<SocketRef>) -> io::Result<bool> {
+        let epoll = &mut self.backing;
+        epoll.epoll_set.get_ref().poll.borrow_mut().poll(&mut epoll.events, Some(Duration::ZERO))?;
+        ready.extend(epoll.events.iter().map(|e| e.token().0 as SocketRef));
+        Ok(ready.len() == EVENTS)
+    }
+
+    pub fn fd(&self, socket: SocketRef) -> RawFd {
+        self.backing.sockets[socket as usize].as_ref().expect("open socket").as_raw_fd()
+    }
+}
+
+impl<B: Backing> Sockets<B> {
+    /// An empty set for upstreams at `addrs`, its sockets opened and closed in `backing`.
+    pub fn with_backing(addrs: Vec<SocketAddr>, backing: B) -> Self {
+        Self {
+            backing,
             pool: vec![vec![None; POOL]; addrs.len()],
             batch: vec![None; addrs.len()],
             addrs,
@@ -114,33 +186,20 @@ impl Sockets {
             free: Vec::new(),
             last_sweep: Instant::now(),
             rng: rand::rng(),
-        })
-    }
-
-    /// What the receive loop waits on.
-    pub fn epoll_set(&self) -> Rc<AsyncFd<EpollSet>> {
-        self.epoll_set.clone()
-    }
-
-    /// Appends the sockets that received datagrams since they were last read to `ready`; returns
-    /// whether more may be waiting (the events filled the buffer).
-    pub fn ready(&mut self, ready: &mut Vec<SocketKey>) -> io::Result<bool> {
-        self.epoll_set.get_ref().poll.borrow_mut().poll(&mut self.events, Some(Duration::ZERO))?;
-        ready.extend(self.events.iter().map(|e| e.token().0 as SocketKey));
-        Ok(ready.len() == EVENTS)
+        }
     }
 
     /// The socket a query for `upstream` leaves on, counted as carrying it: the current batch's
     /// for that upstream while it has room, else the socket of a slot picked at random (a fresh
     /// one when the slot is empty or its socket carried its share or lived its time). Fails only
     /// when no socket can be opened.
-    pub fn take(&mut self, upstream: usize, now: Instant) -> io::Result<SocketKey> {
-        let key = match self.batch[upstream] {
-            Some(key) => key,
+    pub fn take(&mut self, upstream: usize, now: Instant) -> io::Result<SocketRef> {
+        let socket = match self.batch[upstream] {
+            Some(socket) => socket,
             None => {
                 let slot = self.rng.random_range(0..POOL);
-                let key = match self.pool[upstream][slot] {
-                    Some(key) if self.is_fresh(key, now) => key,
+                let socket = match self.pool[upstream][slot] {
+                    Some(socket) if self.is_fresh(socket, now) => socket,
                     old => match self.open(upstream, slot, now) {
                         Ok(fresh) => {
                             if let Some(old) = old {
@@ -156,18 +215,18 @@ impl Sockets {
                         }
                     },
                 };
-                self.batch[upstream] = Some(key);
-                key
+                self.batch[upstream] = Some(socket);
+                socket
             }
         };
-        let socket = self.open[key as usize].as_mut().expect("open socket");
-        socket.sent += 1;
-        socket.in_flight += 1;
-        if socket.sent == QUERIES_PER_SOCKET {
+        let outbound = self.open[socket as usize].as_mut().expect("open socket");
+        outbound.sent += 1;
+        outbound.in_flight += 1;
+        if outbound.sent == QUERIES_PER_SOCKET {
             // Its share carried: out of its slot now, closed with its last query.
-            self.retire(key);
+            self.retire(socket);
         }
-        Ok(key)
+        Ok(socket)
     }
 
     /// The send batch is out: the next queries pick slots anew.
@@ -175,47 +234,47 @@ impl Sockets {
         self.batch.fill(None);
     }
 
-    /// A query that [`Sockets::take`] counted on `key` is over there (answered, failed, moved
+    /// A query that [`Sockets::take`] counted on `socket` is over there (answered, failed, moved
     /// on), with its ID when its reply may still come; a retired socket closes with its last query.
-    pub fn release(&mut self, key: SocketKey, late: Option<u16>) {
-        let socket = self.open[key as usize].as_mut().expect("open socket");
-        socket.in_flight -= 1;
+    pub fn release(&mut self, socket: SocketRef, late: Option<u16>) {
+        let outbound = self.open[socket as usize].as_mut().expect("open socket");
+        outbound.in_flight -= 1;
         if let Some(id) = late {
-            socket.late.push(id);
+            outbound.late.push(id);
         }
-        if socket.retired && socket.in_flight == 0 {
-            self.close(key);
+        if outbound.retired && outbound.in_flight == 0 {
+            self.close(socket);
         }
     }
 
-    /// Whether `id` is that of a query released with its reply still to come on `key`.
-    pub fn is_late(&self, key: SocketKey, id: u16) -> bool {
-        self.open[key as usize].as_ref().is_some_and(|s| s.late.contains(&id))
+    /// Whether `id` is that of a query released with its reply still to come on `socket`.
+    pub fn is_late(&self, socket: SocketRef, id: u16) -> bool {
+        self.open[socket as usize].as_ref().is_some_and(|s| s.late.contains(&id))
     }
 
-    /// `key` received a datagram that matched no query in flight: it takes no new queries, and
+    /// `socket` received a datagram that matched no query in flight: it takes no new queries, and
     /// the answers still due on it are to be checked over TCP.
-    pub fn suspect(&mut self, key: SocketKey) {
-        if let Some(socket) = self.open[key as usize].as_mut() {
-            socket.suspect = true;
+    pub fn suspect(&mut self, socket: SocketRef) {
+        if let Some(outbound) = self.open[socket as usize].as_mut() {
+            outbound.suspect = true;
         }
-        self.retire(key);
+        self.retire(socket);
     }
 
-    pub fn is_suspect(&self, key: SocketKey) -> bool {
-        self.open[key as usize].as_ref().is_some_and(|s| s.suspect)
+    pub fn is_suspect(&self, socket: SocketRef) -> bool {
+        self.open[socket as usize].as_ref().is_some_and(|s| s.suspect)
     }
 
-    /// The upstream `key` is connected to.
-    pub fn upstream(&self, key: SocketKey) -> Option<usize> {
-        self.open[key as usize].as_ref().map(|s| s.upstream)
+    /// The upstream `socket` is connected to.
+    pub fn upstream(&self, socket: SocketRef) -> Option<usize> {
+        self.open[socket as usize].as_ref().map(|s| s.upstream)
     }
 
     /// Replaces every socket of `upstream`: the next queries leave on fresh ports.
     pub fn replace_all(&mut self, upstream: usize) {
         for slot in 0..POOL {
-            if let Some(key) = self.pool[upstream][slot] {
-                self.retire(key);
+            if let Some(socket) = self.pool[upstream][slot] {
+                self.retire(socket);
             }
         }
     }
@@ -227,45 +286,36 @@ impl Sockets {
             return;
         }
         self.last_sweep = now;
-        for key in 0..self.open.len() as SocketKey {
-            let expired = self.open[key as usize].as_ref().is_some_and(|s| {
+        for socket in 0..self.open.len() as SocketRef {
+            let expired = self.open[socket as usize].as_ref().is_some_and(|s| {
                 !s.retired && s.in_flight == 0 && now.saturating_duration_since(s.opened) >= SOCKET_LIFETIME
             });
             if expired {
-                self.retire(key);
+                self.retire(socket);
             }
         }
     }
 
-    pub fn fd(&self, key: SocketKey) -> RawFd {
-        self.get(key).socket.as_raw_fd()
+    /// Whether `socket` is open (a stale readiness event may name a closed one).
+    pub fn is_open(&self, socket: SocketRef) -> bool {
+        self.open.get(socket as usize).is_some_and(Option::is_some)
     }
 
-    /// Whether `key` is open (a stale readiness event may name a closed one).
-    pub fn is_open(&self, key: SocketKey) -> bool {
-        self.open.get(key as usize).is_some_and(Option::is_some)
+    fn get(&self, socket: SocketRef) -> &Outbound {
+        self.open[socket as usize].as_ref().expect("open socket")
     }
 
-    fn get(&self, key: SocketKey) -> &Outbound {
-        self.open[key as usize].as_ref().expect("open socket")
-    }
-
-    /// Whether the socket `key` still takes queries at `now` (one that carried its share is out
+    /// Whether the socket `socket` still takes queries at `now` (one that carried its share is out
     /// of its slot already).
-    fn is_fresh(&self, key: SocketKey, now: Instant) -> bool {
-        now.saturating_duration_since(self.get(key).opened) < SOCKET_LIFETIME
+    fn is_fresh(&self, socket: SocketRef, now: Instant) -> bool {
+        now.saturating_duration_since(self.get(socket).opened) < SOCKET_LIFETIME
     }
 
-    fn open(&mut self, upstream: usize, slot: usize, now: Instant) -> io::Result<SocketKey> {
-        let socket = connected_socket(self.addrs[upstream])?;
-        let key = self.free.pop().unwrap_or(self.open.len() as SocketKey);
-        self.epoll_set.get_ref().poll.borrow().registry().register(
-            &mut SourceFd(&socket.as_raw_fd()),
-            Token(key as usize),
-            Interest::READABLE,
-        )?;
+    fn open(&mut self, upstream: usize, slot: usize, now: Instant) -> io::Result<SocketRef> {
+        let socket = self.free.last().copied().unwrap_or(self.open.len() as SocketRef);
+        self.backing.open(socket, self.addrs[upstream])?;
+        self.free.pop_if(|free| *free == socket);
         let outbound = Outbound {
-            socket,
             upstream,
             slot,
             sent: 0,
@@ -275,34 +325,34 @@ impl Sockets {
             suspect: false,
             late: Vec::new(),
         };
-        if key as usize == self.open.len() {
+        if socket as usize == self.open.len() {
             self.open.push(Some(outbound));
         } else {
-            self.open[key as usize] = Some(outbound);
+            self.open[socket as usize] = Some(outbound);
         }
-        Ok(key)
+        Ok(socket)
     }
 
-    /// Takes `key` out of its slot (and out of the current batch); closes it once idle.
-    fn retire(&mut self, key: SocketKey) {
-        let Some(socket) = self.open[key as usize].as_mut() else { return };
-        socket.retired = true;
-        let (upstream, slot, idle) = (socket.upstream, socket.slot, socket.in_flight == 0);
-        if self.pool[upstream][slot] == Some(key) {
+    /// Takes `socket` out of its slot (and out of the current batch); closes it once idle.
+    fn retire(&mut self, socket: SocketRef) {
+        let Some(outbound) = self.open[socket as usize].as_mut() else { return };
+        outbound.retired = true;
+        let (upstream, slot, idle) = (outbound.upstream, outbound.slot, outbound.in_flight == 0);
+        if self.pool[upstream][slot] == Some(socket) {
             self.pool[upstream][slot] = None;
         }
-        if self.batch[upstream] == Some(key) {
+        if self.batch[upstream] == Some(socket) {
             self.batch[upstream] = None;
         }
         if idle {
-            self.close(key);
+            self.close(socket);
         }
     }
 
-    /// Closing the descriptor also takes it out of the epoll set.
-    fn close(&mut self, key: SocketKey) {
-        self.open[key as usize] = None;
-        self.free.push(key);
+    fn close(&mut self, socket: SocketRef) {
+        self.backing.close(socket);
+        self.open[socket as usize] = None;
+        self.free.push(socket);
     }
 }
 
@@ -320,22 +370,44 @@ fn connected_socket(upstream: SocketAddr) -> io::Result<std::net::UdpSocket> {
 mod tests {
     use super::*;
 
-    fn port(sockets: &Sockets, key: SocketKey) -> u16 {
-        sockets.get(key).socket.local_addr().unwrap().port()
+    /// Stands in for the kernel: counts what is opened and closed, and can refuse to open.
+    #[derive(Default)]
+    struct Fake {
+        opened: u32,
+        open: Vec<SocketRef>,
+        out_of_descriptors: bool,
     }
 
-    #[tokio::test]
-    async fn a_socket_carries_its_share_of_queries_then_closes_and_idle_ones_close_after_their_lifetime() {
-        let mut sockets = Sockets::new(vec!["127.0.0.1:9".parse().unwrap()]).unwrap();
+    impl Backing for Fake {
+        fn open(&mut self, socket: SocketRef, _upstream: SocketAddr) -> io::Result<()> {
+            if self.out_of_descriptors {
+                return Err(io::ErrorKind::Other.into());
+            }
+            self.opened += 1;
+            self.open.push(socket);
+            Ok(())
+        }
+
+        fn close(&mut self, socket: SocketRef) {
+            self.open.retain(|&open| open != socket);
+        }
+    }
+
+    fn sockets() -> Sockets<Fake> {
+        Sockets::with_backing(vec!["192.0.2.1:53".parse().unwrap()], Fake::default())
+    }
+
+    #[test]
+    fn a_socket_carries_its_share_of_queries_then_closes_and_idle_ones_close_after_their_lifetime() {
+        let mut sockets = sockets();
         let now = Instant::now();
         let first = sockets.take(0, now).unwrap();
-        let first_port = port(&sockets, first);
         for _ in 1..QUERIES_PER_SOCKET {
             assert_eq!(sockets.take(0, now).unwrap(), first, "one batch, one socket");
         }
         let second = sockets.take(0, now).unwrap();
         assert_ne!(second, first, "a fresh socket once the first carried its share");
-        assert_ne!(port(&sockets, second), first_port);
+        assert_eq!(sockets.backing.opened, 2);
         sockets.end_batch();
         // The first is retired: it closes with its last query, not before.
         for _ in 1..QUERIES_PER_SOCKET {
@@ -345,6 +417,7 @@ mod tests {
         assert!(sockets.is_open(first));
         sockets.release(first, Some(7));
         assert!(!sockets.is_open(first));
+        assert_eq!(sockets.backing.open, [second], "closed in the kernel too");
         // The second sits idle past its lifetime: the sweep closes it.
         sockets.release(second, None);
         sockets.sweep(now + SOCKET_LIFETIME - Duration::from_millis(1));
@@ -352,18 +425,45 @@ mod tests {
         sockets.sweep(now + SOCKET_LIFETIME + SWEEP_EVERY);
         assert!(!sockets.is_open(second));
         assert!(sockets.pool[0].iter().all(Option::is_none));
+        assert!(sockets.backing.open.is_empty());
     }
 
-    #[tokio::test]
-    async fn a_suspect_socket_takes_no_more_queries_and_an_episode_replaces_every_socket() {
-        let mut sockets = Sockets::new(vec!["127.0.0.1:9".parse().unwrap()]).unwrap();
+    #[test]
+    fn a_socket_past_its_lifetime_takes_no_new_queries_and_the_sweep_comes_once_a_second() {
+        let mut sockets = sockets();
         let now = Instant::now();
-        let key = sockets.take(0, now).unwrap();
-        sockets.suspect(key);
-        assert!(sockets.is_suspect(key) && sockets.is_open(key), "open until its query is done");
-        assert_ne!(sockets.take(0, now).unwrap(), key);
+        let old = sockets.take(0, now).unwrap();
         sockets.end_batch();
-        let others: Vec<SocketKey> = (0..10)
+        // Only one slot is open: a batch that picks it after its lifetime gets a fresh socket.
+        let slot = sockets.open[old as usize].as_ref().unwrap().slot;
+        sockets.pool[0].iter_mut().enumerate().filter(|(i, _)| *i != slot).for_each(|(_, s)| *s = Some(old));
+        let later = now + SOCKET_LIFETIME;
+        let fresh = sockets.take(0, later).unwrap();
+        assert_ne!(fresh, old);
+        assert!(sockets.is_open(old), "open until its query is done");
+        sockets.release(old, None);
+        assert!(!sockets.is_open(old), "retired and idle: closed");
+        sockets.end_batch();
+        sockets.release(fresh, None);
+        let swept = later + SOCKET_LIFETIME - Duration::from_millis(1);
+        sockets.sweep(swept);
+        assert!(sockets.is_open(fresh), "not past its lifetime yet");
+        sockets.sweep(swept + Duration::from_millis(500));
+        assert!(sockets.is_open(fresh), "past it, but the last sweep was less than a second ago");
+        sockets.sweep(swept + SWEEP_EVERY);
+        assert!(!sockets.is_open(fresh));
+    }
+
+    #[test]
+    fn a_suspect_socket_takes_no_more_queries_and_an_episode_replaces_every_socket() {
+        let mut sockets = sockets();
+        let now = Instant::now();
+        let socket = sockets.take(0, now).unwrap();
+        sockets.suspect(socket);
+        assert!(sockets.is_suspect(socket) && sockets.is_open(socket), "open until its query is done");
+        assert_ne!(sockets.take(0, now).unwrap(), socket);
+        sockets.end_batch();
+        let others: Vec<SocketRef> = (0..10)
             .map(|_| {
                 sockets.end_batch();
                 sockets.take(0, now).unwrap()
@@ -374,6 +474,33 @@ mod tests {
         sockets.end_batch();
         let fresh = sockets.take(0, now).unwrap();
         assert!(!others.contains(&fresh) || !sockets.get(fresh).retired);
-        assert!(others.iter().all(|&k| sockets.get(k).retired));
+        assert!(others.iter().all(|&s| sockets.get(s).retired));
+    }
+
+    #[test]
+    fn a_late_reply_is_known_as_one_until_its_socket_closes() {
+        let mut sockets = sockets();
+        let now = Instant::now();
+        let socket = sockets.take(0, now).unwrap();
+        sockets.take(0, now).unwrap();
+        sockets.release(socket, Some(0x1234));
+        assert!(sockets.is_late(socket, 0x1234) && !sockets.is_late(socket, 0x4321));
+        assert_eq!(sockets.upstream(socket), Some(0));
+    }
+
+    #[test]
+    fn out_of_descriptors_an_old_port_beats_no_answer() {
+        let mut sockets = sockets();
+        let now = Instant::now();
+        sockets.backing.out_of_descriptors = true;
+        assert!(sockets.take(0, now).is_err(), "no socket at all: the try fails");
+        sockets.backing.out_of_descriptors = false;
+        let old = sockets.take(0, now).unwrap();
+        sockets.end_batch();
+        let slot = sockets.open[old as usize].as_ref().unwrap().slot;
+        sockets.pool[0].iter_mut().enumerate().filter(|(i, _)| *i != slot).for_each(|(_, s)| *s = Some(old));
+        sockets.backing.out_of_descriptors = true;
+        assert_eq!(sockets.take(0, now + SOCKET_LIFETIME).unwrap(), old, "past its lifetime, still used");
+        assert!(sockets.free.is_empty(), "the failed opens took no reference");
     }
 }

@@ -1,13 +1,13 @@
-//! The cap on forwarded queries in flight across all workers and transports (`--max-concurrent`):
-//! beyond it clients get REFUSED at once, so memory stays bounded when upstreams stall. Every
-//! client waiting for an upstream holds a [`Permit`]: the one whose query went upstream, each one
-//! parked on that query, and a prefetch.
+//! The cap on clients waiting for an upstream, across all workers and transports
+//! (`--max-concurrent`): beyond it clients get REFUSED at once, so memory stays bounded when
+//! upstreams stall. Every client waiting for an upstream holds a [`Permit`]: the one whose query
+//! went upstream, each one parked on that query, and a prefetch.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Debug)]
-pub struct InFlight {
+pub struct ConcurrencyCap {
     count: AtomicUsize,
     max: usize,
 }
@@ -15,9 +15,9 @@ pub struct InFlight {
 /// One place under the cap, given back when dropped (whatever ends the wait: an answer, a
 /// failure, an abandoned query).
 #[derive(Debug)]
-pub struct Permit(Arc<InFlight>);
+pub struct Permit(Arc<ConcurrencyCap>);
 
-impl InFlight {
+impl ConcurrencyCap {
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self { count: AtomicUsize::new(0), max })
     }
@@ -53,7 +53,7 @@ mod tests {
 
     #[test]
     fn a_permit_holds_its_place_until_dropped() {
-        let cap = InFlight::new(2);
+        let cap = ConcurrencyCap::new(2);
         let a = cap.try_acquire().unwrap();
         let b = cap.try_acquire().unwrap();
         assert!(cap.try_acquire().is_none(), "over the cap");
