@@ -18,12 +18,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use support::control_plane::{self, skip_or_fail};
+use support::control_plane;
 use support::registry_node::{REGISTRY, RegistryNode, node_setup};
 use support::wait_until;
 
@@ -36,24 +36,21 @@ struct Tools {
 
 fn tools() -> Option<&'static Tools> {
     static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
-    let tools = TOOLS.get_or_init(|| {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("tests/containerd_cri.rs needs root (network namespaces, containerd)".into());
-        }
-        for tool in ["/usr/bin/containerd", "/usr/bin/docker-registry", "/usr/bin/openssl"] {
-            if !Path::new(tool).exists() {
-                return Err(format!("{tool} is missing (tests/run.sh installs containerd, docker-registry, openssl)"));
-            }
-        }
-        let cri = control_plane::build("build-cri")?;
-        let e2e = control_plane::build("build-e2e")?;
-        Ok(Tools { crictl: cri[0].join("crictl"), containerd2: cri[1].join("containerd"), crane: e2e[1].join("crane") })
-    });
-    match tools {
-        Ok(tools) => Some(tools),
-        Err(e) => skip_or_fail(e),
-    }
+    control_plane::parts_once(
+        &TOOLS,
+        "tests/containerd_cri.rs",
+        "network namespaces, containerd",
+        &["/usr/bin/containerd", "/usr/bin/docker-registry", "/usr/bin/openssl"],
+        || {
+            let cri = control_plane::build("build-cri")?;
+            let e2e = control_plane::build("build-e2e")?;
+            Ok(Tools {
+                crictl: cri[0].join("crictl"),
+                containerd2: cri[1].join("containerd"),
+                crane: e2e[1].join("crane"),
+            })
+        },
+    )
 }
 
 /// Which containerd, and the layout of its config.

@@ -37,7 +37,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::control_plane::{self, ControlPlane, skip_or_fail};
+use support::control_plane::{self, ControlPlane};
 use support::netns::Netns;
 use support::registry_node;
 use support::relay::relay;
@@ -65,24 +65,17 @@ struct Parts {
 /// tests/cluster/go, containerd and the registry from Debian (tests/run.sh installs them).
 fn parts() -> Option<&'static Parts> {
     static PARTS: OnceLock<Result<Parts, String>> = OnceLock::new();
-    let parts = PARTS.get_or_init(|| {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("tests/e2e.rs needs root (network namespaces, mounts, containerd)".into());
-        }
-        for tool in ["/usr/bin/containerd", "/usr/bin/ctr", "/usr/bin/docker-registry", "/usr/bin/openssl"] {
-            if !Path::new(tool).exists() {
-                return Err(format!("{tool} is missing (tests/run.sh installs containerd, docker-registry, openssl)"));
-            }
-        }
-        let kube = control_plane::build("build")?;
-        let e2e = control_plane::build("build-e2e")?;
-        Ok(Parts { kubectl: kube[0].join("kubectl"), coredns: e2e[0].join("coredns"), crane: e2e[1].join("crane") })
-    });
-    match parts {
-        Ok(parts) => Some(parts),
-        Err(e) => skip_or_fail(e),
-    }
+    control_plane::parts_once(
+        &PARTS,
+        "tests/e2e.rs",
+        "network namespaces, mounts, containerd",
+        &["/usr/bin/containerd", "/usr/bin/ctr", "/usr/bin/docker-registry", "/usr/bin/openssl"],
+        || {
+            let kube = control_plane::build("build")?;
+            let e2e = control_plane::build("build-e2e")?;
+            Ok(Parts { kubectl: kube[0].join("kubectl"), coredns: e2e[0].join("coredns"), crane: e2e[1].join("crane") })
+        },
+    )
 }
 
 /// A process started by the test, its output in a file; killed on drop.

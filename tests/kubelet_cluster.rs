@@ -40,7 +40,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use serde_json::json;
-use support::control_plane::{self, ControlPlane, skip_or_fail};
+use support::control_plane::{self, ControlPlane};
 use support::node::{HostDns, Node};
 use support::{TempDir, ask_a, images, resolvers};
 
@@ -80,45 +80,36 @@ struct Parts {
 /// the images; containerd, runc and iptables from Debian (tests/run.sh installs them).
 fn parts() -> Option<&'static Parts> {
     static PARTS: OnceLock<Result<Parts, String>> = OnceLock::new();
-    let parts = PARTS.get_or_init(|| {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("tests/kubelet_cluster.rs needs root (namespaces, mounts, cgroups, containerd)".into());
-        }
-        for tool in ["/usr/bin/containerd", "/usr/sbin/iptables", "/usr/bin/docker-registry", "/usr/sbin/setcap"] {
-            if !Path::new(tool).exists() {
-                return Err(format!(
-                    "{tool} is missing (tests/run.sh installs containerd, iptables, docker-registry, libcap2-bin)"
-                ));
+    control_plane::parts_once(
+        &PARTS,
+        "tests/kubelet_cluster.rs",
+        "namespaces, mounts, cgroups, containerd",
+        &["/usr/bin/containerd", "/usr/sbin/iptables", "/usr/bin/docker-registry", "/usr/sbin/setcap"],
+        || {
+            let kube = control_plane::build("build")?;
+            control_plane::build("build-node")?;
+            let e2e = control_plane::build("build-e2e")?;
+            let cri = control_plane::build("build-cri")?;
+            let helm = Command::new(format!("{DEPLOY}/check/go/build.sh"))
+                .arg("helm")
+                .output()
+                .map_err(|e| format!("deploy/check/go/build.sh: {e}"))?;
+            if !helm.status.success() {
+                return Err(format!("deploy/check/go/build.sh helm: {}", String::from_utf8_lossy(&helm.stderr)));
             }
-        }
-        let kube = control_plane::build("build")?;
-        control_plane::build("build-node")?;
-        let e2e = control_plane::build("build-e2e")?;
-        let cri = control_plane::build("build-cri")?;
-        let helm = Command::new(format!("{DEPLOY}/check/go/build.sh"))
-            .arg("helm")
-            .output()
-            .map_err(|e| format!("deploy/check/go/build.sh: {e}"))?;
-        if !helm.status.success() {
-            return Err(format!("deploy/check/go/build.sh helm: {}", String::from_utf8_lossy(&helm.stderr)));
-        }
-        let helm = PathBuf::from(String::from_utf8_lossy(&helm.stdout).trim());
-        let coredns = e2e[0].join("coredns");
-        let images = images::build(&e2e[1].join("crane"), &coredns, &resolvers::musl())?;
-        let version = e2e[0].file_name().unwrap().to_string_lossy().trim_start_matches("coredns-").to_string();
-        Ok(Parts {
-            kubectl: kube[0].join("kubectl"),
-            helm,
-            crictl: cri[0].join("crictl"),
-            images,
-            coredns_image: format!("registry.k8s.io/coredns/coredns:{version}"),
-        })
-    });
-    match parts {
-        Ok(parts) => Some(parts),
-        Err(e) => skip_or_fail(e),
-    }
+            let helm = PathBuf::from(String::from_utf8_lossy(&helm.stdout).trim());
+            let coredns = e2e[0].join("coredns");
+            let images = images::build(&e2e[1].join("crane"), &coredns, &resolvers::musl())?;
+            let version = e2e[0].file_name().unwrap().to_string_lossy().trim_start_matches("coredns-").to_string();
+            Ok(Parts {
+                kubectl: kube[0].join("kubectl"),
+                helm,
+                crictl: cri[0].join("crictl"),
+                images,
+                coredns_image: format!("registry.k8s.io/coredns/coredns:{version}"),
+            })
+        },
+    )
 }
 
 /// Polls `f` every 200 ms until it is `Ok`, for at most `timeout`; panics with its last error.
@@ -196,6 +187,11 @@ impl Cluster {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.status.success(), "helm {args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
         stdout
+    }
+
+    /// `helm upgrade` of the release with the values it has and one `--set`, as deploy/README.md does.
+    fn upgrade(&self, chart: &str, set: &str) {
+        self.helm(&["upgrade", "registry-dns", chart, "-n", "registry-dns", "--reuse-values", "--set", set]);
     }
 
     /// `deploy/coredns/patch-corefile.sh ACTION`, as the admin.
@@ -752,16 +748,7 @@ fn three_nodes_resolve_push_pull_and_move_the_registry_then_a_fourth_joins_and_t
     let (answers, most) = std::thread::scope(|s| {
         let clients: Vec<_> = c.nodes.iter().map(|n| s.spawn(|| ask_until(n, start, &stop))).collect();
         std::thread::sleep(Duration::from_secs(1));
-        c.helm(&[
-            "upgrade",
-            "registry-dns",
-            &chart,
-            "-n",
-            "registry-dns",
-            "--reuse-values",
-            "--set",
-            "cache.maxTTL=30m",
-        ]);
+        c.upgrade(&chart, "cache.maxTTL=30m");
         // `kubectl rollout status`, sampling each node's registry-dns processes meanwhile.
         let mut most = vec![0; c.nodes.len()];
         wait_for("the rollout, the old pods gone", Duration::from_secs(240), || {
@@ -810,16 +797,7 @@ fn three_nodes_resolve_push_pull_and_move_the_registry_then_a_fourth_joins_and_t
     // nodes, the pods' stanza goes, registry-dns stops, node setup's restart deletes registry-dns0,
     // then the release goes.
     let t = Instant::now();
-    c.helm(&[
-        "upgrade",
-        "registry-dns",
-        &chart,
-        "-n",
-        "registry-dns",
-        "--reuse-values",
-        "--set",
-        "nodeSetup.action=remove",
-    ]);
+    c.upgrade(&chart, "nodeSetup.action=remove");
     c.rollout("registry-dns", "daemonset/registry-dns-node-setup", 120);
     for node in &c.nodes {
         wait_for(&format!("{}: node setup's removal", node.name), Duration::from_secs(30), || {

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use support::control_plane::{self, skip_or_fail};
+use support::control_plane;
 use support::node::{HOST_IP, HostDns, Node, ORDINARY, ORDINARY_IP};
 use support::registry_node::{Registry, push_image};
 use support::{RegistryDns, TempDir, wait_until};
@@ -68,27 +68,21 @@ struct Tools {
 
 fn tools() -> Option<&'static Tools> {
     static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
-    let tools = TOOLS.get_or_init(|| {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("tests/resolved_node.rs needs root (namespaces, systemd-nspawn, mounts)".into());
-        }
-        for tool in ["/usr/bin/systemd-nspawn", "/usr/bin/mmdebstrap", "/usr/bin/docker-registry", "/usr/sbin/dnsmasq"]
-        {
-            if !Path::new(tool).exists() {
-                return Err(format!(
-                    "{tool} is missing (tests/run.sh installs systemd-container, mmdebstrap, docker-registry, dnsmasq)"
-                ));
-            }
-        }
-        let cri = control_plane::build("build-cri")?;
-        let e2e = control_plane::build("build-e2e")?;
-        Ok(Tools { crane: e2e[1].join("crane"), crictl: cri[0].join("crictl"), lookup: support::resolvers::glibc() })
-    });
-    match tools {
-        Ok(tools) => Some(tools),
-        Err(e) => skip_or_fail(e),
-    }
+    control_plane::parts_once(
+        &TOOLS,
+        "tests/resolved_node.rs",
+        "namespaces, systemd-nspawn, mounts",
+        &["/usr/bin/systemd-nspawn", "/usr/bin/mmdebstrap", "/usr/bin/docker-registry", "/usr/sbin/dnsmasq"],
+        || {
+            let cri = control_plane::build("build-cri")?;
+            let e2e = control_plane::build("build-e2e")?;
+            Ok(Tools {
+                crane: e2e[1].join("crane"),
+                crictl: cri[0].join("crictl"),
+                lookup: support::resolvers::glibc(),
+            })
+        },
+    )
 }
 
 /// How the node gets its own upstream.

@@ -31,7 +31,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use support::control_plane::{self, skip_or_fail};
+use support::control_plane;
 use support::registry_node::{REGISTRY, RegistryNode};
 use support::{TempDir, wait_until};
 
@@ -53,27 +53,20 @@ struct Tools {
 
 fn tools() -> Option<&'static Tools> {
     static TOOLS: OnceLock<Result<Tools, String>> = OnceLock::new();
-    let tools = TOOLS.get_or_init(|| {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("tests/runtimes_pull.rs needs root (network namespaces, podman, dockerd)".into());
-        }
-        for tool in [PODMAN, DOCKERD, DOCKER, CONMON, "/usr/bin/docker-registry", "/etc/containers/policy.json"] {
-            if !Path::new(tool).exists() {
-                return Err(format!("{tool} is missing (tests/run.sh installs podman, docker.io, docker-registry)"));
-            }
-        }
-        Ok(Tools {
-            crane: control_plane::build("build-e2e")?[1].join("crane"),
-            crictl: control_plane::build("build-cri")?[0].join("crictl"),
-            crio: control_plane::build("build-crio")?[0].join("crio"),
-            pinns: control_plane::build("build-crio")?[0].join("pinns"),
-        })
-    });
-    match tools {
-        Ok(tools) => Some(tools),
-        Err(e) => skip_or_fail(e),
-    }
+    control_plane::parts_once(
+        &TOOLS,
+        "tests/runtimes_pull.rs",
+        "network namespaces, podman, dockerd",
+        &[PODMAN, DOCKERD, DOCKER, CONMON, "/usr/bin/docker-registry", "/etc/containers/policy.json"],
+        || {
+            Ok(Tools {
+                crane: control_plane::build("build-e2e")?[1].join("crane"),
+                crictl: control_plane::build("build-cri")?[0].join("crictl"),
+                crio: control_plane::build("build-crio")?[0].join("crio"),
+                pinns: control_plane::build("build-crio")?[0].join("pinns"),
+            })
+        },
+    )
 }
 
 /// One runtime at a time: they share this 2-CPU machine with the rest of the suite.

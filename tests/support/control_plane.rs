@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
@@ -29,6 +29,32 @@ pub fn skip_or_fail<T>(why: &str) -> Option<T> {
     // Straight to the process's stderr: the test harness captures eprintln! of passing tests.
     let _ = writeln!(std::io::stderr(), "\n********** SKIPPED: {why} **********\n");
     None
+}
+
+/// The parts a test of real programs shares, found once by `find`: first it checks that the test
+/// runs as root (`why_root`: what for) and that each of `programs` (Debian's, which tests/run.sh
+/// installs) exists. `None` skips the test, as [`skip_or_fail`] does.
+pub fn parts_once<T: Send + Sync>(
+    parts: &'static OnceLock<Result<T, String>>,
+    test: &str,
+    why_root: &str,
+    programs: &[&str],
+    find: impl FnOnce() -> Result<T, String>,
+) -> Option<&'static T> {
+    let found = parts.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(format!("{test} needs root ({why_root})"));
+        }
+        if let Some(missing) = programs.iter().find(|p| !Path::new(p).exists()) {
+            return Err(format!("{missing} is missing (tests/run.sh installs it from Debian's packages)"));
+        }
+        find()
+    });
+    match found {
+        Ok(parts) => Some(parts),
+        Err(e) => skip_or_fail(e),
+    }
 }
 
 /// Runs `control-plane.sh COMMAND` (`build`, `build-e2e`): the directories of the binaries it
