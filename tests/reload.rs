@@ -250,6 +250,27 @@ fn a_changed_resolv_conf_switches_the_upstreams_and_a_broken_one_is_ignored() {
 }
 
 #[test]
+fn with_nothing_given_it_answers_the_registry_on_this_machine_and_forwards_to_the_resolv_conf() {
+    // The README's first run: no flag, no --config, no REGISTRY_DNS_* variable. The embedded
+    // default answers the registry's name with 127.0.0.1 on 127.0.0.1:5353 and relays the rest to
+    // /etc/resolv.conf's nameserver (the namespace's, mounted over /etc by `ip netns exec`).
+    let ns = Netns::new("bare", "nameserver 127.0.0.2\n");
+    let _upstream = ns.dnsmasq("127.0.0.2", "192.0.2.2");
+    let mut command = ns.exec(&[RegistryDns::BIN]);
+    for (key, _) in std::env::vars_os().filter(|(k, _)| k.to_string_lossy().starts_with("REGISTRY_DNS_")) {
+        command.env_remove(key);
+    }
+    let s = RegistryDns::start_as_given(command);
+    assert_eq!(s.addr, "127.0.0.1:5353".parse().unwrap());
+    let local = ns.dig("127.0.0.1", &["-p5353", NAME, "A"]);
+    assert_eq!(local.rdata("A"), ["127.0.0.1"], "{}", local.raw);
+    assert!(local.has_flag("aa"), "{}", local.raw);
+    assert_eq!(ns.dig("127.0.0.1", &["-p5353", "www.test", "A"]).rdata("A"), ["192.0.2.2"], "{:?}", s.logs());
+    let started = s.logs().into_iter().find(|l| l.contains("registry-dns serving")).unwrap();
+    assert!(started.contains("upstreams=127.0.0.2:53"), "{started}");
+}
+
+#[test]
 fn with_no_upstream_but_itself_it_serves_its_names_and_takes_the_first_upstream_listed() {
     // A node whose resolver is not set up yet: the file is missing, then lists nothing but
     // registry-dns itself. It starts all the same, says why once, answers its local names and

@@ -254,13 +254,17 @@ impl CommandLine {
         Ok(Self { explicit: command.try_get_matches_from(args)? })
     }
 
-    /// The settings: the file's (when `--config` is given), overridden by the command line and
-    /// environment, with defaults for the rest. Each error is one line.
+    /// The settings: the file's (when `--config` is given; the embedded default when nothing at all
+    /// is), overridden by the command line and environment, with defaults for the rest. Each error
+    /// is one line.
     pub fn load(&self) -> anyhow::Result<Cli> {
         let mut args = vec![OsString::from("registry-dns")];
         if let Some(path) = self.explicit.get_one::<PathBuf>("config") {
             let from_file = super::file::read_args(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             args.extend(from_file);
+        } else if self.explicit.ids().next().is_none() && self.explicit.subcommand_name().is_none() {
+            // Nothing given at all (no flag, no variable): a first run on a laptop.
+            args.extend(super::file::embedded_default_args());
         }
         // Only the file's settings and the defaults here: the environment is in `explicit`.
         let base = Cli::command()
@@ -387,6 +391,18 @@ mod tests {
         assert_eq!(config.listen, vec!["127.0.0.1:5353".parse().unwrap()]);
         assert_eq!(config.ttl, 5);
         assert!(!config.allow_from.networks().is_empty());
+    }
+
+    #[test]
+    fn nothing_given_serves_the_embedded_default_and_any_setting_replaces_it() {
+        let bare = CommandLine::parse_from(["registry-dns"]).unwrap().load().unwrap().settings.into_config();
+        let names: Vec<String> = bare.records.iter().map(|r| r.name.to_string()).collect();
+        assert_eq!(names, ["knative-local-registry."]);
+        assert!(bare.upstreams.is_empty(), "upstreams from the resolv.conf");
+        bare.validate().unwrap();
+        let given = CommandLine::parse_from(["registry-dns", "--ttl", "7"]).unwrap().load().unwrap();
+        let error = given.settings.into_config().validate().unwrap_err().to_string();
+        assert!(error.contains("no local names"), "a setting of one's own means no embedded names: {error}");
     }
 
     #[test]

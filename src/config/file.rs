@@ -51,10 +51,20 @@ impl Scalar {
 /// Reads `path` into command-line arguments (`--key value`, once per list item).
 pub fn read_args(path: &Path) -> anyhow::Result<Vec<OsString>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let settings: BTreeMap<String, Value> = match path.extension().and_then(|e| e.to_str()) {
-        Some("toml") => toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}", e.message()))?,
-        _ if text.trim().is_empty() => BTreeMap::new(),
-        _ => serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}", first_line(&e.to_string())))?,
+    args_of_text(&text, path.extension().and_then(|e| e.to_str()) == Some("toml"))
+}
+
+/// The arguments of the settings a `registry-dns` given nothing at all runs with (`default.yaml`,
+/// built into the binary): a first run needs no flag to answer the registry's name.
+pub fn embedded_default_args() -> Vec<OsString> {
+    args_of_text(include_str!("default.yaml"), false).expect("the embedded default.yaml parses")
+}
+
+fn args_of_text(text: &str, toml: bool) -> anyhow::Result<Vec<OsString>> {
+    let settings: BTreeMap<String, Value> = match toml {
+        true => toml::from_str(text).map_err(|e| anyhow::anyhow!("{}", e.message()))?,
+        false if text.trim().is_empty() => BTreeMap::new(),
+        false => serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("{}", first_line(&e.to_string())))?,
     };
     let mut args = Vec::new();
     for (key, value) in settings {
@@ -99,6 +109,12 @@ mod tests {
         assert_eq!(args_of("c.yaml", yaml).unwrap(), expected);
         assert_eq!(args_of("c.toml", toml).unwrap(), expected);
         assert!(args_of("e.yaml", "").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_embedded_default_answers_the_registrys_name_on_this_machine() {
+        let args: Vec<String> = embedded_default_args().into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(args, ["--record", "knative-local-registry=127.0.0.1"]);
     }
 
     #[test]

@@ -124,13 +124,18 @@ impl RegistryDns {
         if !args.contains(&"--ops-listen") {
             command.args(["--ops-listen", "127.0.0.1:0"]);
         }
+        command.args(args);
+        Self::start_as_given(command)
+    }
+
+    /// Starts `command` with exactly its arguments and environment and waits for its startup line.
+    pub fn start_as_given(mut command: Command) -> Self {
         // The default log filter, as users get it, unless TEST_RUST_LOG asks for more.
         match std::env::var("TEST_RUST_LOG") {
             Ok(filter) => command.env("RUST_LOG", filter),
             Err(_) => command.env_remove("RUST_LOG"),
         };
-        let mut child =
-            command.args(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("starting registry-dns");
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("starting registry-dns");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = logs.clone();
