@@ -361,7 +361,11 @@ fn bind_udp_and_tcp(addr: SocketAddr) -> anyhow::Result<(std::net::UdpSocket, st
     let attempts = if addr.port() == 0 { 16 } else { 1 };
     let mut last_error = None;
     for _ in 0..attempts {
-        let udp = socket::udp(addr).with_context(|| format!("cannot listen on {addr}/udp"))?;
+        let pick = match addr.port() {
+            0 => unshared_port(addr).with_context(|| format!("cannot listen on {addr}/udp"))?,
+            _ => addr,
+        };
+        let udp = socket::udp(pick).with_context(|| format!("cannot listen on {addr}/udp"))?;
         let actual = udp.local_addr()?;
         match socket::tcp(actual) {
             Ok(tcp) => return Ok((udp, tcp)),
@@ -369,6 +373,14 @@ fn bind_udp_and_tcp(addr: SocketAddr) -> anyhow::Result<(std::net::UdpSocket, st
         }
     }
     Err(last_error.expect("at least one attempt"))
+}
+
+/// For port 0, an address with a port no socket holds. Linux gives a SO_REUSEPORT socket bound to
+/// port 0 a port that another SO_REUSEPORT socket of the same user may already hold (the two are
+/// compatible), and the kernel would then split the clients between that program and us; a plain
+/// socket's pick never collides. It is let go just before ours binds it.
+fn unshared_port(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    std::net::UdpSocket::bind(addr)?.local_addr()
 }
 
 fn list(addrs: &[SocketAddr]) -> String {
@@ -380,4 +392,27 @@ fn list(addrs: &[SocketAddr]) -> String {
 fn server_name() -> Name {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     parse_local_name(host.trim()).unwrap_or_else(|_| Name::from_ascii("registry-dns.").expect("valid name"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+
+    use super::{bind_udp_and_tcp, socket};
+
+    #[test]
+    fn a_port_picked_for_us_is_never_one_another_reuseport_socket_holds() {
+        // Other programs' SO_REUSEPORT sockets on kernel-picked ports (as parallel tests start
+        // registry-dns on port 0): ours must land on none of them, or clients would be split.
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let held: Vec<_> = (0..800).map(|_| socket::udp(any).unwrap()).collect();
+        let ports: HashSet<u16> = held.iter().map(|s| s.local_addr().unwrap().port()).collect();
+        for _ in 0..300 {
+            let (udp, tcp) = bind_udp_and_tcp(any).unwrap();
+            let port = udp.local_addr().unwrap().port();
+            assert!(!ports.contains(&port), "port {port} is shared with another SO_REUSEPORT socket");
+            assert_eq!(tcp.local_addr().unwrap().port(), port);
+        }
+    }
 }
